@@ -1,0 +1,216 @@
+"""The one results writer: ``results/<experiment>.json`` (schema_version 1), written atomically.
+
+Contract (the compare tool and users rely on it):
+``schema_version, experiment, status (ok|failed|diverged), started_at, finished_at, headline,
+data{name, source, fingerprint, sizes, ...}, config, seeds, metrics (flat name -> number; the
+mean over seeds), std (flat, over seeds), per_seed (flat name -> list), history, timings{wall_s,
+train_s, train_samples_per_s, eval_s, ...}, environment{...}``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .device import describe_device
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed", "diverged")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REQUIRED_KEYS = ("schema_version", "experiment", "status", "started_at", "finished_at", "headline", "data",
+                 "config", "seeds", "metrics", "std", "per_seed", "history", "timings", "environment")
+
+
+class Diverged(RuntimeError):
+    """Training produced a NaN/inf loss; carries where it happened."""
+
+    def __init__(self, epoch: int, step: int, value: float, what: str = "loss"):
+        super().__init__(f"{what} became {value} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.value = epoch, step, value
+
+    def to_json(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "value": str(self.value)}
+
+
+def check_finite(loss: torch.Tensor | float, epoch: int, step: int) -> None:
+    """Raise :class:`Diverged` if ``loss`` is NaN or infinite (call once per step, after backward)."""
+    value = float(loss)
+    if not math.isfinite(value):
+        raise Diverged(epoch, step, value)
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device | str, script: str | os.PathLike | None = None) -> dict:
+    """Versions, device, CPU, threads, CUDA/cuDNN, matmul precision, git commit/dirty, script sha256."""
+    import torchmetrics
+    import torchvision
+
+    device = torch.device(device)
+    env = {
+        "python": platform.python_version(), "platform": platform.platform(),
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "torchmetrics": torchmetrics.__version__, "numpy": np.__version__,
+        "device": str(device), "device_info": describe_device(device),
+        "torch_threads": torch.get_num_threads(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+    }
+    if script is not None:
+        data = Path(script).read_bytes()
+        env["script"] = str(Path(script).resolve().relative_to(REPO_ROOT)) if Path(script).resolve().is_relative_to(REPO_ROOT) else str(script)
+        env["script_sha256"] = hashlib.sha256(data).hexdigest()
+    return env
+
+
+def aggregate_seeds(per_seed_metrics: list[dict]) -> tuple[dict, dict, dict]:
+    """From one flat metrics dict per seed, return ``(mean, std, per_seed)`` flat dicts.
+
+    ``std`` is the sample standard deviation (ddof=1; 0.0 for a single seed). A metric that
+    is missing for some seed is averaged over the seeds that have it.
+    """
+    keys = list(dict.fromkeys(k for m in per_seed_metrics for k in m))
+    mean, std, per_seed = {}, {}, {}
+    for k in keys:
+        vals = [float(m[k]) for m in per_seed_metrics if k in m and m[k] is not None]
+        per_seed[k] = vals
+        finite = [v for v in vals if math.isfinite(v)]
+        mean[k] = float(np.mean(finite)) if finite else None
+        std[k] = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+    return mean, std, per_seed
+
+
+def _check_flat(name: str, d: dict) -> None:
+    for k, v in d.items():
+        if v is not None and not isinstance(v, (int, float, bool, list)):
+            raise TypeError(f"{name}[{k!r}] must be a number (flat map), got {type(v).__name__}")
+
+
+def _clean(obj):
+    """Make ``obj`` JSON-safe: tensors/arrays to lists, numpy scalars to floats, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _clean(obj.detach().cpu().tolist())
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as JSON to ``path`` so that readers see the old file or the new one, never half.
+
+    The JSON is first serialised in memory (an unserialisable object fails before any file is
+    touched), written to a temporary file in the same folder, flushed to disk and renamed over
+    ``path``. On any error or interruption the temporary file is removed and the previous
+    ``path`` is left as it was.
+    """
+    path = Path(path)
+    text = json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_result(experiment: str, *, results_dir: str | os.PathLike, status: str, started_at: str,
+                 config: dict, seeds: list[int], data, metrics: dict, headline: str,
+                 timings: dict, device, script: str | os.PathLike | None = None,
+                 std: dict | None = None, per_seed: dict | None = None, history: dict | None = None,
+                 extra: dict | None = None) -> Path:
+    """Write ``results_dir/<experiment>.json`` following the schema above; return its path.
+
+    ``data`` is a :class:`common.data.DataInfo` (or a dict, or a dict of them for several
+    datasets under ``data.parts``). ``metrics`` must be flat (name -> number). ``headline``
+    names the metric the summary table shows. ``extra`` holds anything else the experiment
+    reports (tables, notes); it never replaces contract keys.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    _check_flat("metrics", metrics)
+    if headline not in metrics:
+        raise KeyError(f"headline {headline!r} is not one of the metrics")
+    for k in ("wall_s", "train_s", "train_samples_per_s"):
+        timings.setdefault(k, None)
+    data_json = data.to_json() if hasattr(data, "to_json") else dict(data)
+    record = {
+        "schema_version": SCHEMA_VERSION, "experiment": experiment, "status": status,
+        "started_at": started_at, "finished_at": now_iso(), "headline": headline,
+        "data": data_json, "config": config, "seeds": list(seeds), "metrics": metrics,
+        "std": std or {k: 0.0 for k in metrics}, "per_seed": per_seed or {k: [v] for k, v in metrics.items()},
+        "history": history or {}, "timings": timings, "environment": environment(device, script),
+    }
+    for k, v in (extra or {}).items():
+        if k in record:
+            raise KeyError(f"extra key {k!r} would replace a contract key")
+        record[k] = v
+    return write_json_atomic(Path(results_dir) / f"{experiment}.json", record)
+
+
+def read_result(path: str | os.PathLike) -> dict:
+    """Read a result JSON and check it is this schema; raise ValueError naming the file otherwise."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
+        got = record.get("schema_version") if isinstance(record, dict) else type(record).__name__
+        raise ValueError(f"{path}: not a result of schema_version {SCHEMA_VERSION} (got {got!r})")
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        raise ValueError(f"{path}: result JSON lacks keys {missing}")
+    return record
+
+
+def sigterm_as_interrupt() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so ``finally`` clean-up runs on ``kill`` as on Ctrl-C."""
+    def _handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    try:
+        signal.signal(signal.SIGTERM, _handler)
+    except ValueError:  # not in the main thread
+        pass

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Runs every experiment in experiments/ in numeric order (or the test suite with --test).
+# First use creates .venv from requirements.txt; later runs reuse it (nothing reinstalled).
+set -uo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+
+usage() {
+  cat <<USAGE
+usage: bash run_all.sh [--test [PYTEST ARGS...]] [--only 04,07] [--smoke] [--device auto|cpu|cuda]
+                       [--results-dir DIR] [--seeds N] [--help]
+
+  (no option)       run every experiment on the real data in \$DATA_DIR (default ./data);
+                    datasets that are missing are replaced by labelled SYNTHETIC stand-ins
+  --test            run the whole pytest suite instead (what CI runs); extra args go to pytest
+  --only LIST       comma-separated experiment numbers, e.g. 04,07
+  --smoke           each experiment's tiny configuration (seconds each)
+  --device D        auto (default), cpu or cuda
+  --results-dir D   where result JSONs and plots go (default ./results)
+  --seeds N         number of seeds for every experiment (default: each script's own)
+USAGE
+}
+
+TEST=0; ONLY=""; SMOKE=0; DEVICE=auto; RESULTS_DIR="$ROOT/results"; SEEDS=""; PYTEST_ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --test) TEST=1; shift; PYTEST_ARGS=("$@"); break ;;
+    --only) ONLY="${2:?--only needs a list like 04,07}"; shift 2 ;;
+    --smoke) SMOKE=1; shift ;;
+    --device) DEVICE="${2:?--device needs auto, cpu or cuda}"; shift 2 ;;
+    --results-dir) RESULTS_DIR="${2:?--results-dir needs a folder}"; shift 2 ;;
+    --seeds) SEEDS="${2:?--seeds needs a number}"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run_all.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+case "$DEVICE" in auto|cpu|cuda) ;; *) echo "run_all.sh: unknown device '$DEVICE' (auto, cpu or cuda)" >&2; exit 2 ;; esac
+if [ -n "$SEEDS" ] && ! [[ "$SEEDS" =~ ^[1-9][0-9]*$ ]]; then
+  echo "run_all.sh: --seeds must be a positive integer, got '$SEEDS'" >&2; exit 2
+fi
+
+# ---- bootstrap: .venv from requirements.txt, reinstalled only when requirements.txt changes
+PY=${PYTHON:-python3}
+STAMP=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+  echo "== setting up .venv from requirements.txt (first run: a few minutes)"
+  t0=$(date +%s)
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv || { echo "run_all.sh: could not create .venv with $PY" >&2; exit 1; }
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt \
+    || { echo "run_all.sh: pip install -r requirements.txt failed" >&2; exit 1; }
+  echo "$want" > "$STAMP"
+  echo "== .venv ready in $(( $(date +%s) - t0 ))s"
+fi
+VPY="$ROOT/.venv/bin/python"
+if [ -n "${DATA_DIR:-}" ]; then export DATA_DIR=$(cd "$DATA_DIR" 2>/dev/null && pwd || echo "$DATA_DIR"); fi
+
+if [ "$TEST" = 1 ]; then
+  echo "== pytest (DATA_DIR=${DATA_DIR:-$ROOT/data})"
+  exec "$VPY" -m pytest "${PYTEST_ARGS[@]}"
+fi
+
+# ---- which experiments
+mapfile -t SCRIPTS < <(ls experiments/[0-9][0-9]_*.py 2>/dev/null | sort)
+if [ -n "$ONLY" ]; then
+  SELECTED=()
+  IFS=',' read -ra WANT <<< "$ONLY"
+  for n in "${WANT[@]}"; do
+    n=$(printf '%02d' "$((10#$n))" 2>/dev/null) || { echo "run_all.sh: bad experiment number in --only: '$n'" >&2; exit 2; }
+    match=$(printf '%s\n' "${SCRIPTS[@]}" | grep "^experiments/${n}_" || true)
+    [ -n "$match" ] || { echo "run_all.sh: no experiment numbered $n (have: $(printf '%s ' "${SCRIPTS[@]##*/}"))" >&2; exit 2; }
+    SELECTED+=($match)
+  done
+  SCRIPTS=("${SELECTED[@]}")
+fi
+[ ${#SCRIPTS[@]} -gt 0 ] || { echo "run_all.sh: no experiments found in experiments/" >&2; exit 1; }
+
+# ---- real data or loud synthetic fallback
+if ! "$VPY" -m common.data > /tmp/run_all_data.$$ 2>&1; then
+  echo "############################################################################"
+  echo "# WARNING: some real datasets are missing; those experiments run on        #"
+  echo "# SYNTHETIC stand-ins, and their results are marked source=synthetic.      #"
+  echo "############################################################################"
+  cat /tmp/run_all_data.$$
+  echo "Get the data (README.md, section Data) and set DATA_DIR to its folder."
+  export SYNTHETIC_FALLBACK=1
+fi
+rm -f /tmp/run_all_data.$$
+
+ARGS=(--device "$DEVICE" --results-dir "$RESULTS_DIR")
+[ "$SMOKE" = 1 ] && ARGS+=(--smoke)
+[ -n "$SEEDS" ] && ARGS+=(--seeds "$SEEDS")
+mkdir -p "$RESULTS_DIR"
+START=$(date +%s)
+FAILED=(); PREFIXES=()
+i=0
+for s in "${SCRIPTS[@]}"; do
+  i=$((i + 1)); name=$(basename "$s" .py); PREFIXES+=("${name:0:2}")
+  echo "== [$i/${#SCRIPTS[@]}] $name $(printf '%s ' "${ARGS[@]}")"
+  t0=$(date +%s)
+  if PYTHONPATH="$ROOT" "$VPY" "$s" "${ARGS[@]}"; then
+    echo "== [$i/${#SCRIPTS[@]}] $name ok in $(( $(date +%s) - t0 ))s"
+  else
+    rc=$?; FAILED+=("$name (exit $rc)")
+    echo "== [$i/${#SCRIPTS[@]}] $name FAILED (exit $rc) after $(( $(date +%s) - t0 ))s; carrying on"
+  fi
+done
+
+echo
+echo "== summary ($(( $(date +%s) - START ))s in all; results in $RESULTS_DIR)"
+"$VPY" -m common.summary "$RESULTS_DIR" --since "$START" --experiments "${PREFIXES[@]}" || true
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo
+  echo "FAILED: ${FAILED[*]}"
+  exit 1
+fi

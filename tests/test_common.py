@@ -1,0 +1,216 @@
+"""Unit tests for common/: seeding, device, splits and windows, metrics, results writer, plots, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from unittest import mock
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common import cli, device, metrics, plots, repro, results, timeseries
+from common.data import DataInfo
+
+
+# ---------------------------------------------------------------- reproducibility
+def test_seed_everything_gives_identical_tensors_twice():
+    repro.seed_everything(123)
+    a = (torch.randn(5), np.random.rand(3), torch.nn.Linear(4, 3).weight.detach().clone())
+    repro.seed_everything(123)
+    b = (torch.randn(5), np.random.rand(3), torch.nn.Linear(4, 3).weight.detach().clone())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and torch.equal(a[2], b[2])
+    repro.seed_everything(124)
+    assert not torch.equal(a[0], torch.randn(5))
+    assert torch.are_deterministic_algorithms_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_seeded_loader_order_is_reproducible_and_seed_dependent():
+    ds = torch.utils.data.TensorDataset(torch.arange(20))
+    order = lambda seed: torch.cat([b[0] for b in repro.make_loader(ds, 4, True, seed)]).tolist()
+    assert order(7) == order(7)
+    assert order(7) != order(8)
+    assert sorted(order(7)) == list(range(20))
+
+
+# ---------------------------------------------------------------- device
+def test_device_falls_back_to_cpu_without_cuda():
+    with mock.patch("torch.cuda.is_available", return_value=False), \
+         mock.patch.object(device, "_mps_available", return_value=False):
+        assert device.choose_device("auto") == torch.device("cpu")
+        with pytest.raises(device.DeviceError, match="CUDA is not available"):
+            device.choose_device("cuda")
+
+
+def test_unknown_device_is_refused():
+    with pytest.raises(device.DeviceError, match="unknown device 'tpu'"):
+        device.choose_device("tpu")
+
+
+def test_describe_cpu():
+    d = device.describe_device(torch.device("cpu"))
+    assert d["type"] == "cpu" and d["torch_threads"] == torch.get_num_threads() and d["name"]
+
+
+# ---------------------------------------------------------------- time split and windows
+def test_time_split_leaks_nothing():
+    rng = np.random.default_rng(0)
+    t = pd.date_range("2013-12-30", periods=400, freq="15min")
+    df = pd.DataFrame({"timestamp": t[rng.permutation(400)], "v": rng.random(400)})
+    train, test = timeseries.time_split(df, "2014-01-01")
+    assert train["timestamp"].max() < test["timestamp"].min()
+    assert len(train) + len(test) == 400
+    assert (train["timestamp"] < pd.Timestamp("2014-01-01")).all()
+    assert (test["timestamp"] >= pd.Timestamp("2014-01-01")).all()
+    assert train["timestamp"].is_monotonic_increasing and test["timestamp"].is_monotonic_increasing
+
+
+def test_windows_equal_a_naive_loop():
+    values = np.random.default_rng(1).standard_normal(500).astype(np.float32)
+    X, y = timeseries.make_sequences(values, 96)
+    naive_X = np.stack([values[i:i + 96] for i in range(len(values) - 96)])
+    naive_y = np.array([values[i + 96] for i in range(len(values) - 96)])
+    assert X.shape == (404, 96) and y.shape == (404,)
+    assert np.array_equal(X.numpy(), naive_X) and np.array_equal(y.numpy(), naive_y)
+
+
+def test_windows_are_fast_on_140k_points():
+    values = np.random.default_rng(2).standard_normal(140_000)
+    t0 = time.perf_counter()
+    X, y = timeseries.make_sequences(values, 96)
+    elapsed = time.perf_counter() - t0
+    assert X.shape == (139_904, 96)
+    # Generous bound (a per-sample Python loop takes several seconds); not a benchmark.
+    assert elapsed < 1.0, f"make_sequences took {elapsed:.2f}s"
+
+
+def test_windows_reject_bad_input():
+    with pytest.raises(ValueError, match="too short"):
+        timeseries.make_sequences(np.zeros(5), 10)
+    with pytest.raises(ValueError, match="1-D"):
+        timeseries.make_sequences(np.zeros((5, 2)), 2)
+
+
+# ---------------------------------------------------------------- metrics
+def test_metrics_match_known_values():
+    target = torch.tensor([0, 0, 1, 1, 2, 2])
+    preds = torch.tensor([0, 1, 1, 1, 2, 0])
+    assert metrics.accuracy(preds, target, num_classes=3) == pytest.approx(4 / 6)
+    p, r = metrics.precision_recall(preds, target, 3, None)
+    assert torch.allclose(p, torch.tensor([0.5, 2 / 3, 1.0]))
+    assert torch.allclose(r, torch.tensor([0.5, 1.0, 0.5]))
+    pm, rm = metrics.precision_recall(preds, target, 3, "macro")
+    assert pm == pytest.approx((0.5 + 2 / 3 + 1) / 3) and rm == pytest.approx(2 / 3)
+    rep = metrics.classification_report(preds, target, ["a", "b", "c"])
+    assert rep["recall.b"] == 1.0 and rep["precision.a"] == 0.5
+    assert metrics.accuracy(torch.tensor([0.2, 0.7, 0.6]), torch.tensor([0, 1, 0])) == pytest.approx(2 / 3)
+    assert metrics.mse(torch.tensor([1.0, 2.0]), torch.tensor([[0.0], [4.0]])) == pytest.approx(2.5)
+    with pytest.raises(ValueError):
+        metrics.precision_recall(preds, target, 3, "bogus")
+
+
+# ---------------------------------------------------------------- results writer
+def _write(results_dir, **over):
+    kw = dict(results_dir=results_dir, status="ok", started_at=results.now_iso(), config={"lr": 0.1},
+              seeds=[0, 1], data=DataInfo("zoo", "real", "abc", {"train": 3}), metrics={"acc": 0.5},
+              headline="acc", timings={"wall_s": 1.0}, device="cpu", script=__file__)
+    kw.update(over)
+    return results.write_result("99_test", **kw)
+
+
+def test_result_json_has_every_contract_key(tmp_path):
+    mean, std, per_seed = results.aggregate_seeds([{"acc": 0.4, "loss": 1.0}, {"acc": 0.6, "loss": 3.0}])
+    assert mean == {"acc": 0.5, "loss": 2.0} and per_seed["acc"] == [0.4, 0.6]
+    assert std["acc"] == pytest.approx(np.std([0.4, 0.6], ddof=1))
+    path = _write(tmp_path, metrics=mean, std=std, per_seed=per_seed)
+    r = json.loads(path.read_text())
+    for k in results.REQUIRED_KEYS:
+        assert k in r, k
+    assert r["schema_version"] == 1 and r["data"]["source"] == "real" and r["data"]["fingerprint"] == "abc"
+    for k in ("python", "torch", "torchvision", "torchmetrics", "device", "git_commit", "git_dirty",
+              "script_sha256", "torch_threads", "float32_matmul_precision"):
+        assert k in r["environment"], k
+    assert r["environment"]["device_info"]["cpu_model"]
+    assert set(r["timings"]) >= {"wall_s", "train_s", "train_samples_per_s"}
+    assert results.read_result(path)["metrics"]["acc"] == 0.5
+
+
+def test_writer_survives_an_exception_mid_write(tmp_path):
+    path = _write(tmp_path)
+    before = path.read_text()
+    # An unserialisable value fails before any file is touched ...
+    with pytest.raises(TypeError):
+        _write(tmp_path, extra={"bad": object()})
+    # ... and a crash during the write itself leaves the old file and no temporary behind.
+    with mock.patch("os.fsync", side_effect=KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            _write(tmp_path, metrics={"acc": 0.9})
+    assert path.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["99_test.json"]
+
+
+def test_writer_rejects_non_flat_metrics_and_unknown_status(tmp_path):
+    with pytest.raises(TypeError, match="flat"):
+        _write(tmp_path, metrics={"acc": {"nested": 1}}, headline="acc")
+    with pytest.raises(ValueError, match="status"):
+        _write(tmp_path, status="great")
+    with pytest.raises(KeyError, match="headline"):
+        _write(tmp_path, headline="nope")
+
+
+def test_read_result_refuses_other_schemas(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text("not json")
+    with pytest.raises(ValueError, match="not a JSON file"):
+        results.read_result(bad)
+    bad.write_text(json.dumps({"schema_version": 2}))
+    with pytest.raises(ValueError, match="schema_version 1"):
+        results.read_result(bad)
+
+
+def test_check_finite_raises_diverged():
+    results.check_finite(torch.tensor(1.0), 0, 0)
+    with pytest.raises(results.Diverged) as e:
+        results.check_finite(torch.tensor(float("nan")), 3, 17)
+    assert e.value.epoch == 3 and e.value.step == 17
+
+
+# ---------------------------------------------------------------- plots
+def test_plots_write_pngs(tmp_path):
+    p1 = plots.plot_curves({"train": [3, 2, 1], "validation": [3, 2.5, 2.4]}, tmp_path / "c.png", "loss")
+    p2 = plots.bar_with_errors(["a", "b"], [0.5, 0.7], [0.01, 0.02], tmp_path / "b.png", "acc", "accuracy",
+                               baselines={"majority": 0.4})
+    for p in (p1, p2):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["b.png", "c.png"]
+
+
+# ---------------------------------------------------------------- CLI
+def test_cli_rejects_bad_values(capsys):
+    p = cli.base_parser("99_test", "test")
+    p.add_argument("--epochs", type=cli.positive_int, default=3)
+    for argv, msg in ((["--epochs", "-2"], "must be >= 1"), (["--device", "tpu"], "invalid choice"),
+                      (["--seeds", "0"], "must be >= 1")):
+        with pytest.raises(SystemExit):
+            cli.parse_args(p, argv)
+        assert msg in capsys.readouterr().err
+    args = cli.parse_args(p, ["--seed", "5", "--seeds", "3"])
+    assert cli.seed_list(args) == [5, 6, 7]
+
+
+def test_cli_rerun_restores_recorded_config(tmp_path):
+    p = cli.base_parser("99_test", "test")
+    p.add_argument("--lr", type=float, default=0.1)
+    first = cli.parse_args(p, ["--lr", "0.5", "--seed", "9"])
+    rec = tmp_path / "r.json"
+    rec.write_text(json.dumps({"experiment": "99_test", "config": cli.config_of(first)}))
+    p2 = cli.base_parser("99_test", "test")
+    p2.add_argument("--lr", type=float, default=0.1)
+    again = cli.parse_args(p2, ["--rerun", str(rec)])
+    assert again.lr == 0.5 and again.seed == 9
+    p3 = cli.base_parser("98_other", "test")
+    with pytest.raises(SystemExit):
+        cli.parse_args(p3, ["--rerun", str(rec)])
