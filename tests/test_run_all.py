@@ -1,0 +1,95 @@
+"""run_all.sh end to end, in a scratch copy of the repo with stand-in experiments.
+
+Checks: every experiment runs in numeric order, a failing one does not stop the rest, the summary
+lists them and the exit code is non-zero; bad options are refused with a clear message; the .venv
+bootstrap is idempotent; missing data is announced loudly.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+OK_SCRIPT = textwrap.dedent('''
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from common import cli, results
+    from common.data import DataInfo
+    p = cli.base_parser(Path(__file__).stem, "stand-in")
+    a = cli.parse_args(p)
+    results.write_result(Path(__file__).stem, results_dir=a.results_dir, status="ok", started_at=results.now_iso(),
+        config=cli.config_of(a), seeds=cli.seed_list(a), data=DataInfo("zoo", "real", "f", {}),
+        metrics={"acc": 0.75}, headline="acc", timings={"wall_s": 0.1}, device="cpu")
+    print("ran", Path(__file__).stem, "smoke" if a.smoke else "full", "seeds", a.seeds)
+''')
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    shutil.copy(REPO / "run_all.sh", root)
+    shutil.copy(REPO / "requirements.txt", root)
+    shutil.copytree(REPO / "common", root / "common", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / ".venv").symlink_to(REPO / ".venv")
+    exp = root / "experiments"
+    exp.mkdir()
+    (exp / "01_first.py").write_text(OK_SCRIPT)
+    (exp / "02_broken.py").write_text("import sys\nprint('boom', file=sys.stderr)\nsys.exit(1)\n")
+    (exp / "03_third.py").write_text(OK_SCRIPT)
+    return root
+
+
+def run(root: Path, *args: str, data_dir: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("SYNTHETIC_FALLBACK",)}
+    env["DATA_DIR"] = data_dir or os.environ.get("DATA_DIR", str(REPO / "data"))
+    return subprocess.run(["bash", str(root / "run_all.sh"), *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_failing_experiment_does_not_stop_the_rest(scratch, tmp_path):
+    p = run(scratch, "--smoke", "--seeds", "2", "--results-dir", str(tmp_path))
+    out = p.stdout
+    assert p.returncode == 1, out + p.stderr
+    assert out.index("ran 01_first smoke seeds 2") < out.index("02_broken FAILED (exit 1)") < out.index("ran 03_third")
+    assert "FAILED: 02_broken (exit 1)" in out
+    summary = out[out.index("== summary"):]
+    assert "01_first" in summary and "03_third" in summary and "acc = 0.75" in summary
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["01_first.json", "03_third.json"]
+    assert "setting up .venv" not in out  # bootstrap is idempotent: nothing reinstalled
+
+
+def test_only_runs_a_subset(scratch, tmp_path):
+    p = run(scratch, "--only", "3", "--results-dir", str(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "ran 03_third full" in p.stdout and "01_first" not in p.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--only", "07"], "no experiment numbered 07"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--seeds", "0"], "--seeds must be a positive integer"),
+    (["--frobnicate"], "unknown option '--frobnicate'"),
+])
+def test_bad_options_are_refused(scratch, args, message):
+    p = run(scratch, *args)
+    assert p.returncode == 2 and message in p.stderr
+    assert "ran " not in p.stdout
+
+
+def test_missing_data_is_announced_loudly(scratch, tmp_path):
+    p = run(scratch, "--only", "01", "--results-dir", str(tmp_path), data_dir=str(tmp_path / "no_data"))
+    assert p.returncode == 0
+    assert "SYNTHETIC stand-ins" in p.stdout and "omniglot" in p.stdout and "MISSING" in p.stdout
+
+
+def test_help_lists_the_options(scratch):
+    p = run(scratch, "--help")
+    for opt in ("--test", "--only", "--smoke", "--device", "--results-dir", "--seeds"):
+        assert opt in p.stdout
