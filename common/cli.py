@@ -34,14 +34,22 @@ def positive_float(text: str) -> float:
     return value
 
 
-def base_parser(experiment: str, description: str, seeds: int = 1) -> argparse.ArgumentParser:
-    """A parser with the suite's shared options; scripts add their own (epochs, lr, ...)."""
+def base_parser(experiment: str, description: str, seeds: int = 1, threads: int | None = None
+                ) -> argparse.ArgumentParser:
+    """A parser with the suite's shared options; scripts add their own (epochs, lr, ...).
+
+    ``threads`` is the script's default for ``--threads`` (torch's CPU threads; None: torch's own
+    default). Tiny models train fastest on one thread: a second one only adds synchronisation, and
+    collapses when the cores are shared.
+    """
     p = argparse.ArgumentParser(prog=f"python experiments/{experiment}.py", description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.set_defaults(experiment=experiment)
     g = p.add_argument_group("suite options")
     g.add_argument("--seed", type=int, default=0, help="first seed; seeds are seed, seed+1, ...")
     g.add_argument("--seeds", type=positive_int, default=seeds, help="number of seeds to run")
+    g.add_argument("--threads", type=positive_int, default=threads,
+                   help="torch CPU threads (default: torch's own choice when not set)")
     g.add_argument("--smoke", action="store_true", help="tiny configuration (a few batches) for CI")
     g.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="where to train")
     g.add_argument("--results-dir", default=str(REPO_ROOT / "results"), help="where the JSON and plots go")
@@ -75,6 +83,14 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
         args = parser.parse_args(argv)
     sigterm_as_interrupt()
     return args
+
+
+def apply_threads(args: argparse.Namespace, device) -> None:
+    """On the CPU, use ``--threads`` torch threads (if given); recorded in the result's environment."""
+    import torch
+
+    if args.threads and torch.device(device).type == "cpu":
+        torch.set_num_threads(args.threads)
 
 
 def seed_list(args: argparse.Namespace) -> list[int]:

@@ -1,0 +1,221 @@
+"""05_water_potability: the dataset class, the two protocols' splits, the fast path against the course's
+DataLoader path, and smoke runs (JSON contents, plots, reproducibility, divergence, synthetic data)."""
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import real_data, run_script
+from common import data, repro
+
+exp = importlib.import_module("experiments.05_water_potability")
+SCRIPT = "05_water_potability"
+CONFIGS = [*exp.OPTIMIZERS, *(f"grad.{v}" for v in exp.VARIANTS)]
+
+
+# ---------------------------------------------------------------- dataset class and model
+@real_data("water_potability")
+def test_water_dataset_reads_the_course_csv():
+    ds = exp.WaterDataset(data.data_dir() / "water_potability" / "water_train.csv")
+    assert len(ds) == 1_508
+    features, label = ds[0]
+    assert features.shape == (9,) and features.dtype == np.float32 and np.ndim(label) == 0
+    labels = ds.data[:, -1]
+    assert set(np.unique(labels)) == {0.0, 1.0} and int(labels.sum()) == 605  # 903 zeros, 605 ones
+    assert ds.data[:, :-1].min() >= 0 and ds.data[:, :-1].max() <= 1
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, shuffle=True)))  # the course's demo
+    assert batch[0].shape == (2, 9) and batch[1].shape == (2,)
+
+
+def test_net_variants_shapes_and_init():
+    x = torch.rand(4, 9)
+    for v in exp.VARIANTS:
+        net = exp.Net(v)
+        out = net(x)
+        assert out.shape == (4, 1) and ((out > 0) & (out < 1)).all()
+        assert (net.bn1 is not None) == v.endswith("_bn")
+    torch.manual_seed(0)
+    default_bound = 1 / np.sqrt(9)                   # nn.Linear's default: U(+-1/sqrt(fan_in))
+    kaiming_bound = np.sqrt(2) * np.sqrt(3 / 9)       # kaiming_uniform_ (gain sqrt(2)): U(+-sqrt(6/fan_in))
+    assert exp.Net("relu_default").fc1.weight.abs().max() <= default_bound
+    assert exp.Net("kaiming").fc1.weight.abs().max() > default_bound
+    assert exp.Net("kaiming").fc1.weight.abs().max() <= kaiming_bound
+    assert exp.Net("kaiming").fc3.weight.abs().max() <= np.sqrt(3 / 8)  # sigmoid gain 1
+    with pytest.raises(ValueError, match="unknown variant"):
+        exp.Net("selu")
+
+
+def test_benchmark_cases_run_one_step():
+    for case in exp.benchmark_cases():
+        model = case["make_model"]()
+        inputs, target = case["make_batch"](case["batch_size"], "cpu")
+        opt = case["make_optimizer"](model.parameters())
+        loss = case["loss_fn"](model(*inputs), target)
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)
+
+
+# ---------------------------------------------------------------- fast path == course path
+def test_fast_batches_equal_the_dataloader_batches_over_epochs():
+    df, _ = data.synthetic_water(n=50, scaled=True)
+    ds = exp.WaterDataset(df)
+    X, y = exp.to_tensors(df, "cpu")
+    loader = repro.make_loader(ds, 8, True, seed=3)
+    g = repro.make_generator(3)
+    for _ in range(3):
+        fast = list(exp.fast_batches(X, y, 8, g))
+        slow = list(loader)
+        assert len(fast) == len(slow) == 7
+        for (xf, yf), (xs, ys) in zip(fast, slow):
+            assert torch.equal(xf, xs) and torch.equal(yf, ys)
+
+
+def test_seed_stack_matches_separate_nets():
+    """A SeedStack copy trains like a plain Net on the same batches (same init, same losses)."""
+    df, _ = data.synthetic_water(n=64, scaled=True)
+    X, y = exp.to_tensors(df, "cpu")
+    for variant in ("relu_default", "kaiming_elu_bn"):
+        runs, t = exp.train_stack("adam", variant, 1e-2, [0, 5], X, y, X, y, epochs=2, batch_size=16)
+        assert t["seen"] == 2 * 64 * 2
+        ds = exp.WaterDataset(df)
+        course = exp.train_course_path("adam", variant, 1e-2, ds, ds, 5, 2, 16, "cpu")
+        assert np.allclose(course["losses"], runs[1]["losses"], atol=1e-6)
+        assert course["test_accuracy"] == pytest.approx(runs[1]["metrics"]["test_accuracy"])
+        copy, net = t["stack"].copy(1), course["net"]
+        for (name, p), q in zip(copy.named_parameters(), net.parameters()):
+            if name == "fc1.bias" and variant.endswith("_bn"):
+                continue  # BatchNorm cancels it: its gradient is rounding noise, which Adam amplifies
+            assert torch.allclose(p, q, atol=1e-5), name
+        x = torch.rand(5, 9)
+        # with BatchNorm the drifting fc1.bias also shifts running_mean (a lag of one step): close, not equal
+        assert torch.allclose(copy.eval()(x), net.eval()(x), atol=1e-2 if variant.endswith("_bn") else 1e-5)
+        assert runs[0]["losses"] != runs[1]["losses"]
+
+
+# ---------------------------------------------------------------- the two protocols' splits
+@real_data("water_potability")
+def test_course_split_has_no_shared_rows():
+    split = exp.load_course()
+    assert (len(split.train), len(split.test)) == (1_508, 503)
+    assert split.notes["train_test_identical_feature_rows"] == 0
+    assert "train AND test together" in split.notes["preprocessing"]
+
+
+@real_data("water_potability")
+def test_clean_split_is_disjoint_stratified_and_fitted_on_train_only():
+    split = exp.load_clean(split_seed=0)
+    tr, te = split.raw_index["train"], split.raw_index["test"]
+    assert len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == 3_276
+    assert (len(tr), len(te)) == (2_457, 819)
+    assert split.notes["train_test_shared_raw_rows"] == 0
+    raw, _ = data.load_water_raw()
+    rate = raw["Potability"].mean()
+    assert abs(split.train["Potability"].mean() - rate) < 0.002 and abs(split.test["Potability"].mean() - rate) < 0.002
+    assert not split.train.isna().any().any() and not split.test.isna().any().any()
+    f = data.WATER_FEATURES
+    assert np.allclose(split.train[f].min(), 0) and np.allclose(split.train[f].max(), 1)  # scaler fitted on train
+    # imputation medians come from the training rows only
+    assert split.notes["imputed_medians"]["ph"] == pytest.approx(raw.loc[tr, "ph"].median())
+    assert split.notes["imputed_medians"]["ph"] != pytest.approx(raw["ph"].median(), abs=0)
+    assert sum(split.notes["missing_train"].values()) + sum(split.notes["missing_test"].values()) == 491 + 781 + 162
+
+
+# ---------------------------------------------------------------- smoke runs
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Three smoke runs on the real data: seed 0 twice (both protocols), seed 1 once (course only)."""
+    if not data.DATASET_CHECKS["water_potability"](data.data_dir()):
+        pytest.skip("real water_potability data not found under DATA_DIR")
+    out = {}
+    for key, args in (("a", ["--seed", "0"]), ("b", ["--seed", "0"]), ("c", ["--seed", "1", "--protocol", "course"])):
+        d = tmp_path_factory.mktemp(f"smoke_{key}")
+        proc, _ = run_script(SCRIPT, "--smoke", *args, results_dir=d)
+        out[key] = (proc, d)
+    return out
+
+
+def _read(d, protocol):
+    return json.loads((d / f"{SCRIPT}_{protocol}.json").read_text())
+
+
+@real_data("water_potability")
+def test_smoke_writes_every_figure_for_both_protocols(smoke):
+    proc, d = smoke["a"]
+    for protocol in exp.PROTOCOLS:
+        r = _read(d, protocol)
+        assert r["experiment"] == f"{SCRIPT}_{protocol}" and r["status"] == "ok"
+        assert r["protocol"] == protocol and r["config"]["protocol"] == protocol
+        assert r["config"]["experiment"] == SCRIPT  # so that --rerun accepts it
+        assert r["data"]["source"] == "real" and r["seeds"] == [0, 1]
+        m = r["metrics"]
+        for c in CONFIGS:
+            assert 0 <= m[f"{c}.test_accuracy"] <= 1
+            assert len(r["per_seed"][f"{c}.test_accuracy"]) == 2 and f"{c}.test_accuracy" in r["std"]
+        for b in ("majority", "logreg", "random_forest"):
+            assert 0.5 < m[f"baseline.{b}_accuracy"] < 0.8
+        for v in exp.VARIANTS:
+            for layer in exp.LAYERS:
+                assert m[f"grad.{v}.grad_norm_{layer}_first_epoch"] > 0
+                assert len(r["history"][f"grad_norm.{v}.{layer}"]) == 1
+        assert m["grad.relu_default.test_accuracy"] == m["adam.test_accuracy"]  # the same runs
+        assert r["headline"] == "adam.test_accuracy"
+        assert {row["config"] for row in r["comparison"]} == set(CONFIGS)
+        assert r["dataloader_check"]["max_abs_train_loss_diff"] < 1e-5
+        assert r["diverged"] == [] and r["timings"]["train_samples_per_s"] > 0
+        for png in ("accuracy.png", "grad_norms.png", "train_loss.png", "test_accuracy_per_epoch.png"):
+            assert (d / f"{SCRIPT}_{protocol}" / png).read_bytes()[:4] == b"\x89PNG"
+    course, clean = _read(d, "course"), _read(d, "clean")
+    assert course["metrics"]["baseline.majority_accuracy"] == pytest.approx(297 / 503)  # ~0.59
+    assert clean["metrics"]["baseline.majority_accuracy"] == pytest.approx(499 / 819)  # 320 of the 819 are potable
+    assert course["protocol_notes"]["train_test_identical_feature_rows"] == 0
+    assert clean["protocol_notes"]["train_test_shared_raw_rows"] == 0
+    assert "67%" in proc.stdout and "random forest" in proc.stdout
+
+
+@real_data("water_potability")
+def test_smoke_is_reproducible_and_seed_dependent(smoke):
+    (_, a), (_, b), (_, c) = smoke["a"], smoke["b"], smoke["c"]
+    for protocol in exp.PROTOCOLS:
+        ra, rb = _read(a, protocol), _read(b, protocol)
+        assert ra["metrics"] == rb["metrics"] and ra["history"] == rb["history"]
+    ra, rc = _read(a, "course"), _read(c, "course")
+    assert rc["seeds"] == [1, 2] and not (c / f"{SCRIPT}_clean.json").exists()
+    assert ra["per_seed"]["adam.final_train_loss"] != rc["per_seed"]["adam.final_train_loss"]
+    assert ra["per_seed"]["adam.final_train_loss"][1] == pytest.approx(rc["per_seed"]["adam.final_train_loss"][0])
+
+
+@real_data("water_potability")
+def test_rerun_repeats_one_protocol(smoke, tmp_path):
+    _, a = smoke["a"]
+    proc, _ = run_script(SCRIPT, "--rerun", str(a / f"{SCRIPT}_course.json"), results_dir=tmp_path)
+    assert not (tmp_path / f"{SCRIPT}_clean.json").exists()
+    assert _read(tmp_path, "course")["metrics"] == _read(a, "course")["metrics"]
+
+
+def test_huge_lr_is_recorded_as_divergence(tmp_path):
+    proc, _ = run_script(SCRIPT, "--smoke", "--synthetic", "--protocol", "course", "--seeds", "1",
+                         "--lr", "1e30", results_dir=tmp_path, check=False)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    r = _read(tmp_path, "course")
+    assert r["status"] == "diverged" and r["diverged"]
+    assert {d["run"] for d in r["diverged"]} >= {"sgd/relu_default"}
+
+
+def test_synthetic_smoke(tmp_path):
+    proc, _ = run_script(SCRIPT, "--smoke", "--synthetic", results_dir=tmp_path)
+    for protocol in exp.PROTOCOLS:
+        r = _read(tmp_path, protocol)
+        assert r["data"]["source"] == "synthetic" and r["status"] == "ok"
+        assert r["data"]["sizes"]["train_used"] <= 256
+
+
+def test_missing_data_is_one_message_and_exit_2(tmp_path):
+    proc, _ = run_script(SCRIPT, "--smoke", "--data-dir", str(tmp_path / "nowhere"), results_dir=tmp_path,
+                         check=False, env={"SYNTHETIC_FALLBACK": "0"})
+    assert proc.returncode == 2 and proc.stderr.startswith("error: water_potability:")
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,142 @@
+"""06_electricity_rnn: time split, windows, baselines, the course's RNN, smoke runs (real and synthetic)."""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common import data
+from conftest import real_data, run_script
+
+m = importlib.import_module("experiments.06_electricity_rnn")
+SCRIPT = "06_electricity_rnn"
+
+
+def course_create_sequences(df: pd.DataFrame, seq_length: int):
+    """The course's loop, verbatim in spirit: the reference the vectorised windows must match."""
+    xs, ys = [], []
+    for i in range(len(df) - seq_length):
+        xs.append(df.iloc[i:(i + seq_length), 1])
+        ys.append(df.iloc[i + seq_length, 1])
+    return np.array(xs), np.array(ys)
+
+
+def toy_frame(n: int, start="2013-12-30 00:00") -> pd.DataFrame:
+    t = pd.date_range(start, periods=n, freq="15min")
+    return pd.DataFrame({"timestamp": t, "consumption": np.sin(np.arange(n) / 7.0) + np.arange(n) * 1e-3})
+
+
+def test_windows_match_the_course_loop():
+    df = toy_frame(300)
+    X, y, t = m.make_windows(df)
+    Xr, yr = course_create_sequences(df, 96)
+    assert X.shape == (204, 96) and y.shape == (204,) and len(t) == 204
+    np.testing.assert_allclose(X.numpy(), Xr, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(y.numpy(), yr, rtol=0, atol=1e-6)
+    assert t[0] == df["timestamp"].iloc[96] and t[-1] == df["timestamp"].iloc[-1]
+
+
+def test_split_check_refuses_overlap():
+    df = toy_frame(400)
+    info = m.verify_split(df.iloc[:300], df.iloc[300:])
+    assert info["no_lookahead"] and info["cutoff"] == str(df["timestamp"].iloc[300])
+    with pytest.raises(data.DataError, match="not a time split"):
+        m.verify_split(df.iloc[:300], df.iloc[250:])
+
+
+def test_baselines_are_the_named_forecasts():
+    X = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
+    y = torch.tensor([4.0, 1.0])
+    b = m.baselines(X, y, train_mean=2.0)
+    assert b["baseline.persistence_mse"] == pytest.approx(((4 - 3) ** 2 + 0) / 2)
+    assert b["baseline.seasonal_naive_mse"] == pytest.approx(((4 - 1) ** 2 + 1) / 2)
+    assert b["baseline.train_mean_mse"] == pytest.approx((4 + 1) / 2)
+
+
+def test_course_rnn_shapes_and_parameters():
+    net = m.CourseRNN()
+    out = net(torch.randn(5, 96).view(5, 96, 1))
+    assert out.shape == (5, 1) and out.squeeze(1).shape == (5,)
+    assert (net.rnn.input_size, net.rnn.hidden_size, net.rnn.num_layers, net.rnn.batch_first) == (1, 32, 2, True)
+    assert m.n_params(net) == 3265   # 1,120 + 2,112 (two RNN layers) + 33 (Linear)
+    case = m.benchmark_cases()[0]
+    (x,), target = case["make_batch"](case["batch_size"], "cpu")
+    assert case["loss_fn"](case["make_model"]()(x), target).ndim == 0
+
+
+def test_loader_draws_whole_batches_reproducibly():
+    X, y = torch.arange(20.0).view(10, 2), torch.arange(10.0)
+    order = lambda seed: torch.cat([b[1] for b in m.make_loader(X, y, 4, True, seed)]).tolist()
+    assert [len(b[1]) for b in m.make_loader(X, y, 4, True)] == [4, 4, 2]
+    assert order(3) == order(3) and order(3) != order(4) and sorted(order(3)) == list(range(10))
+
+
+@real_data("electricity")
+def test_real_split_and_windows():
+    train, test, _ = data.load_electricity()
+    split = m.verify_split(train, test)
+    assert split["cutoff"] == "2014-01-01 00:00:00" and split["train_last"] == "2013-12-31 23:45:00"
+    assert split["regular_15min"]
+    assert not (test["timestamp"] <= train["timestamp"].max()).any()
+    X, y, t = m.make_windows(train)
+    assert X.shape == (105_119, 96) and y.shape == (105_119,)
+    vals = train["consumption"].to_numpy(np.float32)
+    for i in (0, 12_345, 105_118):   # target alignment at a few places against direct indexing
+        assert torch.equal(X[i], torch.from_numpy(vals[i:i + 96])) and y[i] == vals[i + 96]
+    assert t[-1] == train["timestamp"].iloc[-1]
+    Xt, _, _ = m.make_windows(test)
+    assert Xt.shape == (34_944, 96)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    runs = []
+    for i in range(2):
+        d = tmp_path_factory.mktemp(f"r{i}")
+        _, res = run_script(SCRIPT, "--smoke", "--seeds", "2", results_dir=d)
+        runs.append((d, res))
+    return runs
+
+
+@pytest.mark.slow
+@real_data("electricity")
+def test_smoke_real_json_plots_and_reproducibility(smoke_runs):
+    (d, r), (_, r2) = smoke_runs
+    assert r["status"] == "ok" and r["data"]["source"] == "real" and r["seeds"] == [0, 1]
+    mt = r["metrics"]
+    for k in ("rnn.test_mse", "rnn.mse_vs_persistence", "rnn.params",
+              "baseline.persistence_mse", "baseline.seasonal_naive_mse", "baseline.train_mean_mse"):
+        assert isinstance(mt[k], float) and mt[k] > 0, k
+    assert mt["rnn.mse_vs_persistence"] == pytest.approx(mt["rnn.test_mse"] / mt["baseline.persistence_mse"], rel=1e-6)
+    assert mt["rnn.params"] == 3265 and mt["data.train_windows_full"] == 105_119
+    assert r["data"]["sizes"]["test_windows"] == 2016 and "not kW" in r["units"]
+    assert r["split_check"]["no_lookahead"] and r["split_check"]["cutoff"] == "2014-01-01 00:00:00"
+    assert r["timings"]["train_samples_per_s"] > 0 and r["timings"]["rnn.train_windows_per_s"] > 0
+    assert (d / SCRIPT / "train_loss.png").stat().st_size > 0 and (d / SCRIPT / "test_week.png").stat().st_size > 0
+    assert r["metrics"] == r2["metrics"] and r["history"] == r2["history"]   # same seeds: identical
+    a, b = r["per_seed"]["rnn.test_mse"]
+    assert a != b                                                            # different seeds differ
+
+
+@pytest.mark.slow
+def test_smoke_synthetic(results_dir):
+    _, r = run_script(SCRIPT, "--smoke", "--synthetic", "--seeds", "1", results_dir=results_dir)
+    assert r["data"]["source"] == "synthetic" and r["status"] == "ok" and "rnn.test_mse" in r["metrics"]
+
+
+@pytest.mark.slow
+def test_divergence_is_recorded(results_dir):
+    proc, r = run_script(SCRIPT, "--smoke", "--synthetic", "--seeds", "1", "--lr", "1e30",
+                         results_dir=results_dir, check=False)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert r["status"] == "diverged" and r["diverged"][0]["run"] == "rnn" and r["diverged"][0]["seed"] == 0
+
+
+def test_missing_data_exits_2(results_dir, tmp_path):
+    proc, r = run_script(SCRIPT, "--smoke", "--data-dir", str(tmp_path / "nowhere"), results_dir=results_dir,
+                         check=False, env={"SYNTHETIC_FALLBACK": "0"})
+    assert proc.returncode == 2 and "error: electricity" in proc.stderr and "Traceback" not in proc.stderr
+    assert r is None

@@ -1,0 +1,147 @@
+"""09_omniglot_multi_output: the two-output models, the weighted loss, the salary loss-scaling pieces,
+benchmark cases, and smoke runs (real data: per-head figures, weighting table, scaling result, leak
+marking, plots, reproducibility; synthetic; divergence)."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common import data
+from conftest import real_data, run_script
+
+m = importlib.import_module("experiments.09_omniglot_multi_output")
+SCRIPT = "09_omniglot_multi_output"
+
+
+# ------------------------------------------------------------------ models and losses
+def test_two_output_models_output_shapes():
+    x = torch.rand(4, 1, 64, 64)
+    course = m.TwoOutputNet("course_model")
+    alpha, char = course(x)
+    assert alpha.shape == (4, 30) and char.shape == (4, 964)
+    assert course.classifier_alpha.in_features == course.classifier_char.in_features == 128
+    assert isinstance(course.image_layer, m.m08.CourseImageNet)       # the image subnet of 08, reused
+    alpha, char = m.TwoOutputNet("improved").eval()(x)
+    assert alpha.shape == (4, 30) and char.shape == (4, 964)
+
+
+def test_weighted_loss():
+    g = torch.Generator().manual_seed(0)
+    out = (torch.randn(6, 30, generator=g), torch.randn(6, 964, generator=g))
+    y = (torch.randint(0, 30, (6,), generator=g), torch.randint(0, 964, (6,), generator=g))
+    ce_a, ce_c = F.cross_entropy(out[0], y[0]), F.cross_entropy(out[1], y[1])
+    assert m.weighted_loss(out, y) == pytest.approx(float(ce_a + ce_c))
+    assert m.weighted_loss(out, y, *m.WEIGHTINGS["char_x2"]) == pytest.approx(float(ce_a + 2 * ce_c))
+    assert m.weighted_loss(out, y, *m.WEIGHTINGS["sum_to_1"]) == pytest.approx(float(0.33 * ce_a + 0.67 * ce_c))
+    assert sum(m.WEIGHTINGS["sum_to_1"]) == pytest.approx(1.0)
+
+
+def test_salary_losses_scales():
+    pred = torch.tensor([100_000.0, 150_000.0, 90_000.0])
+    y = torch.tensor([50_000.0, 250_000.0, 95_000.0])
+    logits, level = torch.zeros(3, 4), torch.tensor([0, 2, 3])
+    unscaled = m.salary_losses("unscaled", pred, logits, y, level)
+    assert float(unscaled) == pytest.approx((5e4 ** 2 + 1e5 ** 2 + 5e3 ** 2) / 3 + torch.log(torch.tensor(4.0)).item(), rel=1e-6)
+    scaled = m.salary_losses("scaled", pred, logits, y, level)  # each part in [0, 1]: the sum in [0, 2]
+    assert float(scaled) == pytest.approx((0.25 + 1 + 0.0025) / 3 + 1.0, rel=1e-5)
+    assert float(m.salary_losses("ce_only", pred, logits, y, level)) == pytest.approx(torch.log(torch.tensor(4.0)).item())
+
+
+@real_data("ds_salaries")
+def test_salary_features_real():
+    df, _ = data.load_salaries()
+    x, salary, level = m.salary_features(df)
+    assert x.shape[0] == salary.shape[0] == level.shape[0] == 3_755 and torch.isfinite(x).all()
+    assert torch.bincount(level).tolist() == [320, 805, 2516, 114]           # EN, MI, SE, EX
+    assert 5_000 < float(salary.min()) and float(salary.max()) == 450_000
+    assert float(salary.var()) > 1e9                                         # MSE in dollars: billions
+
+
+def test_benchmark_cases_run_one_step():
+    cases = m.benchmark_cases()
+    assert [c["name"] for c in cases] == ["09.course_model_two_output", "09.improved_two_output"]
+    for c in cases:
+        model = c["make_model"]()
+        inputs, target = c["make_batch"](8, torch.device("cpu"))
+        alpha, char = model(*inputs)
+        assert alpha.shape == (8, 30) and char.shape == (8, 964)
+        loss = c["loss_fn"]((alpha, char), target)
+        loss.backward()
+        c["make_optimizer"](model.parameters()).step()
+        assert torch.isfinite(loss)
+
+
+# ------------------------------------------------------------------ smoke runs
+SMALL = ("--split", "clean", "--model", "improved")
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """The full smoke (both splits, both models, weighting, scaling), then a cheap one twice and with seed 1."""
+    outs = []
+    for args in ((), SMALL, SMALL, (*SMALL, "--seed", "1")):
+        d = tmp_path_factory.mktemp("smoke")
+        outs.append((d, run_script(SCRIPT, "--smoke", *args, results_dir=d)[1]))
+    return outs
+
+
+@real_data("omniglot")
+@real_data("ds_salaries")
+def test_smoke_real_figures_and_plots(smoke_runs):
+    d, r = smoke_runs[0]
+    assert r["status"] == "ok" and r["data"]["source"] == "real" and r["seeds"] == [0]
+    met = r["metrics"]
+    for split in ("clean", "course"):
+        for model in ("course_model", "improved"):
+            for head in ("alphabet", "char"):
+                assert 0.0 <= met[f"{split}.{model}.{head}_accuracy"] <= 1.0
+                assert len(r["history"][f"{split}.{model}.{head}_accuracy"]) == 1
+            assert r["timings"][f"{split}.{model}.train_samples_per_s"] > 0
+            assert f"course.{model}.char_accuracy_unseen" in met and f"course.{model}.alphabet_accuracy_overlap" in met
+    assert r["splits"]["course"]["leaky"] is True and r["splits"]["course"]["overlap"] == 7_269
+    assert r["splits"]["clean"]["leaky"] is False
+    # loss weighting: one table row per configuration, same split; equal == the base course run
+    assert [row["config"] for row in r["loss_weighting"]] == ["equal", "char_x2", "sum_to_1"]
+    assert met["weighting.equal.char_accuracy"] == met["clean.course_model.char_accuracy"]
+    for w in ("char_x2", "sum_to_1"):
+        assert 0.0 <= met[f"weighting.{w}.alphabet_accuracy"] <= 1.0 and f"weighting.{w}.char_accuracy" in met
+    # loss scaling: both metrics for both variants, the unscaled loss in the billions
+    for v in ("unscaled", "scaled"):
+        assert 0.0 <= met[f"scaling.{v}.experience_accuracy"] <= 1.0 and met[f"scaling.{v}.salary_rmse_usd"] > 1_000
+    assert r["history"]["scaling.unscaled.train_loss"][0] > 1e8 and r["history"]["scaling.scaled.train_loss"][0] <= 2
+    assert met["baseline.scaling.majority_accuracy"] == pytest.approx(2516 / 3755, abs=0.03)
+    assert r["data"]["parts"]["ds_salaries"]["sizes"] == {"train": 3_004, "test": 751}
+    assert r["course_reference"] == {"alphabet_accuracy": 0.31, "char_accuracy": 0.24, "split": "course (leaky)"}
+    for name in ("head_accuracy", "test_accuracy_curves", "loss_weighting", "loss_scaling", "loss_scaling_train_loss"):
+        assert (d / SCRIPT / f"{name}.png").stat().st_size > 1000
+
+
+@real_data("omniglot")
+def test_smoke_reproducible_and_seeds_differ(smoke_runs):
+    full, a, b, other = (r for _, r in smoke_runs)
+    assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
+    assert a["headline"] == "clean.improved.char_accuracy" and a["loss_weighting"] == []   # no course model: no weighting
+    assert "weighting.char_x2.char_accuracy" not in a["metrics"]
+    run = "clean.improved"
+    assert full["history"][f"{run}.train_loss"] == a["history"][f"{run}.train_loss"]
+    assert other["history"][f"{run}.train_loss"] != a["history"][f"{run}.train_loss"]
+    assert other["per_seed"]["scaling.scaled.salary_rmse_usd"] != a["per_seed"]["scaling.scaled.salary_rmse_usd"]
+
+
+def test_smoke_synthetic(results_dir):
+    _, r = run_script(SCRIPT, "--smoke", "--synthetic", "--split", "clean", "--model", "course", results_dir=results_dir)
+    assert r["data"]["source"] == "synthetic" and r["status"] == "ok"
+    assert r["data"]["parts"]["ds_salaries"]["source"] == "synthetic"
+    assert [row["config"] for row in r["loss_weighting"]] == ["equal", "char_x2", "sum_to_1"]
+    assert "clean.course_model.alphabet_accuracy" in r["metrics"] and "course.course_model.char_accuracy" not in r["metrics"]
+
+
+def test_divergence_exits_3(results_dir):
+    proc, r = run_script(SCRIPT, "--smoke", "--synthetic", "--split", "clean", "--model", "course", "--lr", "1e30",
+                         results_dir=results_dir, check=False)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert r["status"] == "diverged" and r["diverged"][0] == {"run": "clean.course_model", "seed": 0,
+                                                              "epoch": 1, "step": r["diverged"][0]["step"]}
