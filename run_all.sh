@@ -7,12 +7,16 @@ ROOT=$(pwd)
 
 usage() {
   cat <<USAGE
-usage: bash run_all.sh [--test [PYTEST ARGS...]] [--only 04,07] [--smoke] [--device auto|cpu|cuda]
+usage: bash run_all.sh [--test [PYTEST ARGS...]] [--bench[-update] [N]] [--only 04,07] [--smoke] [--device auto|cpu|cuda]
                        [--results-dir DIR] [--seeds N] [--help]
 
   (no option)       run every experiment on the real data in \$DATA_DIR (default ./data);
                     datasets that are missing are replaced by labelled SYNTHETIC stand-ins
-  --test            run the whole pytest suite instead (what CI runs); extra args go to pytest
+  --test            run the whole pytest suite instead (what CI runs), with the quick throughput
+                    benchmarks, then the throughput gate (python -m common.gate check); extra args go
+                    to pytest (then a run without benchmarks passes the gate)
+  --bench [N]       run the throughput benchmarks N times (default 5) and print each model's noise
+  --bench-update [N]  the same, then write tests/benchmarks/baseline.json from those runs
   --only LIST       comma-separated experiment numbers, e.g. 04,07
   --smoke           each experiment's tiny configuration (seconds each)
   --device D        auto (default), cpu or cuda
@@ -21,10 +25,12 @@ usage: bash run_all.sh [--test [PYTEST ARGS...]] [--only 04,07] [--smoke] [--dev
 USAGE
 }
 
-TEST=0; ONLY=""; SMOKE=0; DEVICE=auto; RESULTS_DIR="$ROOT/results"; SEEDS=""; PYTEST_ARGS=()
+TEST=0; BENCH=0; BENCH_UPDATE=0; ONLY=""; SMOKE=0; DEVICE=auto; RESULTS_DIR="$ROOT/results"; SEEDS=""; PYTEST_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --test) TEST=1; shift; PYTEST_ARGS=("$@"); break ;;
+    --bench|--bench-update) [ "$1" = --bench-update ] && BENCH_UPDATE=1
+                  if [[ "${2:-}" =~ ^[1-9][0-9]*$ ]]; then BENCH=$2; shift 2; else BENCH=5; shift; fi ;;
     --only) ONLY="${2:?--only needs a list like 04,07}"; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
     --device) DEVICE="${2:?--device needs auto, cpu or cuda}"; shift 2 ;;
@@ -56,8 +62,32 @@ VPY="$ROOT/.venv/bin/python"
 if [ -n "${DATA_DIR:-}" ]; then export DATA_DIR=$(cd "$DATA_DIR" 2>/dev/null && pwd || echo "$DATA_DIR"); fi
 
 if [ "$TEST" = 1 ]; then
-  echo "== pytest (DATA_DIR=${DATA_DIR:-$ROOT/data})"
-  exec "$VPY" -m pytest "${PYTEST_ARGS[@]}"
+  # the whole suite, quick throughput benchmarks included; then the regression gate on their timings
+  BENCH_JSON="$ROOT/.benchmarks/ci.json"
+  mkdir -p "$ROOT/.benchmarks"; rm -f "$BENCH_JSON"
+  echo "== pytest (DATA_DIR=${DATA_DIR:-$ROOT/data}; benchmark timings -> $BENCH_JSON)"
+  "$VPY" -m pytest --benchmark-json="$BENCH_JSON" "${PYTEST_ARGS[@]}"; test_rc=$?
+  GATE_ARGS=(); [ ${#PYTEST_ARGS[@]} -gt 0 ] && GATE_ARGS=(--partial)   # a chosen subset may hold no benchmarks
+  echo "== throughput gate: python -m common.gate check $BENCH_JSON ${GATE_ARGS[*]}"
+  "$VPY" -m common.gate check "$BENCH_JSON" "${GATE_ARGS[@]}"; gate_rc=$?
+  [ "$test_rc" = 0 ] || echo "run_all.sh: pytest failed (exit $test_rc)" >&2
+  [ "$gate_rc" = 0 ] || echo "run_all.sh: the throughput gate failed (exit $gate_rc)" >&2
+  [ "$test_rc" = 0 ] && [ "$gate_rc" = 0 ]; exit $?
+fi
+
+if [ "$BENCH" -gt 0 ]; then
+  # measure the benchmarks' noise: BENCH runs into .benchmarks/runs/, then the spread per model
+  RUNS_DIR="$ROOT/.benchmarks/runs"; rm -rf "$RUNS_DIR"; mkdir -p "$RUNS_DIR"
+  for i in $(seq 1 "$BENCH"); do
+    echo "== benchmark run $i/$BENCH"
+    "$VPY" -m pytest tests/benchmarks -q -p no:cacheprovider --benchmark-json="$RUNS_DIR/run$i.json" \
+      --benchmark-columns=median,rounds > "$RUNS_DIR/run$i.log" 2>&1 \
+      || { tail -30 "$RUNS_DIR/run$i.log"; echo "run_all.sh: benchmark run $i failed" >&2; exit 1; }
+  done
+  "$VPY" -m common.gate noise "$RUNS_DIR"/run*.json || exit $?
+  if [ "$BENCH_UPDATE" = 1 ]; then "$VPY" -m common.gate update "$RUNS_DIR"/run*.json; exit $?; fi
+  echo "baseline unchanged; to write it from these runs: $VPY -m common.gate update $RUNS_DIR/run*.json"
+  exit 0
 fi
 
 # ---- which experiments
