@@ -28,7 +28,8 @@ def rows(results_dir: Path, since: float = 0.0, prefixes: list[str] | None = Non
         metric = f"{h} = {value:.4g}" + (f" ± {std:.2g}" if std else "") if value is not None else f"{h} = n/a"
         wall = r["timings"].get("wall_s")
         out.append({"experiment": r["experiment"], "status": r["status"], "headline": metric,
-                    "wall": f"{wall:.1f}s" if wall is not None else "", "source": r["data"].get("source", "?")})
+                    "wall": f"{wall:.1f}s" if wall is not None else "",
+                    "source": "no dataset" if r["data"].get("name") == "none" else r["data"].get("source", "?")})
     return out
 
 
