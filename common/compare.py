@@ -33,7 +33,7 @@ from pathlib import Path
 SCHEMA_VERSION = 1   # the result schema this tool reads (common.results.SCHEMA_VERSION)
 REQUIRED_KEYS = ("schema_version", "experiment", "status", "started_at", "finished_at", "headline", "data",
                  "config", "seeds", "metrics", "std", "per_seed", "history", "timings", "environment")
-IGNORED_CONFIG = {"results_dir", "data_dir", "device", "rerun", "experiment"}
+IGNORED_CONFIG = {"results_dir", "data_dir", "device", "threads", "rerun", "experiment"}  # machine settings, not the experiment
 PATHLIKE_SUFFIXES = ("_dir", "_path", "_file", "_root", "_out", "_json", "_cache")
 TIMING_ROWS = ("wall_s", "train_s", "train_samples_per_s")
 MAX_METRICS = 16

@@ -11,7 +11,7 @@ the persistence / seasonal-naive / training-mean baselines on the same test wind
 model, the test MSE mean ± std over the seeds (3 by default), the parameter count, the training time and
 throughput (windows/s) and the ratio to persistence, in one table (JSON + bar plot with error bars), and
 says whether this data agrees with the course's conclusion. Training settings (batch 512, lr 2e-3,
-2 epochs, one torch thread) are 06's; see its docstring for why.
+2 epochs, torch's default threads) are 06's; see its docstring for why.
 """
 import importlib
 import sys
@@ -70,7 +70,7 @@ def benchmark_cases() -> list[dict]:
 
 
 def parse(argv=None):
-    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=3, threads=1)
+    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=3)
     rnn06.add_training_options(p)
     return cli.parse_args(p, argv)
 
