@@ -78,7 +78,8 @@ def environment(device: torch.device | str, script: str | os.PathLike | None = N
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # dirty = tracked code or config changed since the commit; result files under results/ do not count
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")),
     }
     if script is not None:
         data = Path(script).read_bytes()
