@@ -35,6 +35,9 @@ COURSE_FIGURES = [
 ]
 
 
+MAX_REPORT_METRICS = 40
+
+
 def course_figures_for(experiment: str) -> list[tuple[str, str, str]]:
     name = experiment.lower()
     return [f for e in COURSE_FIGURES if any(k in name for k in e["match"]) for f in e["figures"]]
@@ -84,7 +87,7 @@ def experiment_section(path: Path, r: dict, out_dir: Path) -> list[str]:
     exp, m, sd = r["experiment"], r["metrics"], r["std"]
     h = r["headline"]
     lines = [f"## {exp}", "",
-             f"status **{r['status']}**, data **{r['data'].get('source', '?')}** "
+             f"status **{r['status']}**, data **{'no dataset' if r['data'].get('name') == 'none' else r['data'].get('source', '?')}** "
              f"(fingerprint `{str(r['data'].get('fingerprint', ''))[:12]}`), seeds {r['seeds']}", "",
              f"**headline**: `{h}` = {_fmt(m.get(h), sd.get(h))}", ""]
     course = course_figures_for(exp)
@@ -93,10 +96,15 @@ def experiment_section(path: Path, r: dict, out_dir: Path) -> list[str]:
         lines += [f"| {what} | {val} | transcript {where} |" for what, val, where in course]
         lines.append("")
     base = [k for k in m if "baseline" in k.lower()]
-    shown = [h] + [k for k in m if k != h and "test" in k.lower() and "baseline" not in k.lower()][:20]
+    # the headline, then test figures, then the rest (capped: the JSON has them all), baselines last
+    rest = [k for k in m if k != h and "baseline" not in k.lower()]
+    ordered = [h] + [k for k in rest if "test" in k.lower()] + [k for k in rest if "test" not in k.lower()]
+    shown = ordered[:MAX_REPORT_METRICS]
     lines += ["| metric | value (mean ± std over seeds) |", "| --- | ---: |"]
     lines += [f"| {k}{' (headline)' if k == h else ''} | {_fmt(m.get(k), sd.get(k))} |" for k in shown]
     lines += [f"| {k} (baseline) | {_fmt(m.get(k), sd.get(k))} |" for k in base]
+    if len(ordered) > len(shown):
+        lines.append(f"| ... {len(ordered) - len(shown)} more metrics in `{path.name}` | |")
     t = r.get("timings") or {}
     lines += ["", "timings: " + ", ".join(f"{k} {_fmt(v)}" for k, v in t.items() if v is not None), ""]
     plot_dir = path.parent / exp
@@ -120,7 +128,8 @@ def build_report(results_dir: Path, out: Path) -> str:
     for r in records:
         h = r["headline"]
         lines.append(f"| {r['experiment']} | {r['status']} | {h} | {_fmt(r['metrics'].get(h), r['std'].get(h))} | "
-                     f"{_fmt((r.get('timings') or {}).get('wall_s'))} | {r['data'].get('source', '?')} |")
+                     f"{_fmt((r.get('timings') or {}).get('wall_s'))} | "
+                     f"{'no dataset' if r['data'].get('name') == 'none' else r['data'].get('source', '?')} |")
     synthetic = [r["experiment"] for r in records if r["data"].get("source") == "synthetic"]
     if synthetic:
         lines += ["", f"**NOTE: {', '.join(synthetic)} ran on SYNTHETIC stand-in data; their figures say nothing "
