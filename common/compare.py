@@ -37,6 +37,7 @@ IGNORED_CONFIG = {"results_dir", "data_dir", "device", "threads", "rerun", "expe
 PATHLIKE_SUFFIXES = ("_dir", "_path", "_file", "_root", "_out", "_json", "_cache")
 TIMING_ROWS = ("wall_s", "train_s", "train_samples_per_s")
 MAX_METRICS = 16
+ROUNDOFF = 1e-6      # relative differences below this are float round-off, never flagged
 
 
 class CompareError(Exception):
@@ -217,7 +218,8 @@ def experiment_rows(exp: str, sources: list[Source], all_metrics: bool, marked: 
                 continue
             spread = max(stds[0] or 0.0, stds[i] or 0.0)
             diff = vals[i] - vals[0]
-            if abs(diff) > spread:
+            # float round-off (summation order across thread counts) is not a difference
+            if abs(diff) > max(spread, ROUNDOFF * max(abs(vals[0]), abs(vals[i]))):
                 if spread == 0.0 and max(nseeds[0], nseeds[i]) <= 1:
                     flags.append(f"{sources[i].label}: differs {diff:+.3g} (1 seed, no spread)")
                 else:

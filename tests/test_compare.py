@@ -82,6 +82,17 @@ def test_single_seed_difference_is_flagged_as_such(tmp_path):
     assert "differs +0.01 (1 seed, no spread)" in out
 
 
+def test_float_round_off_is_not_flagged(tmp_path):
+    # e.g. the same run on 1 vs 2 threads: sums in another order differ in the 9th digit, not in substance
+    zero = {"adam.test_accuracy": 0.0, "baseline.majority_accuracy": 0.0}
+    a = put(tmp_path / "a", result(std=zero, metrics={"adam.test_accuracy": 0.0400300001, "baseline.majority_accuracy": 0.61}))
+    b = put(tmp_path / "b", result(std=zero, metrics={"adam.test_accuracy": 0.0400299999, "baseline.majority_accuracy": 0.62}))
+    out = run(a, b).stdout
+    line = lambda q: next(l for l in out.splitlines() if l.startswith(q))
+    assert "differs" not in line("adam.test_accuracy (headline)")
+    assert "differs +0.01 > seed spread 0" in line("baseline.majority_accuracy")
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(data={"name": "water", "source": "real", "fingerprint": "zzz"}), "different data fingerprint"),
     (dict(data={"name": "water", "source": "synthetic", "fingerprint": "abc"}), "different data source (synthetic vs real)"),
