@@ -56,6 +56,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; th
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt \
     || { echo "run_all.sh: pip install -r requirements.txt failed" >&2; exit 1; }
   echo "$want" > "$STAMP"
+  sync  # write the new venv's gigabytes to disk now, not in the background while benchmarks are timed
   echo "== .venv ready in $(( $(date +%s) - t0 ))s"
 fi
 VPY="$ROOT/.venv/bin/python"
@@ -70,6 +71,15 @@ if [ "$TEST" = 1 ]; then
   GATE_ARGS=(); [ ${#PYTEST_ARGS[@]} -gt 0 ] && GATE_ARGS=(--partial)   # a chosen subset may hold no benchmarks
   echo "== throughput gate: python -m common.gate check $BENCH_JSON ${GATE_ARGS[*]}"
   "$VPY" -m common.gate check "$BENCH_JSON" "${GATE_ARGS[@]}"; gate_rc=$?
+  if [ "$gate_rc" = 1 ] && [ ${#PYTEST_ARGS[@]} -eq 0 ]; then
+    # A regression must show twice: time the benchmarks once more, on their own, and fail only on
+    # models too slow in both runs (a passing disturbance of the machine cannot fail CI alone).
+    CONFIRM_JSON="$ROOT/.benchmarks/ci-confirm.json"; rm -f "$CONFIRM_JSON"
+    echo "== the gate flagged a slowdown; confirming with a second benchmark run -> $CONFIRM_JSON"
+    "$VPY" -m pytest tests/benchmarks -q -p no:cacheprovider --benchmark-json="$CONFIRM_JSON" > "$ROOT/.benchmarks/ci-confirm.log" 2>&1 \
+      || { tail -20 "$ROOT/.benchmarks/ci-confirm.log"; echo "run_all.sh: the confirming benchmark run failed" >&2; }
+    "$VPY" -m common.gate check "$BENCH_JSON" --confirm "$CONFIRM_JSON"; gate_rc=$?
+  fi
   [ "$test_rc" = 0 ] || echo "run_all.sh: pytest failed (exit $test_rc)" >&2
   [ "$gate_rc" = 0 ] || echo "run_all.sh: the throughput gate failed (exit $gate_rc)" >&2
   [ "$test_rc" = 0 ] && [ "$gate_rc" = 0 ]; exit $?

@@ -92,6 +92,19 @@ def test_threshold_ignores_runs_that_were_faster_than_the_median(tmp_path):
     assert gate.suggested_threshold(sp) == gate.MIN_THRESHOLD
 
 
+def test_confirming_run_clears_a_one_off_disturbance_but_not_a_real_slowdown(tmp_path, baseline):
+    slow = bench_json({**TIMES, "test_forward[04.cnn-cpu]": TIMES["test_forward[04.cnn-cpu]"] * 4})
+    clean = write(tmp_path / "confirm_clean.json", bench_json(TIMES))
+    # disturbed once, fine in the confirming run: passes
+    rc, out = run_check(tmp_path, baseline, slow, "--confirm", str(clean))
+    assert rc == 0 and "confirmed by" in out and "gate passed: 4 benchmarks" in out, out
+    # 2x slower in both runs: fails, naming the model
+    also_slow = write(tmp_path / "confirm_slow.json",
+                      bench_json({**TIMES, "test_forward[04.cnn-cpu]": TIMES["test_forward[04.cnn-cpu]"] * 2}))
+    rc, out = run_check(tmp_path, baseline, slow, "--confirm", str(also_slow))
+    assert rc == 1 and "test_forward[04.cnn-cpu]: normalised median 0.5 is 1.96x the baseline" in out, out
+
+
 def test_unchanged_rerun_passes(tmp_path, baseline):
     rc, out = run_check(tmp_path, baseline, bench_json({k: v * 1.03 for k, v in TIMES.items()}))
     assert rc == 0, out
