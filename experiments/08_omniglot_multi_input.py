@@ -25,9 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from torchmetrics.classification import MulticlassAccuracy
 
-from common import cli, data, plots, repro, results
+from common import cli, data, metrics, plots, repro, results
 from common.device import DeviceError, choose_device, synchronize
 
 EXPERIMENT = "08_omniglot_multi_input"
@@ -234,11 +233,6 @@ def predict(model, inputs, idx, device, batch_size=1024):
     return torch.cat(outs)
 
 
-def accuracy(logits, target, num_classes):
-    """torchmetrics multiclass (micro) accuracy."""
-    return float(MulticlassAccuracy(num_classes=num_classes, average="micro")(logits, target))
-
-
 def alphabet_prior_accuracy(ds, test_idx):
     """Expected accuracy of guessing uniformly among the characters of the (given) true alphabet:
     what the alphabet input alone is worth."""
@@ -337,7 +331,7 @@ def main(argv=None) -> int:
                 model = TwoInputNet(name).to(device)
 
                 def evaluate(model, te=te):
-                    return {"test_accuracy": accuracy(predict(model, inputs, te, device), ds.character[te], N_CHARACTERS)}
+                    return {"test_accuracy": metrics.accuracy(predict(model, inputs, te, device), ds.character[te], N_CHARACTERS)}
 
                 try:
                     h, t_train, n_seen = train_run(model, step_loss, tr, seed=seed, device=device, evaluate=evaluate,
@@ -354,14 +348,14 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 logits = predict(model, inputs, te, device)
                 eval_s += time.perf_counter() - t
-                m[f"{run}.char_accuracy"] = accuracy(logits, ds.character[te], N_CHARACTERS)
+                m[f"{run}.char_accuracy"] = metrics.accuracy(logits, ds.character[te], N_CHARACTERS)
                 m[f"{run}.test_cross_entropy"] = float(F.cross_entropy(logits, ds.character[te]))
-                m[f"{run}.train_accuracy"] = accuracy(predict(model, inputs, tr, device), ds.character[tr], N_CHARACTERS)
+                m[f"{run}.train_accuracy"] = metrics.accuracy(predict(model, inputs, tr, device), ds.character[tr], N_CHARACTERS)
                 if sinfo["leaky"]:  # how much of the figure is memorisation of the overlapping images
                     seen_in_train = torch.from_numpy(np.isin(te.numpy(), tr.numpy()))
                     for part, mask in (("overlap", seen_in_train), ("unseen", ~seen_in_train)):
                         if mask.any():
-                            m[f"{run}.char_accuracy_{part}"] = accuracy(logits[mask], ds.character[te][mask], N_CHARACTERS)
+                            m[f"{run}.char_accuracy_{part}"] = metrics.accuracy(logits[mask], ds.character[te][mask], N_CHARACTERS)
         per_seed.append(m)
 
     mean, std, per_seed_vals = results.aggregate_seeds(per_seed)

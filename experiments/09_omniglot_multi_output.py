@@ -147,7 +147,7 @@ def run_scaling(args, seed, device):
                                 print_every=max(1, epochs // 4))
         hist[f"scaling.{variant}.train_loss"] = h["train_loss"]
         pred, logits = m08.predict(model, lambda idx: (x.to(device)[idx.to(device)],), te, device)
-        out[f"scaling.{variant}.experience_accuracy"] = m08.accuracy(logits, y_level[te], len(EXPERIENCE_LEVELS))
+        out[f"scaling.{variant}.experience_accuracy"] = metrics.accuracy(logits, y_level[te], len(EXPERIENCE_LEVELS))
         if variant != "ce_only":
             out[f"scaling.{variant}.salary_rmse_usd"] = metrics.mse(pred, y_salary[te]) ** 0.5
             out[f"scaling.{variant}.salary_mae_usd"] = float(mean_absolute_error(pred, y_salary[te]))
@@ -249,8 +249,8 @@ def main(argv=None) -> int:
                 return weighted_loss(model(*inputs(idx)), (alphabet[d], character[d]), *w)
 
             def head_accuracy(out_alpha, out_char, rows):
-                return {"alphabet_accuracy": m08.accuracy(out_alpha, ds.alphabet[rows], N_ALPHABETS),
-                        "char_accuracy": m08.accuracy(out_char, ds.character[rows], N_CHARACTERS)}
+                return {"alphabet_accuracy": metrics.accuracy(out_alpha, ds.alphabet[rows], N_ALPHABETS),
+                        "char_accuracy": metrics.accuracy(out_char, ds.character[rows], N_CHARACTERS)}
 
             def evaluate(model, te=te):
                 return head_accuracy(*m08.predict(model, inputs, te, device), te)
