@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import repro
 from .device import DEVICE_CHOICES
 from .results import sigterm_as_interrupt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-COMMON_KEYS = ("seed", "seeds", "smoke", "device", "results_dir", "data_dir", "synthetic")
+SMOKE_SEEDS = 2   # the smoke rule: a --smoke run keeps at most this many seeds (two, so seeds can differ)
 
 
 def positive_int(text: str) -> int:
@@ -56,16 +60,28 @@ def base_parser(experiment: str, description: str, seeds: int = 1, threads: int 
     g.add_argument("--data-dir", default=None, help="dataset root (default: $DATA_DIR, else ./data)")
     g.add_argument("--synthetic", action="store_true",
                    help="use the labelled synthetic stand-in instead of the real data")
+    g.add_argument("--tf32", action="store_true",
+                   help="allow TF32 for CUDA matmuls and cuDNN convolutions/RNNs (default: off, full fp32; "
+                        "recorded in the result's environment.numerics)")
+    g.add_argument("--strict-determinism", action="store_true",
+                   help="fail on an op that has no deterministic implementation "
+                        "(use_deterministic_algorithms(True, warn_only=False)) instead of warning")
     g.add_argument("--rerun", metavar="RESULT_JSON", default=None,
                    help="re-execute the exact configuration recorded in a result JSON "
                         "(other options given on the command line still override it)")
     return p
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None,
+               smoke: dict | None = None) -> argparse.Namespace:
     """Parse ``argv``; with ``--rerun X.json`` the recorded config becomes the defaults first.
 
-    Also makes SIGTERM behave like Ctrl-C so that an interrupted run cleans up after itself.
+    ``smoke`` is the script's ``SMOKE`` block: with ``--smoke``, each of its keys that is an option
+    left at its default takes the smoke value (an option given on the command line wins); keys that
+    are not options (e.g. ``max_batches``) the script reads from its ``SMOKE`` block itself.
+
+    Also makes SIGTERM behave like Ctrl-C so that an interrupted run cleans up after itself, and
+    sets the numerics (``--tf32``, ``--strict-determinism``; see ``common.repro``) before any CUDA work.
     """
     args = parser.parse_args(argv)
     if args.rerun:
@@ -81,7 +97,13 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
         known = {a.dest for a in parser._actions}
         parser.set_defaults(**{k: v for k, v in config.items() if k in known and k != "rerun"})
         args = parser.parse_args(argv)
+    if smoke and args.smoke:
+        for key, value in smoke.items():
+            if hasattr(args, key) and getattr(args, key) == parser.get_default(key):
+                setattr(args, key, value)
     sigterm_as_interrupt()
+    repro.configure_numerics(tf32=getattr(args, "tf32", False),
+                             strict_determinism=getattr(args, "strict_determinism", False))
     return args
 
 
@@ -94,10 +116,44 @@ def apply_threads(args: argparse.Namespace, device) -> None:
 
 
 def seed_list(args: argparse.Namespace) -> list[int]:
-    """The seeds to run: ``seed, seed+1, ..., seed+seeds-1``."""
-    return [args.seed + i for i in range(args.seeds)]
+    """The seeds to run: ``seed, seed+1, ..., seed+seeds-1``; a ``--smoke`` run keeps the first ``SMOKE_SEEDS``."""
+    seeds = [args.seed + i for i in range(args.seeds)]
+    return seeds[:SMOKE_SEEDS] if getattr(args, "smoke", False) else seeds
+
+
+@dataclass
+class Start:
+    """What every run knows from its first line: where it computes, when it started (for the result's timings)."""
+    device: "torch.device"
+    started_at: str
+    t0: float
+
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def start(args: argparse.Namespace) -> Start:
+    """Choose the device (``DeviceError`` if unusable), apply ``--threads``, note the start time."""
+    from .device import choose_device
+    from .results import now_iso
+    started_at, t0 = now_iso(), time.perf_counter()
+    device = choose_device(args.device)
+    apply_threads(args, device)
+    return Start(device, started_at, t0)
+
+
+def fail(error: Exception) -> int:
+    """A setup error (bad data, no such device, a bad option value): one line on stderr, exit status 2."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2
 
 
 def config_of(args: argparse.Namespace) -> dict:
-    """Every argument the script ran with (for the JSON's ``config``), minus ``--rerun`` itself."""
-    return {k: v for k, v in vars(args).items() if k != "rerun"}
+    """Every argument the script ran with (for the JSON's ``config``), minus ``--rerun`` itself.
+
+    ``--tf32`` and ``--strict-determinism`` appear only when given: results made before these options
+    existed then keep comparing equal (tools.compare refuses different configs); their state is always
+    in ``environment.numerics``.
+    """
+    return {k: v for k, v in vars(args).items()
+            if k != "rerun" and not (k in ("tf32", "strict_determinism") and v is False)}

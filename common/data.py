@@ -582,6 +582,11 @@ def missing_datasets(data_dir_: str | None = None) -> list[str]:
 
 if __name__ == "__main__":
     # `python -m common.data` prints which datasets are present; exit 1 if any is missing.
+    # `--download` first fetches the missing ones (common/download.py); exit 2 if that fails.
+    if "--download" in sys.argv[1:]:
+        from common.download import download
+        if download() != 0:
+            sys.exit(2)
     root = data_dir()
     missing = missing_datasets()
     for name in DATASET_CHECKS:

@@ -1,11 +1,20 @@
 """Choose a device (auto | cpu | cuda | mps) and describe it for the result files."""
 from __future__ import annotations
 
+import ctypes
+import functools
+import glob
+import os
 import platform
+import shutil
+import subprocess
+import sys
 
 import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+# set by choose_device("auto") when an NVIDIA GPU is present but torch cannot use it; recorded in the JSON
+FALLBACK: dict | None = None
 
 
 class DeviceError(RuntimeError):
@@ -20,25 +29,121 @@ def _mps_available() -> bool:
 def choose_device(name: str = "auto") -> torch.device:
     """Return the device for ``name``.
 
-    ``auto`` picks CUDA, then MPS, then falls back to the CPU. Asking explicitly for a device
+    ``auto`` picks CUDA, then MPS, then falls back to the CPU; where an NVIDIA GPU is present but
+    unusable it says so on stderr and records why in :data:`FALLBACK`. Asking explicitly for a device
     that is not there raises :class:`DeviceError` with a message saying so, rather than
     failing later deep inside torch.
     """
+    global FALLBACK
     name = (name or "auto").lower()
     if name not in DEVICE_CHOICES:
         raise DeviceError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        chosen = torch.device("mps") if _mps_available() else torch.device("cpu")
+        if nvidia_gpu_present():
+            # never silently: a GPU is there but unusable (e.g. a driver too old for this torch build)
+            reason = cuda_unusable_reason()
+            FALLBACK = {"requested": "auto", "chosen": chosen.type, "reason": reason}
+            print(f"warning: --device auto: an NVIDIA GPU is present but torch cannot use it ({reason}); "
+                  f"running on {chosen.type} (recorded in the result's environment.device_fallback)", file=sys.stderr)
+        return chosen
     if name == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda was asked for, but CUDA is not available on this machine "
-                          "(torch.cuda.is_available() is False); use --device cpu or auto")
+                          f"(torch.cuda.is_available() is False: {cuda_unusable_reason()}); use --device cpu or auto")
     if name == "mps" and not _mps_available():
         raise DeviceError("--device mps was asked for, but MPS is not available on this machine")
     return torch.device(name)
+
+
+def nvidia_gpu_present() -> bool:
+    """Whether this machine shows signs of an NVIDIA GPU (device nodes, driver, nvidia-smi), without CUDA."""
+    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/proc/driver/nvidia/version")
+                or shutil.which("nvidia-smi"))
+
+
+def cuda_unusable_reason() -> str | None:
+    """Why torch cannot use CUDA here, in words (None when it can)."""
+    if torch.version.cuda is None:
+        return f"this torch build ({torch.__version__}) has no CUDA support"
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return "CUDA_VISIBLE_DEVICES is set to an empty string (no GPU visible)"
+    if not nvidia_gpu_present():
+        return "no NVIDIA GPU or driver found (no /dev/nvidia*, /proc/driver/nvidia or nvidia-smi)"
+    try:
+        torch.cuda.init()   # raises with torch's own reason, e.g. "The NVIDIA driver on your system is too old"
+    except Exception as e:  # noqa: BLE001 - any failure is the answer
+        return f"{type(e).__name__}: {e}".strip()
+    if torch.cuda.device_count() < 1:
+        return "CUDA initialised but reports no device"
+    return None
+
+
+def cuda_driver_version() -> int | None:
+    """The CUDA version the installed driver supports (cuDriverGetVersion, e.g. 12080), or None."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+        v = ctypes.c_int(0)
+        return int(v.value) if lib.cuDriverGetVersion(ctypes.byref(v)) == 0 else None
+    except (OSError, AttributeError):
+        return None
+
+
+@functools.cache
+def nvidia_smi_gpus(timeout_s: float = 5.0) -> list[dict] | None:
+    """One dict per GPU from ``nvidia-smi --query-gpu`` (driver, name, UUID, MIG mode, memory), or None."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    fields = ("index", "name", "uuid", "driver_version", "mig.mode.current", "memory.total", "compute_cap")
+    try:
+        out = subprocess.run([exe, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return [dict(zip(fields, (v.strip() for v in line.split(",")))) for line in out.stdout.splitlines() if line.strip()]
+
+
+def gpu_info() -> dict:
+    """Driver and GPU identity for the result files: cheap and without side effects where no GPU is.
+
+    CUDA is only initialised where torch says it is available; nvidia-smi (if present) is asked
+    once per process with a short timeout.
+    """
+    info = {"cuda_available": torch.cuda.is_available(), "torch_cuda_build": torch.version.cuda,
+            "cuda_driver_version": None, "nvidia_driver": None, "gpu_count": 0, "gpus": [],
+            "unusable_reason": None}
+    present = nvidia_gpu_present()
+    if present:
+        info["cuda_driver_version"] = cuda_driver_version()
+        smi = nvidia_smi_gpus() or []
+        info["nvidia_driver"] = smi[0]["driver_version"] if smi else None
+        info["nvidia_smi"] = smi
+    if info["cuda_available"]:
+        info["gpu_count"] = torch.cuda.device_count()
+        for i in range(info["gpu_count"]):
+            p = torch.cuda.get_device_properties(i)
+            uuid = str(getattr(p, "uuid", "") or "") or None
+            smi = info.get("nvidia_smi") or []
+            smi_row = next((r for r in smi if uuid and uuid in r.get("uuid", "")), None)
+            if smi_row is None:   # no UUID match (e.g. a MIG instance): one GPU seen both ways is the same one
+                smi_row = smi[0] if len(smi) == 1 and info["gpu_count"] == 1 else {}
+            info["gpus"].append({"index": i, "name": p.name, "uuid": uuid, "capability": f"{p.major}.{p.minor}",
+                                 "memory_gib": round(p.total_memory / 2**30, 2),
+                                 "mig_mode": smi_row.get("mig.mode.current"), "nvidia_smi_uuid": smi_row.get("uuid")})
+    else:
+        info["unusable_reason"] = cuda_unusable_reason()
+    return info
+
+
+def peak_gpu_memory() -> int | None:
+    """Peak bytes torch allocated on the current CUDA device in this process (None where CUDA never ran)."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    return int(torch.cuda.max_memory_allocated())
 
 
 def cpu_model() -> str:
@@ -67,6 +172,20 @@ def describe_device(device: torch.device) -> dict:
     else:
         info.update(name=info["cpu_model"])
     return info
+
+
+def to_device(t: torch.Tensor, device: torch.device, pin: bool = True) -> torch.Tensor:
+    """``t`` on ``device``; from the CPU to CUDA through pinned memory with ``non_blocking`` (no host wait).
+
+    A no-op where ``t`` is already there (the CPU path is unchanged). torch keeps the pinned buffer
+    alive until the copy has run.
+    """
+    device = torch.device(device)
+    if t.device == device or (device.type == t.device.type and device.index is None):
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return (t.pin_memory() if pin and not t.is_pinned() else t).to(device, non_blocking=True)
+    return t.to(device)
 
 
 def synchronize(device: torch.device) -> None:

@@ -25,11 +25,9 @@ import torch
 
 from .device import describe_device
 
-SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed", "diverged")
+from .schema import REQUIRED_KEYS, SCHEMA_VERSION, STATUSES, read_result  # noqa: F401 - the writer's contract
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-REQUIRED_KEYS = ("schema_version", "experiment", "status", "started_at", "finished_at", "headline", "data",
-                 "config", "seeds", "metrics", "std", "per_seed", "history", "timings", "environment")
 
 
 class Diverged(RuntimeError):
@@ -44,10 +42,54 @@ class Diverged(RuntimeError):
 
 
 def check_finite(loss: torch.Tensor | float, epoch: int, step: int) -> None:
-    """Raise :class:`Diverged` if ``loss`` is NaN or infinite (call once per step, after backward)."""
+    """Raise :class:`Diverged` if ``loss`` is NaN or infinite.
+
+    Reads the value on the host: on CUDA that waits for the GPU. Training loops use :class:`StepLog`
+    instead, which checks once per epoch.
+    """
     value = float(loss)
     if not math.isfinite(value):
         raise Diverged(epoch, step, value)
+
+
+class StepLog:
+    """Per-step values (losses) kept on the device and read back once: no host sync per step.
+
+    ``add(value, epoch, step)`` keeps a reference to a 0-d tensor (no copy, no sync);
+    ``values()`` reads every pending value with one transfer (one sync), raises :class:`Diverged`
+    for the first NaN/inf in step order -- the same epoch, step and value a per-step check would
+    have named -- and returns all values added so far as Python floats, in order. Every ``every``
+    entries it reads back on its own so that memory stays bounded on long epochs. The loop goes on
+    for the rest of the epoch after a NaN (the run is discarded anyway), and the values returned are
+    exactly what ``loss.item()`` gave, so sums taken on the host match the per-step code bit for bit.
+    """
+
+    def __init__(self, every: int = 1000):
+        self.every = every
+        self._pending: list[torch.Tensor] = []
+        self._where: list[tuple[int, int, str]] = []
+        self._values: list[float] = []
+
+    def add(self, value: torch.Tensor, epoch: int, step: int, what: str = "loss") -> None:
+        self._pending.append(value.detach().reshape(()))
+        self._where.append((epoch, step, what))
+        if len(self._pending) >= self.every:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        dtype = self._pending[0].dtype
+        vals = torch.stack([v.to(dtype) for v in self._pending]).tolist()   # the one sync
+        where, self._pending, self._where = self._where, [], []
+        for v, (epoch, step, what) in zip(vals, where):
+            if not math.isfinite(v):
+                raise Diverged(epoch, step, v, what=what)
+        self._values.extend(vals)
+
+    def values(self) -> list[float]:
+        self._flush()
+        return list(self._values)
 
 
 def now_iso() -> str:
@@ -62,12 +104,24 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def environment(device: torch.device | str, script: str | os.PathLike | None = None) -> dict:
-    """Versions, device, CPU, threads, CUDA/cuDNN, matmul precision, git commit/dirty, script sha256."""
+def environment(device: torch.device | str, script: str | os.PathLike | None = None,
+                compute_device: torch.device | str | None = None) -> dict:
+    """Versions, device, CPU, threads, CUDA/cuDNN, numerics, GPU identity, git commit/dirty, script sha256.
+
+    ``device`` is the device the script chose; ``compute_device`` where its work actually ran when
+    that differs (01 computes on the CPU whatever ``--device`` says). ``numerics`` holds the
+    TF32, cuDNN and determinism flags in force; ``gpu`` the driver and GPU identity; ``gpu_used``
+    whether any tensor was ever allocated on a CUDA device in this process; ``peak_gpu_memory_bytes``
+    torch's peak CUDA allocation (None on the CPU).
+    """
     import torchmetrics
     import torchvision
 
+    from . import device as _device
+    from .repro import numerics_state
+
     device = torch.device(device)
+    peak = _device.peak_gpu_memory()
     env = {
         "python": platform.python_version(), "platform": platform.platform(),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
@@ -77,6 +131,12 @@ def environment(device: torch.device | str, script: str | os.PathLike | None = N
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "compute_device": str(torch.device(compute_device)) if compute_device is not None else str(device),
+        "gpu_used": bool(peak),
+        "peak_gpu_memory_bytes": peak,
+        "numerics": numerics_state(),
+        "gpu": _device.gpu_info(),
+        "device_fallback": _device.FALLBACK,
         "git_commit": _git("rev-parse", "HEAD"),
         # dirty = tracked code or config changed since the commit; result files under results/ do not count
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")),
@@ -159,13 +219,14 @@ def write_result(experiment: str, *, results_dir: str | os.PathLike, status: str
                  config: dict, seeds: list[int], data, metrics: dict, headline: str,
                  timings: dict, device, script: str | os.PathLike | None = None,
                  std: dict | None = None, per_seed: dict | None = None, history: dict | None = None,
-                 extra: dict | None = None) -> Path:
+                 extra: dict | None = None, compute_device=None) -> Path:
     """Write ``results_dir/<experiment>.json`` following the schema above; return its path.
 
     ``data`` is a :class:`common.data.DataInfo` (or a dict, or a dict of them for several
     datasets under ``data.parts``). ``metrics`` must be flat (name -> number). ``headline``
     names the metric the summary table shows. ``extra`` holds anything else the experiment
-    reports (tables, notes); it never replaces contract keys.
+    reports (tables, notes); it never replaces contract keys. ``compute_device``: where the work
+    ran when that is not ``device`` (recorded in ``environment.compute_device``).
     """
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
@@ -180,31 +241,13 @@ def write_result(experiment: str, *, results_dir: str | os.PathLike, status: str
         "started_at": started_at, "finished_at": now_iso(), "headline": headline,
         "data": data_json, "config": config, "seeds": list(seeds), "metrics": metrics,
         "std": std or {k: 0.0 for k in metrics}, "per_seed": per_seed or {k: [v] for k, v in metrics.items()},
-        "history": history or {}, "timings": timings, "environment": environment(device, script),
+        "history": history or {}, "timings": timings, "environment": environment(device, script, compute_device),
     }
     for k, v in (extra or {}).items():
         if k in record:
             raise KeyError(f"extra key {k!r} would replace a contract key")
         record[k] = v
     return write_json_atomic(Path(results_dir) / f"{experiment}.json", record)
-
-
-def read_result(path: str | os.PathLike) -> dict:
-    """Read a result JSON and check it is this schema; raise ValueError naming the file otherwise."""
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not a JSON file ({e})") from None
-    if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
-        got = record.get("schema_version") if isinstance(record, dict) else type(record).__name__
-        raise ValueError(f"{path}: not a result of schema_version {SCHEMA_VERSION} (got {got!r})")
-    missing = [k for k in REQUIRED_KEYS if k not in record]
-    if missing:
-        raise ValueError(f"{path}: result JSON lacks keys {missing}")
-    return record
 
 
 def sigterm_as_interrupt() -> None:

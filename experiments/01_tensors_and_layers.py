@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     started = results.now_iso()
     t_wall = time.perf_counter()
     try:
-        device = choose_device(args.device)  # nothing heavy runs here; recorded for the environment block
+        device = choose_device(args.device)  # nothing runs there (all on the CPU); recorded for the environment block
         widths = [int(w) for w in args.widths.split(",") if w.strip()]
         if not widths or min(widths) < 1:
             raise ValueError("--widths needs positive integers, e.g. 4,16,64")
@@ -285,6 +285,7 @@ def main(argv=None) -> int:
         timings={"wall_s": time.perf_counter() - t_wall, "train_s": 0.0, "train_samples_per_s": None,
                  "eval_s": eval_s},
         device=device, script=__file__,
+        compute_device="cpu",  # every tensor here is made on the CPU, whatever --device says
         extra={"notes": notes, "parameter_table": table,
                "course_figures": {"params.course_net_numel": 46, "activation.sigmoid_6": 0.9975,
                                   "activation.softmax_max": 0.842}})

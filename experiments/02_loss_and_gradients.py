@@ -289,6 +289,8 @@ def main(argv=None) -> int:
                  "eval_s": eval_s},
         device=device, script=__file__,
         extra={"notes": notes,
+               # only the vanishing-gradient MLPs run on --device; everything else is made on the CPU
+               "compute_note": f"vanishing gradients on {device}; all other sections on the CPU",
                "functions": {"u_shaped": "x**2", "non_convex": "x**4 - 2*x**2 - 0.5*x", "start": -2.0}})
     print(f"02: CE one-hot {mean['loss.ce_onehot']:.4f} == CE index {mean['loss.ce_index']:.4f}; manual update == "
           f"SGD step: {bool(mean['sgd.manual_equals_optim'])}; x^2 after {args.u_steps} steps from -2: lr "

@@ -213,13 +213,15 @@ def fit(model, optimizer, loss_fn, train, val, *, epochs: int, batch_size: int, 
     n = len(y_tr)
     gen = repro.make_generator(seed)
     device = x_tr.device
-    metric = Accuracy(task="multiclass", num_classes=num_classes).to(device) if num_classes else None
+    # validate_args=False: torchmetrics' input checks read values on the host (a GPU sync every step)
+    metric = (Accuracy(task="multiclass", num_classes=num_classes, validate_args=False).to(device)
+              if num_classes else None)
     hist = defaultdict(list)
     model.train()
     for epoch in range(epochs):
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen).to(device)
-        total, batches = 0.0, 0
+        log, batches = results.StepLog(), 0   # losses stay on the device; read (and checked) once per epoch
         for step, start in enumerate(range(0, n, batch_size)):
             idx = perm[start:start + batch_size]
             inputs, targets = x_tr[idx], y_tr[idx]
@@ -227,16 +229,16 @@ def fit(model, optimizer, loss_fn, train, val, *, epochs: int, batch_size: int, 
             outputs = model(inputs)
             loss = loss_fn(outputs, targets)
             loss.backward()
-            try:
-                results.check_finite(loss.detach(), epoch, step)
-            except results.Diverged as e:
-                e.run = run
-                raise
+            log.add(loss, epoch, step)
             optimizer.step()
-            total += loss.item()
             batches += 1
             if metric is not None and track_train:
                 metric.update(outputs.detach().argmax(dim=-1), targets)
+        try:
+            total = sum(log.values())   # the same sum, in the same order, as per-step loss.item()
+        except results.Diverged as e:
+            e.run = run
+            raise
         synchronize(device)
         clock.train_s += time.perf_counter() - t0
         clock.samples += n
@@ -437,10 +439,11 @@ def overfitting_and_recipe(x, y, split, args, seed, clock, device) -> tuple[dict
         out = model(one_x)
         loss = loss_fn(out, one_y)
         loss.backward()
-        results.check_finite(loss.detach(), 0, step)
+        value = loss.item()  # the stopping rule needs the value on the host every step (at most a few hundred)
+        results.check_finite(value, 0, step)
         opt.step()
-        losses.append(loss.item())
-        if loss.item() < SINGLE_EXAMPLE_LOSS and int(out.argmax()) == int(one_y):
+        losses.append(value)
+        if value < SINGLE_EXAMPLE_LOSS and int(out.argmax()) == int(one_y):
             steps = step
             break
     clock.train_s += time.perf_counter() - t0

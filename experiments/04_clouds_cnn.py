@@ -34,7 +34,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from common import cli, data, metrics, plots, repro, results
-from common.device import DeviceError, choose_device, synchronize
+from common.device import DeviceError, choose_device, synchronize, to_device
 
 EXPERIMENT = "04_clouds_cnn"
 NUM_CLASSES = 7
@@ -137,6 +137,9 @@ def augment_batch(images: torch.Tensor, g: torch.Generator, p_flip: float = 0.5,
     contrast = torch.rand(n, generator=g) < p_autocontrast
     x = to_float(images)
     dev = x.device
+    if dev.type != "cpu":  # one asynchronous copy of the draws instead of three blocking ones (same values)
+        packed = to_device(torch.stack([flip.float(), angle, contrast.float()]), dev)
+        flip, angle, contrast = packed[0] > 0.5, packed[1], packed[2] > 0.5
     x = torch.where(flip.to(dev).view(-1, 1, 1, 1), TF.horizontal_flip(x), x)
     x = rotate_batch(x, angle)
     x = torch.where(contrast.to(dev).view(-1, 1, 1, 1), TF.autocontrast(x), x)
@@ -188,11 +191,11 @@ def predict(model: nn.Module, images: torch.Tensor, device, channels_last: bool,
     model.eval()
     out = []
     for i in range(0, len(images), batch):
-        x = to_float(images[i:i + batch].to(device))
+        x = to_float(to_device(images[i:i + batch], device))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out.append(model(x).argmax(1).cpu())
-    return torch.cat(out)
+        out.append(model(x).argmax(1))
+    return torch.cat(out).cpu()   # one copy back, not one per batch
 
 
 def evaluate(preds: torch.Tensor, target: torch.Tensor, class_to_idx: dict) -> dict:
@@ -258,35 +261,40 @@ def train_one(spec: dict, x_train: torch.Tensor, y_train: torch.Tensor, seed: in
              if spec["one_cycle"] else None)
     hist = {"train_loss": [], "train_accuracy": []}
     train_s = data_s = 0.0
+    # data_s is measured on the CPU only: on a GPU, without a sync around the data part (one per step)
+    # the clock would see launch times and queued model work, not the data pipeline's cost
+    time_data = torch.device(device).type == "cpu"
     samples = 0
     t_start = time.perf_counter()
     for epoch in range(spec["epochs"]):
         model.train()
         synchronize(device)
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=g)
+        perm = to_device(torch.randperm(n, generator=g), x_train.device)   # once per epoch, not per step
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
+        log, seen = results.StepLog(), 0   # finite check on the device, read once per epoch
         for step, b in enumerate(sizes):
             td = time.perf_counter()
             idx = perm[step * bs: step * bs + b]
-            xb = augment_batch(x_train[idx.to(x_train.device)], g)
+            xb = augment_batch(x_train[idx], g)
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            yb = y_train[idx.to(y_train.device)]
-            data_s += time.perf_counter() - td
+            yb = y_train[idx]
+            if time_data:
+                data_s += time.perf_counter() - td
             opt.zero_grad(set_to_none=True)
             out = model(xb)
             loss = loss_fn(out, yb)
             loss.backward()
-            results.check_finite(loss.detach(), epoch, step)
+            log.add(loss, epoch, step)
             opt.step()
             if sched is not None:
                 sched.step()
             loss_sum += loss.detach() * b
             correct += (out.detach().argmax(1) == yb).sum()
             seen += b
+        log.values()   # raises results.Diverged naming the first non-finite step
         synchronize(device)
         train_s += time.perf_counter() - t0
         samples += seen
@@ -300,14 +308,16 @@ def train_one(spec: dict, x_train: torch.Tensor, y_train: torch.Tensor, seed: in
                   + f" ({time.perf_counter() - t_start:.1f}s)", flush=True)
     print(f"  {log_prefix}: {spec['epochs']} epochs, final train loss {hist['train_loss'][-1]:.4f}, "
           f"train acc {hist['train_accuracy'][-1]:.3f} ({time.perf_counter() - t_start:.1f}s)", flush=True)
-    return model, hist, {"train_s": train_s, "data_s": data_s, "samples": samples}
+    return model, hist, {"train_s": train_s, "data_s": data_s if time_data else None, "samples": samples}
 
 
 def model_only_throughput(spec: dict, x_train: torch.Tensor, y_train: torch.Tensor, device, channels_last: bool,
                           sizes: list[int], warmup: int = 2) -> float:
     """Samples/s of the bare training step (forward, loss, backward, finite check, optimizer step) on
-    pre-loaded, pre-augmented tensors, over one epoch's sequence of batch shapes. Uses a throwaway
-    model under a forked RNG, so the seeded runs are untouched."""
+    pre-loaded, pre-augmented tensors, over one epoch's sequence of batch shapes. Every distinct batch
+    shape is warmed up ``warmup`` times first (a last, partial batch would otherwise build its cuDNN
+    plans inside the timed part). Uses a throwaway model under a forked RNG, so the seeded runs are
+    untouched; the caller sets the experiments' determinism flags first (``repro.apply_determinism``)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(12345)
         model = spec["make"]().to(device)
@@ -319,16 +329,26 @@ def model_only_throughput(spec: dict, x_train: torch.Tensor, y_train: torch.Tens
         loss_fn = nn.CrossEntropyLoss(label_smoothing=spec["label_smoothing"])
         model.train()
         batches = [(x[:b], y[:b]) for b in sizes]
-        for i in range(warmup + len(batches)):
-            if i == warmup:
-                synchronize(device)
-                t0 = time.perf_counter()
-            xb, yb = batches[max(i - warmup, 0)]
+        shapes = [(x[:b], y[:b]) for b in dict.fromkeys(sizes)]   # each distinct batch size once
+        log = results.StepLog()
+
+        def step(xb, yb):
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             loss.backward()
-            float(loss.detach())                  # the same sync as the finite check, without raising
+            log.add(loss, 0, 0)                   # as in training: kept on the device, read once
             opt.step()
+
+        for xb, yb in shapes * warmup:
+            step(xb, yb)
+        synchronize(device)
+        t0 = time.perf_counter()
+        for xb, yb in batches:
+            step(xb, yb)
+        try:
+            log.values()                          # the training loop's one read-back per epoch
+        except results.Diverged:                  # a throwaway model: its figures do not matter
+            pass
         synchronize(device)
         return sum(sizes) / (time.perf_counter() - t0)
 
@@ -515,6 +535,7 @@ def main(argv=None) -> int:
             x_train, y_train = train.images.to(device), train.labels.to(device)
             sizes = batch_sizes(len(train), spec["batch"], max_batches)
             formats = [args.memory_format] if args.smoke else ["contiguous", "channels_last"]
+            repro.apply_determinism()   # the cuDNN/determinism flags the seeded training runs with
             fmt_speed = {fmt: model_only_throughput(spec, x_train, y_train, device, fmt == "channels_last", sizes)
                          for fmt in formats}
             print(f"[{name}] model-only training step: "
@@ -538,8 +559,8 @@ def main(argv=None) -> int:
                     diverged.append({"run": name, "seed": seed, "epoch": e.epoch, "step": e.step})
                     print(f"  {name} seed {seed}: DIVERGED ({e})", file=sys.stderr, flush=True)
                     continue
-                for key in ("train_s", "data_s", "samples"):
-                    t[key] += tt[key]
+                for key in ("train_s", "data_s", "samples"):   # data_s: None off the CPU (not measured)
+                    t[key] = None if t[key] is None or tt[key] is None else t[key] + tt[key]
                 for key, v in hist.items():
                     curves[key].append(v)
                 t0 = time.perf_counter()
@@ -586,7 +607,8 @@ def main(argv=None) -> int:
                    "train_samples_per_s": samples / train_s if train_s else None,
                    "model_only_samples_per_s": samples / model_only_s if model_only_s else None,
                    "eval_s": sum(t["eval_s"] for t in timing.values()),
-                   "data_s": sum(t["data_s"] for t in timing.values()),
+                   "data_s": (None if any(t["data_s"] is None for t in timing.values())
+                              else sum(t["data_s"] for t in timing.values())),
                    "memory_format": args.memory_format}
         if timings["train_samples_per_s"] and timings["model_only_samples_per_s"]:
             timings["pipeline_ratio"] = timings["train_samples_per_s"] / timings["model_only_samples_per_s"]

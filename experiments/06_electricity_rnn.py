@@ -44,7 +44,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from torchmetrics import MeanSquaredError
 
 from common import cli, data, plots, repro, results, timeseries
-from common.device import DeviceError, choose_device, synchronize
+from common.device import DeviceError, choose_device, synchronize, to_device
 
 EXPERIMENT = "06_electricity_rnn"
 SEQ_LEN = 96                       # 24 h of 15-minute readings
@@ -107,6 +107,33 @@ def make_loader(X: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool
     return DataLoader(ds, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
 
 
+class DeviceBatches:
+    """The batches of ``make_loader(X, y, batch_size, shuffle, seed)``, in the same order, gathered on
+    ``device`` from copies of ``X`` and ``y`` that were moved there once (~40 MB for all training windows).
+
+    The order comes from the very sampler the DataLoader uses (``loader.sampler``, a BatchSampler over a
+    seeded RandomSampler): the epoch's indices go to the device in one copy, then every batch is an index
+    gather there -- no per-batch host-to-device copy of windows. On the CPU the tensors are the same ones
+    and the batches equal the DataLoader's, value for value.
+    """
+
+    def __init__(self, loader: DataLoader, X: torch.Tensor, y: torch.Tensor):
+        self.loader, self.X, self.y = loader, X, y
+
+    def __iter__(self):
+        sampler = self.loader.sampler
+        batches = list(sampler)   # draws the epoch's order from the loader's seeded generator
+        order = to_device(torch.tensor([i for b in batches for i in b], dtype=torch.long), self.X.device)
+        start = 0
+        for b in batches:
+            idx = order[start:start + len(b)]
+            start += len(b)
+            yield self.X[idx], self.y[idx]
+
+    def __len__(self):
+        return len(self.loader)
+
+
 def torchmetrics_mse(preds: torch.Tensor, target: torch.Tensor) -> float:
     m = MeanSquaredError()
     m.update(preds.reshape(-1).float(), target.reshape(-1).float())
@@ -146,9 +173,12 @@ def prepare(args) -> dict:
 
 # ----------------------------------------------------------------------------- train and evaluate
 
-def train(model: nn.Module, loader: DataLoader, epochs: int, lr: float, device, max_batches: int | None = None,
+def train(model: nn.Module, loader, epochs: int, lr: float, device, max_batches: int | None = None,
           log_prefix: str = "") -> dict:
-    """The course's loop: view to (batch, 96, 1), squeeze the output, MSELoss, Adam. Returns history/timings."""
+    """The course's loop: view to (batch, 96, 1), squeeze the output, MSELoss, Adam. Returns history/timings.
+
+    ``loader``: a DataLoader or :class:`DeviceBatches` (the same batches, already on the device). The
+    losses stay on the device and are read, and checked for NaN/inf, once per epoch."""
     criterion = nn.MSELoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     losses, train_s, seen = [], 0.0, 0
@@ -156,21 +186,23 @@ def train(model: nn.Module, loader: DataLoader, epochs: int, lr: float, device, 
     for epoch in range(1, epochs + 1):
         synchronize(device)
         t0 = time.perf_counter()
-        total, n = 0.0, 0
+        log, counts = results.StepLog(), []
         for step, (seqs, labels) in enumerate(loader):
             if max_batches is not None and step >= max_batches:
                 break
-            seqs, labels = seqs.to(device), labels.to(device)
+            seqs, labels = seqs.to(device), labels.to(device)   # no-ops for DeviceBatches
             seqs = seqs.view(seqs.size(0), SEQ_LEN, 1)
             outputs = model(seqs).squeeze(1)     # (batch, 1) -> (batch,), the labels' shape
             loss = criterion(outputs, labels)
             optimizer.zero_grad()
             loss.backward()
-            value = loss.item()
-            results.check_finite(value, epoch, step)
+            log.add(loss, epoch, step)
             optimizer.step()
-            total += value * labels.size(0)
-            n += labels.size(0)
+            counts.append(labels.size(0))
+        total, n = 0.0, 0
+        for value, k in zip(log.values(), counts):   # the per-step sums of loss.item(), in the same order
+            total += value * k
+            n += k
         synchronize(device)
         dt = time.perf_counter() - t0
         train_s += dt
@@ -193,10 +225,11 @@ def evaluate(model: nn.Module, loader: DataLoader, device) -> tuple[float, torch
         seqs, labels = seqs.to(device), labels.to(device)
         outputs = model(seqs.view(seqs.size(0), SEQ_LEN, 1)).squeeze(1)
         metric.update(outputs, labels)
-        preds.append(outputs.cpu())
+        preds.append(outputs)
+    preds = torch.cat(preds).cpu()   # one copy back, not one per batch
     synchronize(device)
     model.train()
-    return float(metric.compute()), torch.cat(preds), time.perf_counter() - t0
+    return float(metric.compute()), preds, time.perf_counter() - t0
 
 
 def n_params(model: nn.Module) -> int:
@@ -257,7 +290,10 @@ def run_seeds(args, prep: dict, models: dict, device) -> dict:
     seeds = cli.seed_list(args)[:2] if args.smoke else cli.seed_list(args)
     epochs = 1 if args.smoke else args.epochs
     max_batches = 4 if args.smoke else None
-    test_loader = make_loader(prep["X_test"], prep["y_test"], EVAL_BATCH, shuffle=False)
+    # the windows go to the device once (~40 MB train, ~13 MB test) and batches are gathered there
+    X_train, y_train = to_device(prep["X_train"], device), to_device(prep["y_train"], device)
+    X_test, y_test = to_device(prep["X_test"], device), to_device(prep["y_test"], device)
+    test_loader = DeviceBatches(make_loader(prep["X_test"], prep["y_test"], EVAL_BATCH, shuffle=False), X_test, y_test)
     persistence = prep["baselines"]["baseline.persistence_mse"]
     out = {"seeds": seeds, "per_seed": [], "history": {}, "preds": {}, "train_s": 0.0, "eval_s": 0.0,
            "train_windows": 0, "diverged": [], "params": {}, "timing_rows": []}
@@ -267,7 +303,8 @@ def run_seeds(args, prep: dict, models: dict, device) -> dict:
             repro.seed_everything(seed)
             model = cls().to(device)
             out["params"][name] = n_params(model)
-            loader = make_loader(prep["X_train"], prep["y_train"], args.batch_size, shuffle=True, seed=seed)
+            loader = DeviceBatches(make_loader(prep["X_train"], prep["y_train"], args.batch_size, shuffle=True,
+                                               seed=seed), X_train, y_train)
             try:
                 h = train(model, loader, epochs, args.lr, device, max_batches, log_prefix=f"{name} seed {seed} ")
             except results.Diverged as e:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from common import cli, data, metrics, plots, repro, results
-from common.device import DeviceError, choose_device, synchronize
+from common.device import DeviceError, choose_device, synchronize, to_device
 
 EXPERIMENT = "08_omniglot_multi_input"
 N_ALPHABETS, N_CHARACTERS = 30, 964
@@ -183,7 +183,9 @@ def train_run(model, step_loss, train_idx, *, epochs, batch_size, lr, seed, devi
               evaluate=None, label="", print_every=1):
     """Adam over ``epochs`` of seeded index batches. ``step_loss(model, idx) -> loss``; ``evaluate(model)
     -> dict`` after each epoch (history). OneCycle learning rate when ``onecycle`` (improved model).
-    Returns (history dict of lists, train seconds, samples seen); raises results.Diverged."""
+    Returns (history dict of lists, train seconds, samples seen); raises results.Diverged (the losses
+    stay on the device and are checked once per epoch). The epoch's index order goes to ``device``
+    once, so ``step_loss`` gets device indices (no per-step copy of CPU indices into GPU tensors)."""
     g = repro.make_generator(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = (len(train_idx) + batch_size - 1) // batch_size
@@ -194,8 +196,9 @@ def train_run(model, step_loss, train_idx, *, epochs, batch_size, lr, seed, devi
         model.train()
         synchronize(device)
         t = time.perf_counter()
-        perm = train_idx[torch.randperm(len(train_idx), generator=g)]
+        perm = to_device(train_idx[torch.randperm(len(train_idx), generator=g)], device)
         total, n = torch.zeros((), device=device), 0
+        log = results.StepLog()
         for step, start in enumerate(range(0, len(perm), batch_size)):
             idx = perm[start:start + batch_size]
             loss = step_loss(model, idx)
@@ -204,9 +207,10 @@ def train_run(model, step_loss, train_idx, *, epochs, batch_size, lr, seed, devi
             opt.step()
             if sched is not None:
                 sched.step()
-            results.check_finite(loss.detach(), epoch, step)
+            log.add(loss, epoch, step)
             total += loss.detach() * len(idx)
             n += len(idx)
+        log.values()   # raises results.Diverged naming the first non-finite step
         synchronize(device)
         train_s += time.perf_counter() - t
         seen += n
@@ -225,12 +229,13 @@ def predict(model, inputs, idx, device, batch_size=1024):
     tensors for a multi-output model."""
     model.eval()
     outs = []
+    idx = to_device(idx, device)   # one copy of the rows, gathered on the device batch by batch
     for start in range(0, len(idx), batch_size):
         out = model(*inputs(idx[start:start + batch_size]))
-        outs.append(tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu())
-    if isinstance(outs[0], tuple):
-        return tuple(torch.cat(parts) for parts in zip(*outs))
-    return torch.cat(outs)
+        outs.append(out)
+    if isinstance(outs[0], tuple):   # one copy back per output, not one per batch
+        return tuple(torch.cat(parts).cpu() for parts in zip(*outs))
+    return torch.cat(outs).cpu()
 
 
 def alphabet_prior_accuracy(ds, test_idx):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torchmetrics.functional import mean_absolute_error
 
 from common import cli, data, metrics, plots, repro, results
-from common.device import DeviceError, choose_device
+from common.device import DeviceError, choose_device, to_device
 
 m08 = importlib.import_module("experiments.08_omniglot_multi_input")  # dataset, splits, image subnets, training loop
 N_ALPHABETS, N_CHARACTERS = m08.N_ALPHABETS, m08.N_CHARACTERS
@@ -117,6 +117,8 @@ def run_scaling(args, seed, device):
     x = (x - mu) / sd
     epochs = 1 if args.smoke else args.scaling_epochs
     out, hist = {}, {}
+    # the (small) table goes to the device once; the training steps gather rows there
+    xd, ys_d, yl_d = (to_device(t, device) for t in (x, y_salary, y_level))
     majority = int(torch.bincount(y_level[tr]).argmax())
     out["baseline.scaling.majority_accuracy"] = float((y_level[te] == majority).float().mean())
     out["baseline.scaling.mean_rmse_usd"] = metrics.mse(torch.full((len(te),), float(y_salary[tr].mean())), y_salary[te]) ** 0.5
@@ -126,15 +128,15 @@ def run_scaling(args, seed, device):
 
         def step_loss(model, idx, variant=variant):
             idx = idx.to(device)
-            pred, logits = model(x.to(device)[idx])
-            return salary_losses(variant, pred, logits, y_salary.to(device)[idx], y_level.to(device)[idx])
+            pred, logits = model(xd[idx])
+            return salary_losses(variant, pred, logits, ys_d[idx], yl_d[idx])
 
         # at initialisation, on one training batch: which share of the shared trunk's gradient comes from
         # the classification loss (the rest from the salary loss)
         b = tr[:args.scaling_batch_size].to(device)
-        pred, logits = model(x.to(device)[b])
-        se = (pred - y_salary.to(device)[b]) ** 2
-        ce = F.cross_entropy(logits, y_level.to(device)[b], reduction="none")
+        pred, logits = model(xd[b])
+        se = (pred - ys_d[b]) ** 2
+        ce = F.cross_entropy(logits, yl_d[b], reduction="none")
         if variant == "scaled":
             se, ce = se / se.detach().max(), ce / ce.detach().max()
         trunk = list(model.trunk.parameters())
@@ -146,7 +148,7 @@ def run_scaling(args, seed, device):
                                 lr=args.scaling_lr, seed=seed, device=device, label=f"scaling.{variant}",
                                 print_every=max(1, epochs // 4))
         hist[f"scaling.{variant}.train_loss"] = h["train_loss"]
-        pred, logits = m08.predict(model, lambda idx: (x.to(device)[idx.to(device)],), te, device)
+        pred, logits = m08.predict(model, lambda idx: (xd[idx.to(device)],), te, device)
         out[f"scaling.{variant}.experience_accuracy"] = metrics.accuracy(logits, y_level[te], len(EXPERIENCE_LEVELS))
         if variant != "ce_only":
             out[f"scaling.{variant}.salary_rmse_usd"] = metrics.mse(pred, y_salary[te]) ** 0.5

@@ -87,13 +87,25 @@ def test_seed_stack_matches_separate_nets():
         assert np.allclose(course["losses"], runs[1]["losses"], atol=1e-6)
         assert course["test_accuracy"] == pytest.approx(runs[1]["metrics"]["test_accuracy"])
         copy, net = t["stack"].copy(1), course["net"]
+        # Tolerances: the two paths sum the same products in different orders (baddbmm vs addmm), so
+        # each gradient differs by float32 rounding (~1e-7 relative); Adam turns a gradient into a step
+        # of at most lr whose size varies smoothly with it, so 8 steps move parameters apart by ~1e-8,
+        # far inside 1e-5. One exception, by construction: with BatchNorm after fc1, BatchNorm subtracts
+        # fc1.bias again, so its gradient is pure rounding noise (|g| ~ 1e-9) and Adam scales that noise
+        # up to steps of ~lr: fc1.bias, and the running_mean that tracks it, wander differently on every
+        # CPU (eval outputs 0.0105 apart on an AMD EPYC). Eval mode uses them only as fc1.bias -
+        # running_mean, so hand the copy the plain net's pair; everything else must then agree to rounding.
+        noise_only = {"fc1.bias"} if variant.endswith("_bn") else set()
         for (name, p), q in zip(copy.named_parameters(), net.parameters()):
-            if name == "fc1.bias" and variant.endswith("_bn"):
-                continue  # BatchNorm cancels it: its gradient is rounding noise, which Adam amplifies
-            assert torch.allclose(p, q, atol=1e-5), name
+            if name not in noise_only:
+                assert torch.allclose(p, q, atol=1e-5), name
+        if noise_only:
+            with torch.no_grad():
+                copy.fc1.bias.copy_(net.fc1.bias)
+                copy.bn1.running_mean.copy_(net.bn1.running_mean)
+            assert torch.allclose(copy.bn1.running_var, net.bn1.running_var, rtol=1e-4, atol=1e-6)
         x = torch.rand(5, 9)
-        # with BatchNorm the drifting fc1.bias also shifts running_mean (a lag of one step): close, not equal
-        assert torch.allclose(copy.eval()(x), net.eval()(x), atol=1e-2 if variant.endswith("_bn") else 1e-5)
+        assert torch.allclose(copy.eval()(x), net.eval()(x), atol=1e-5)
         assert runs[0]["losses"] != runs[1]["losses"]
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import compare, report, results
+from common import results
+from tools import compare, report
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,12 +40,17 @@ def put(d: Path, *records: dict) -> Path:
 
 
 def run(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "common.compare", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tools.compare", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, timeout=120)
 
 
-def test_reads_the_same_schema_as_the_writer():
-    assert compare.REQUIRED_KEYS == results.REQUIRED_KEYS and compare.SCHEMA_VERSION == results.SCHEMA_VERSION
+def test_the_writer_and_the_tools_share_one_torch_free_schema(tmp_path):
+    from common import schema
+    assert results.REQUIRED_KEYS is schema.REQUIRED_KEYS and compare.SCHEMA_VERSION is schema.SCHEMA_VERSION
+    # the tools need no torch: the schema module imports none
+    code = "import sys, common.schema, tools.compare, tools.summary; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_side_by_side_with_ratios_devices_and_spread_flags(tmp_path):
@@ -118,7 +124,7 @@ def test_nested_data_parts_are_compared(tmp_path):
     ("notes.txt", "hello", "not a JSON file"),
     ("other.json", '{"foo": 1}', "neither a suite result (schema_version 1) nor a pytest-benchmark JSON"),
     ("old.json", json.dumps(result(schema=2)), "schema_version 2; this tool reads schema_version 1"),
-    ("partial.json", '{"schema_version": 1, "experiment": "x"}', "must have keys"),
+    ("partial.json", '{"schema_version": 1, "experiment": "x"}', "lacks keys"),
 ])
 def test_unusable_files_are_refused_naming_them(tmp_path, name, content, message):
     a = put(tmp_path / "a", result())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from common import gate
+from tools import gate
 
 REPO = Path(__file__).resolve().parent.parent
 REF = "test_reference_matmul[cpu]"
@@ -58,7 +58,7 @@ def baseline(tmp_path) -> Path:
 
 def run_check(tmp_path, baseline, data, *extra) -> tuple[int, str]:
     p = write(tmp_path / "ci.json", data)
-    proc = subprocess.run([sys.executable, "-m", "common.gate", "check", str(p), "--baseline", str(baseline), *extra],
+    proc = subprocess.run([sys.executable, "-m", "tools.gate", "check", str(p), "--baseline", str(baseline), *extra],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     return proc.returncode, proc.stdout + proc.stderr
 
@@ -161,7 +161,7 @@ def test_empty_run_fails_unless_partial_and_missing_baseline_entries_warn(tmp_pa
 def test_unusable_input_exits_2_naming_the_file(tmp_path, baseline, content, message):
     p = tmp_path / "bad.json"
     p.write_text(content)
-    proc = subprocess.run([sys.executable, "-m", "common.gate", "check", str(p), "--baseline", str(baseline)],
+    proc = subprocess.run([sys.executable, "-m", "tools.gate", "check", str(p), "--baseline", str(baseline)],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr and str(p) in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -187,7 +187,7 @@ def test_committed_baseline_is_well_formed():
     base = gate.load_baseline(gate.DEFAULT_BASELINE)
     assert base["threshold"] >= gate.MIN_THRESHOLD and base["threshold_note"]
     assert base["benchmarks"] and all(v["normalised"] > 0 for v in base["benchmarks"].values())
-    assert "common.gate update" in base["_comment"]
+    assert "tools.gate update" in base["_comment"]
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -238,7 +238,7 @@ def test_gate_catches_a_real_2x_slowdown_and_passes_an_unchanged_rerun(e2e_runs)
     tmp, runs = e2e_runs
     base = tmp / "baseline.json"
     assert gate.main(["update", str(runs["base"]), "--baseline", str(base), "--threshold", "1.5"]) == 0
-    check = lambda run: subprocess.run([sys.executable, "-m", "common.gate", "check", str(run), "--baseline", str(base)],
+    check = lambda run: subprocess.run([sys.executable, "-m", "tools.gate", "check", str(run), "--baseline", str(base)],
                                        capture_output=True, text=True, cwd=REPO, timeout=60)
     slow = check(runs["slow"])
     assert slow.returncode == 1, slow.stdout

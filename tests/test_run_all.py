@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +38,8 @@ def scratch(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("repo")
     shutil.copy(REPO / "run_all.sh", root)
     shutil.copy(REPO / "requirements.txt", root)
-    shutil.copytree(REPO / "common", root / "common", ignore=shutil.ignore_patterns("__pycache__"))
+    for pkg in ("common", "tools"):
+        shutil.copytree(REPO / pkg, root / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     (root / ".venv").symlink_to(REPO / ".venv")
     exp = root / "experiments"
     exp.mkdir()
@@ -71,11 +74,56 @@ def test_only_runs_a_subset(scratch, tmp_path):
     assert "ran 03_third full" in p.stdout and "01_first" not in p.stdout
 
 
+def test_only_runs_each_experiment_once_in_numeric_order(scratch, tmp_path):
+    p = run(scratch, "--only", "3,1,03", "--smoke", "--results-dir", str(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("ran 03_third") == 1 and p.stdout.index("ran 01_first") < p.stdout.index("ran 03_third")
+    assert "[2/2]" in p.stdout and "[3/" not in p.stdout
+
+
+def test_test_mode_keeps_its_own_options_and_passes_the_rest_after_double_dash(scratch):
+    tests = scratch / "tests"
+    tests.mkdir(exist_ok=True)
+    (tests / "test_03_third.py").write_text("def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    (tests / "test_01_first.py").write_text("def test_c():\n    assert False\n")
+    # --only after --test selects that experiment's tests (it used to reach pytest as an unknown option)
+    p = run(scratch, "--test", "--only", "03", "--", "-k", "test_a", "-p", "no:cacheprovider")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "1 passed, 1 deselected" in p.stdout and "test_01_first" not in p.stdout
+    assert "A/B timing gate skipped" in p.stdout
+
+
+def test_no_temporary_file_is_left_behind_even_on_ctrl_c(scratch, tmp_path):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmpdir), "DATA_DIR": str(tmp_path / "no_data")}
+    p = subprocess.run(["bash", str(scratch / "run_all.sh"), "--only", "01", "--results-dir", str(tmp_path / "r")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0 and "SYNTHETIC" in p.stdout and list(tmpdir.glob("run_all_data.*")) == []
+    # Ctrl-C while the data check writes its report into the temporary file: still removed
+    slow = tmp_path / "slow"
+    shutil.copytree(scratch, slow, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    (slow / "common" / "data.py").write_text("import time\nprint('checking', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen(["bash", str(slow / "run_all.sh"), "--only", "01"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not any(f.stat().st_size for f in tmpdir.glob("run_all_data.*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmpdir.glob("run_all_data.*")), "the data check's temporary file never appeared"
+    os.killpg(proc.pid, signal.SIGINT)   # what Ctrl-C does: the whole foreground process group
+    assert proc.wait(timeout=60) != 0
+    assert list(tmpdir.glob("run_all_data.*")) == []
+
+
 @pytest.mark.parametrize("args, message", [
     (["--only", "07"], "no experiment numbered 07"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--seeds", "0"], "--seeds must be a positive integer"),
     (["--frobnicate"], "unknown option '--frobnicate'"),
+    (["--only", "4x"], "bad experiment number in --only: '4x'"),
+    (["--test", "--bench-ab"], "separate modes"),
+    (["--smoke", "--", "-k", "x"], "need --test"),
+    (["--bench-bless"], "--bench-bless needs a one-line reason"),
 ])
 def test_bad_options_are_refused(scratch, args, message):
     p = run(scratch, *args)
@@ -91,5 +139,5 @@ def test_missing_data_is_announced_loudly(scratch, tmp_path):
 
 def test_help_lists_the_options(scratch):
     p = run(scratch, "--help")
-    for opt in ("--test", "--only", "--smoke", "--device", "--results-dir", "--seeds"):
+    for opt in ("--test", "--only", "--smoke", "--device", "--results-dir", "--seeds", "--bench-ab", "--bench-bless"):
         assert opt in p.stdout

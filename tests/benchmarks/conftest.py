@@ -7,18 +7,22 @@ Discovery: every ``experiments/[0-9][0-9]_*.py`` is imported as ``experiments.<s
 (tests/test_gate.py uses it with ``tests.benchmarks._fixture_cases``); ``BENCH_CASES=glob`` keeps only
 the cases whose name matches (e.g. ``BENCH_CASES='04.*'``).
 
-Timing: each benchmark first runs a few warm-up calls, measures one call, then asks
-``benchmark.pedantic`` for enough iterations per round that a round lasts >= 1 ms and enough rounds
-to fill a time budget:
+Timing: each benchmark first runs a few warm-up calls (on CUDA at least 10 and 0.1 s, so cuDNN plans,
+the allocator and clocks have settled), measures one call, then asks ``benchmark.pedantic`` for enough
+iterations per round that a round lasts >= 1 ms and enough rounds to fill a time budget:
 
 * quick (default, what ``pytest`` and CI run): 0.25 s per benchmark, 3..200 rounds;
 * thorough (``BENCH_THOROUGH=1``): 3 s per benchmark, 20..5000 rounds.
 
 ``BENCH_BUDGET_S`` and ``BENCH_MIN_ROUNDS`` override the budget and the minimum rounds;
 ``BENCH_THREADS=N`` sets torch's thread count first (default: torch's own, recorded in extra_info).
+Every benchmark runs with the experiments' numerics (``common.repro.apply_determinism``: TF32 off,
+deterministic algorithms, cuDNN deterministic, no autotuning) and records them in ``extra_info``
+with the GPU's identity and peak memory (None on the CPU).
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import importlib
@@ -35,7 +39,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from common.device import describe_device  # noqa: E402
+from common import repro  # noqa: E402
+from common.device import describe_device, gpu_info  # noqa: E402
 
 if os.environ.get("BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
@@ -43,7 +48,10 @@ if os.environ.get("BENCH_THREADS"):
 CASE_KEYS = ("name", "make_model", "make_batch", "loss_fn", "make_optimizer", "batch_size")
 CUDA_SKIP = ("CUDA is not available on this machine (torch.cuda.is_available() is False): "
              "the cuda benchmarks run only where a GPU is")
-REFERENCE_N = 1024          # the reference kernel: an N x N fp32 matmul (2 N^3 FLOPs)
+REFERENCE_N = 1024          # the reference kernel: an N x N fp32 matmul (2 N^3 FLOPs) on the CPU ...
+REFERENCE_N_CUDA = 8192     # ... and on a GPU, where 1024^2 takes microseconds (mostly launch overhead):
+                            # 8192^2 is ~1.1 TFLOP, >= 1 ms even on the largest GPUs (fp32, TF32 off)
+CUDA_WARMUP_CALLS, CUDA_WARMUP_S = 10, 0.1
 ROUND_MIN_S = 1e-3          # iterations per round so that one round lasts at least this long
 
 
@@ -143,11 +151,20 @@ def synchronizer(device: torch.device):
     return lambda: None
 
 
-def run_timed(benchmark, fn) -> dict:
+def reference_n(device: torch.device) -> int:
+    return REFERENCE_N_CUDA if torch.device(device).type == "cuda" else REFERENCE_N
+
+
+def run_timed(benchmark, fn, device: torch.device | str = "cpu") -> dict:
     """Warm up ``fn``, pick iterations/rounds from one measured call and the budget, run pedantic."""
     s = bench_settings()
     for _ in range(s["warmup"]):
         fn()
+    if torch.device(device).type == "cuda":   # first calls build cuDNN plans, grow the allocator, raise clocks
+        t0, calls = time.perf_counter(), s["warmup"]
+        while calls < CUDA_WARMUP_CALLS or (time.perf_counter() - t0 < CUDA_WARMUP_S and calls < 1000):
+            fn()
+            calls += 1
     one = _time_once(fn)
     if one < s["budget_s"] / 10:
         one = min(one, _time_once(fn))
@@ -187,12 +204,30 @@ REFERENCE_GFLOPS: dict[str, float] = {}
 
 @pytest.fixture
 def device_info():
-    """``describe(device) -> dict`` with the device's name and the torch thread count."""
+    """``describe(device) -> dict``: the device's name, the torch thread count, the numerics in force,
+    and on CUDA the GPU's identity (driver, UUID, MIG mode) and the peak memory of this benchmark."""
     def describe(device: torch.device) -> dict:
         d = describe_device(device)
-        return {"device": device.type, "device_name": d.get("name"), "threads": torch.get_num_threads(),
-                "torch": torch.__version__}
+        info = {"device": device.type, "device_name": d.get("name"), "threads": torch.get_num_threads(),
+                "torch": torch.__version__, "numerics": repro.numerics_state(), "gpu": None,
+                "peak_gpu_memory_bytes": None}
+        if device.type == "cuda":
+            g = gpu_info()
+            idx = device.index if device.index is not None else torch.cuda.current_device()
+            info.update(gpu={**next((x for x in g["gpus"] if x["index"] == idx), {}),
+                             "gpu_count": g["gpu_count"], "nvidia_driver": g["nvidia_driver"],
+                             "cuda_driver_version": g["cuda_driver_version"], "torch_cuda_build": g["torch_cuda_build"]},
+                        peak_gpu_memory_bytes=int(torch.cuda.max_memory_allocated(device)))
+        return info
     return describe
+
+
+@pytest.fixture(autouse=True)
+def _reset_gpu_peak_memory():
+    """Each benchmark's extra_info reports its own peak GPU memory, not the session's."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+    yield
 
 
 @pytest.fixture
@@ -206,11 +241,26 @@ def case_threads(request):
     torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def experiments_numerics():
+    """The experiments' numerics: the same function ``seed_everything`` calls sets deterministic
+    algorithms, cuDNN deterministic without autotuning and TF32 off; the previous state is restored after."""
+    b = torch.backends
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              b.cudnn.deterministic, b.cudnn.benchmark, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32,
+              torch.get_float32_matmul_precision())
+    repro.apply_determinism()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        b.cudnn.deterministic, b.cudnn.benchmark = before[2], before[3]
+        torch.set_float32_matmul_precision(before[6])
+        b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = before[4], before[5]
+
+
 @pytest.fixture
 def deterministic_like_experiments():
-    """Benchmarks run as the experiments train: deterministic algorithms on (state restored after)."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    yield
-    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    """Benchmarks run as the experiments train (cuDNN flags, determinism, TF32 off): see experiments_numerics."""
+    with experiments_numerics():
+        yield

@@ -1,13 +1,15 @@
 """Throughput of every model the experiments train: forward pass and full training step, per device.
 
 * ``test_reference_matmul[<device>]``: a fixed 1024x1024 fp32 matmul (GFLOP/s), the machine's own
-  yardstick; ``common.gate`` divides every model's median time by this one's (same run).
+  yardstick; ``tools.gate`` divides every model's median time by this one's (same run). On CUDA it is
+  8192x8192 (TF32 off): 1024^2 takes microseconds on a large GPU and would mostly time launch overhead.
 * ``test_forward[<case>-<device>]``: ``model(*inputs)`` in eval mode under ``torch.no_grad()``.
 * ``test_train_step[<case>-<device>]``: zero_grad, forward, loss, backward, optimizer step.
 
 Each records in ``extra_info``: samples/s, parameter count, FLOPs per sample (FlopCounterMode, counted
 once outside the timing), achieved GFLOP/s and its fraction of the reference kernel's, device name and
-threads. On CUDA the timed function ends with ``torch.cuda.synchronize()``.
+threads, the numerics in force (TF32, cuDNN and determinism flags) and, on CUDA, the GPU's identity and
+peak memory. On CUDA the timed function ends with ``torch.cuda.synchronize()``.
 
 A case may carry an optional ``threads`` key (torch CPU threads while it runs, as its script trains).
 Quick by default (about 0.25 s per benchmark, at least 3 rounds); thorough on request::
@@ -19,7 +21,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .conftest import REFERENCE_GFLOPS, REFERENCE_N, count_flops, discover, run_timed, synchronizer
+from .conftest import REFERENCE_GFLOPS, count_flops, discover, reference_n, run_timed, synchronizer
 
 
 def test_experiment_cases(module_name):
@@ -30,11 +32,13 @@ def test_experiment_cases(module_name):
     # an empty list is allowed: the script trains no model (e.g. 01, 02); its docstring should say so
 
 
+@pytest.mark.usefixtures("deterministic_like_experiments")
 def test_reference_matmul(benchmark, device, device_info):
     dev = torch.device(device)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(REFERENCE_N, REFERENCE_N, generator=g).to(dev)
-    b = torch.randn(REFERENCE_N, REFERENCE_N, generator=g).to(dev)
+    n = reference_n(dev)
+    g = torch.Generator(device=dev).manual_seed(0)   # drawn where it is used: no 2 x 256 MB upload on CUDA
+    a = torch.randn(n, n, generator=g, device=dev)
+    b = torch.randn(n, n, generator=g, device=dev)
     sync = synchronizer(dev)
 
     def matmul():
@@ -42,11 +46,11 @@ def test_reference_matmul(benchmark, device, device_info):
         sync()
 
     flops = count_flops(matmul)
-    assert flops == 2 * REFERENCE_N ** 3
-    t = run_timed(benchmark, matmul)
+    assert flops == 2 * n ** 3
+    t = run_timed(benchmark, matmul, dev)
     gflops = flops / t["median_s"] / 1e9
     REFERENCE_GFLOPS[device] = gflops
-    benchmark.extra_info.update(kind="reference", case=f"matmul{REFERENCE_N}", flops=flops, gflops=round(gflops, 3),
+    benchmark.extra_info.update(kind="reference", case=f"matmul{n}", flops=flops, gflops=round(gflops, 3),
                                 **device_info(dev), **t)
 
 
@@ -86,7 +90,7 @@ def test_forward(benchmark, case, device, device_info):
         sync()
 
     flops = count_flops(forward)
-    t = run_timed(benchmark, forward)
+    t = run_timed(benchmark, forward, dev)
     _record(benchmark, case, dev, model, flops, t, "forward", device_info)
 
 
@@ -107,5 +111,5 @@ def test_train_step(benchmark, case, device, device_info):
 
     step()  # creates the optimizer's state before the FLOPs are counted
     flops = count_flops(step)
-    t = run_timed(benchmark, step)
+    t = run_timed(benchmark, step, dev)
     _record(benchmark, case, dev, model, flops, t, "train_step", device_info)

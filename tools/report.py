@@ -1,4 +1,4 @@
-"""``python -m common.report RESULTS_DIR [--out results/REPORT.md]``: the Markdown report of a results folder.
+"""``python -m tools.report RESULTS_DIR [--out results/REPORT.md]``: the Markdown report of a results folder.
 
 Per experiment: the headline figure (mean ± std over seeds) beside what the course reports, the
 baselines present in the metrics (keys containing ``baseline``), the test metrics, the timings and
@@ -121,7 +121,7 @@ def build_report(results_dir: Path, out: Path) -> str:
     records = [r for _, r in loaded]
     lines = ["# Results report", "",
              f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by "
-             f"`python -m common.report {results_dir}` from {len(records)} result files.", "",
+             f"`python -m tools.report {results_dir}` from {len(records)} result files.", "",
              "## Machine and versions", "", *environment_lines(records), "",
              "## Summary", "", "| experiment | status | headline | value | wall time (s) | data |",
              "| --- | --- | --- | ---: | ---: | --- |"]
@@ -143,7 +143,7 @@ def build_report(results_dir: Path, out: Path) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m common.report", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("results_dir", type=Path)
     ap.add_argument("--out", type=Path, default=Path("results/REPORT.md"))
     a = ap.parse_args(argv)

@@ -1,13 +1,20 @@
-"""The throughput regression gate: each model's time relative to this machine's own speed, vs a baseline.
+"""Reference-normalised throughput: each model's time relative to this machine's own matmul, vs a baseline.
 
-Absolute times from another machine are noise, so every benchmark's median time is divided by the
-median time of the reference kernel (``test_reference_matmul[<device>]``, a 1024x1024 fp32 matmul)
-measured in the same pytest-benchmark run: the *normalised* figure. ``tests/benchmarks/baseline.json``
-holds the committed normalised figures and the threshold.
+*Information for comparing machines, not CI's pass/fail.* Dividing by a matmul cancels clock speed,
+not microarchitecture (measured: normalised ratios of the same code span 0.40-2.50 between a 2-core
+AVX-512 Xeon and a 2-core AVX2 EPYC), so CI gates on ``tools.bench_ab`` instead: the same-run A/B
+comparison against the blessed commit. This tool stays for reading one machine's figures against
+the committed ones (``results/reference/<machine>/benchmarks.json``, ``tools.compare`` shows them
+side by side).
 
-    python -m common.gate check [BENCH_JSON] [--confirm BENCH_JSON2] [--baseline B] [--threshold T] [--partial] [--allow-new]
-    python -m common.gate update BENCH_JSON [BENCH_JSON ...] [--threshold T] [--provisional] [--stat median|min]
-    python -m common.gate noise BENCH_JSON [BENCH_JSON ...] [--stat median|min]
+Every benchmark's median time is divided by the median time of the reference kernel
+(``test_reference_matmul[<device>]``, a 1024x1024 fp32 matmul) measured in the same pytest-benchmark
+run: the *normalised* figure. ``tests/benchmarks/baseline.json`` holds the committed normalised
+figures (made on the machine it names) and a threshold.
+
+    python -m tools.gate check [BENCH_JSON] [--confirm BENCH_JSON2] [--baseline B] [--threshold T] [--partial] [--allow-new]
+    python -m tools.gate update BENCH_JSON [BENCH_JSON ...] [--threshold T] [--provisional] [--stat median|min]
+    python -m tools.gate noise BENCH_JSON [BENCH_JSON ...] [--stat median|min]
 
 ``check`` (default JSON: ``.benchmarks/ci.json``, what ``run_all.sh --test`` writes) exits 1 naming
 every benchmark whose normalised median is worse than ``baseline * threshold``, with the ratio; a
@@ -25,8 +32,8 @@ threshold already in the baseline is kept (``--threshold`` sets it by hand).
 Measuring noise and refreshing the baseline (on an otherwise idle machine)::
 
     for i in 1 2 3 4 5; do .venv/bin/python -m pytest tests/benchmarks -q --benchmark-json=/tmp/bench/run$i.json; done
-    .venv/bin/python -m common.gate noise /tmp/bench/run*.json
-    .venv/bin/python -m common.gate update /tmp/bench/run*.json
+    .venv/bin/python -m tools.gate noise /tmp/bench/run*.json
+    .venv/bin/python -m tools.gate update /tmp/bench/run*.json
 
 Exit status: 0 pass, 1 regression (or missing figures), 2 unusable input.
 """
@@ -120,7 +127,7 @@ def load_baseline(path: str | Path) -> dict:
     try:
         base = json.loads(path.read_text())
     except FileNotFoundError:
-        raise GateError(f"{path}: no baseline yet; create it with: python -m common.gate update BENCH_JSON...") from None
+        raise GateError(f"{path}: no baseline yet; create it with: python -m tools.gate update BENCH_JSON...") from None
     except (OSError, json.JSONDecodeError) as e:
         raise GateError(f"{path}: unreadable baseline ({e})") from None
     if not isinstance(base, dict) or not isinstance(base.get("benchmarks"), dict) or "threshold" not in base:
@@ -177,7 +184,7 @@ def check(run: dict[str, dict], baseline: dict, threshold: float | None = None, 
             else:
                 verdict = "NEW, not in baseline"
                 failures.append(f"{name}: not in the baseline, so not gated; add it with "
-                                f"python -m common.gate update BENCH_JSON...")
+                                f"python -m tools.gate update BENCH_JSON...")
             lines.append(f"{name:<52} {r['norm']:>10.4g} {'-':>9} {'-':>6} {gf:>8} {frac:>7}  {verdict}")
     gone = sorted(set(base) - set(run))
     if gone:
@@ -277,7 +284,7 @@ def build_baseline(paths: list[Path], previous: dict | None, threshold: float | 
     return {
         "_comment": ("Normalised figures for the throughput gate (common/gate.py): each benchmark's median time "
                      "divided by the reference kernel's median time in the same run. Regenerate with "
-                     "'python -m common.gate update BENCH_JSON...' (see README, section Benchmarks)."),
+                     "'python -m tools.gate update BENCH_JSON...' (see README, section Benchmarks)."),
         "provisional": bool(provisional),
         "threshold": thr,
         "threshold_note": note,
@@ -310,7 +317,7 @@ def _write(path: Path, obj: dict) -> None:
 
 # ------------------------------------------------------------------------------------ CLI
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m common.gate", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m tools.gate", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -1,4 +1,4 @@
-"""``python -m common.compare A B [C ...]``: the suite's results side by side, across machines or settings.
+"""``python -m tools.compare A B [C ...]``: the suite's results side by side, across machines or settings.
 
 Each argument is a results directory (its ``*.json`` files) or one JSON file: a suite result
 (``schema_version`` 1, written by ``common.results``) or a pytest-benchmark JSON (``--benchmark-json``).
@@ -30,9 +30,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SCHEMA_VERSION = 1   # the result schema this tool reads (common.results.SCHEMA_VERSION)
-REQUIRED_KEYS = ("schema_version", "experiment", "status", "started_at", "finished_at", "headline", "data",
-                 "config", "seeds", "metrics", "std", "per_seed", "history", "timings", "environment")
+from common.schema import SCHEMA_VERSION, check_result
+
 IGNORED_CONFIG = {"results_dir", "data_dir", "device", "threads", "rerun", "experiment"}  # machine settings, not the experiment
 PATHLIKE_SUFFIXES = ("_dir", "_path", "_file", "_root", "_out", "_json", "_cache")
 TIMING_ROWS = ("wall_s", "train_s", "train_samples_per_s")
@@ -83,10 +82,10 @@ def classify(path: Path) -> tuple[str, dict]:
         if data["schema_version"] != SCHEMA_VERSION:
             raise CompareError(f"{path}: result schema_version {data['schema_version']!r}; this tool reads "
                                f"schema_version {SCHEMA_VERSION} only (refusing to compare different schemas)")
-        missing = [k for k in REQUIRED_KEYS if k not in data]
-        if missing:
-            raise CompareError(f"{path}: a schema_version {SCHEMA_VERSION} result must have keys {missing}")
-        return "result", data
+        try:
+            return "result", check_result(data, str(path))
+        except ValueError as e:
+            raise CompareError(str(e)) from None
     return "other", data
 
 
@@ -359,7 +358,7 @@ def throughput_ratios(sources: list[Source]) -> dict[str, list[float | None]]:
 
 
 def plot_throughput(sources: list[Source], path: Path) -> Path:
-    from . import plots
+    from common import plots
     import matplotlib.pyplot as plt
     ratios = throughput_ratios(sources)
     if not ratios:
@@ -383,7 +382,7 @@ def plot_throughput(sources: list[Source], path: Path) -> Path:
 
 # ------------------------------------------------------------------------------------ CLI
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m common.compare", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m tools.compare", description=__doc__.split("\n\n")[0],
                                  epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", help="results directories or JSON files (first = reference)")
     ap.add_argument("--format", choices=("text", "markdown", "csv"), default="text")

@@ -1,4 +1,4 @@
-"""``python -m common.summary RESULTS_DIR [--since EPOCH] [--experiments 04 07]``: the end-of-run table.
+"""``python -m tools.summary RESULTS_DIR [--since EPOCH] [--experiments 04 07]``: the end-of-run table.
 
 One row per result JSON: experiment, status, headline metric (mean ± std), wall time, data source.
 Used by ``run_all.sh``; exits 1 if any listed result is not ``ok``.
@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .results import read_result
+from common.schema import read_result
 
 
 def rows(results_dir: Path, since: float = 0.0, prefixes: list[str] | None = None) -> list[dict]:
