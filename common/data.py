@@ -30,7 +30,7 @@ SOURCES = {
                "Kaggle 'clouds-photos' (jockeroika), the course layout; licence not stated"),
     "electricity": ("electricity/electricity_train.csv and electricity/electricity_test.csv",
                     "UCI ElectricityLoadDiagrams20112014 (one client, z-scored; course files from "
-                    "github.com/SimeonHristov99/DL_25-26, MIT)"),
+                    "github.com/SimeonHristov99/ML_24-25, MIT)"),
     "water_potability": ("water_potability/water_train.csv, water_test.csv and water_potability.csv",
                          "Kaggle adityakadiwal/water-potability (course files from "
                          "github.com/SimeonHristov99/ML_24-25)"),

@@ -20,9 +20,18 @@ import torch
 import torch.nn as nn
 
 from common import cli, data, plots, repro, results
-from common.device import DeviceError, choose_device, synchronize
+from common.device import DeviceError, synchronize
 
 EXPERIMENT = "01_tensors_and_layers"
+COURSE_FIGURES = {"params.course_net_numel": 46, "activation.sigmoid_6": 0.9975, "activation.softmax_max": 0.842}
+
+DEFAULTS = {
+    "seeds": 3,
+    "max_hidden_layers": 4,        # parameter table: 0..4 hidden layers ...
+    "widths": "4,16,64,256",       # ... of these widths
+    "plot_points": 401,            # points of the activation curves on [-8, 8]
+}
+SMOKE = {"max_hidden_layers": 2, "plot_points": 81}  # --smoke: a shorter table, coarser curves
 
 
 # --------------------------------------------------------------------------- models (importable)
@@ -78,11 +87,19 @@ def benchmark_cases() -> list[dict]:
 
 # --------------------------------------------------------------------------- CLI
 def parse(argv=None):
-    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=3)
-    p.add_argument("--max-hidden-layers", type=cli.positive_int, default=4,
+    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=DEFAULTS["seeds"])
+    p.add_argument("--max-hidden-layers", type=cli.positive_int, default=DEFAULTS["max_hidden_layers"],
                    help="parameter table: 0..N hidden layers")
-    p.add_argument("--widths", default="4,16,64,256", help="parameter table: hidden widths (comma-separated)")
-    return cli.parse_args(p, argv)
+    p.add_argument("--widths", default=DEFAULTS["widths"], help="parameter table: hidden widths (comma-separated)")
+    return cli.parse_args(p, argv, smoke=SMOKE)
+
+
+def parse_widths(text: str) -> list[int]:
+    """``--widths`` as a list of positive integers (ValueError otherwise)."""
+    widths = [int(w) for w in text.split(",") if w.strip()]
+    if not widths or min(widths) < 1:
+        raise ValueError("--widths needs positive integers, e.g. 4,16,64")
+    return widths
 
 
 # --------------------------------------------------------------------------- the story
@@ -233,67 +250,77 @@ def plot_param_table(table: list[dict], path: Path) -> Path:
     return plots.save_figure(fig, path)
 
 
-def main(argv=None) -> int:
-    args = parse(argv)
-    started = results.now_iso()
-    t_wall = time.perf_counter()
-    try:
-        device = choose_device(args.device)  # nothing runs there (all on the CPU); recorded for the environment block
-        widths = [int(w) for w in args.widths.split(",") if w.strip()]
-        if not widths or min(widths) < 1:
-            raise ValueError("--widths needs positive integers, e.g. 4,16,64")
-    except DeviceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    max_hidden = 2 if args.smoke else args.max_hidden_layers
-    info = data.DataInfo(name="none", source="synthetic" if args.synthetic else "real", fingerprint="none",
-                         sizes={}, notes="no dataset is read: tensors and layers only")
+def run_seed(seed: int, max_hidden: int, widths: list[int], x_plot: torch.Tensor) -> tuple[dict, dict]:
+    """Every section for one seed: its flat metrics (name -> number) and its worked examples for the JSON.
 
-    per_seed, notes, table, curves = [], {}, [], {}
-    x_plot = torch.linspace(-8, 8, 81 if args.smoke else 401)
-    t_eval = time.perf_counter()
-    for seed in cli.seed_list(args):
-        repro.seed_everything(seed)
-        m, notes["tensors"] = tensor_basics()
-        m.update(linear_layers())
-        pm, table = parameter_counts(max_hidden, widths)
-        m.update(pm)
-        am, notes["activations"] = activations_and_forward()
-        m.update(am)
-        dm, curves = derivatives(x_plot)
-        m.update(dm)
-        per_seed.append(m)
-        print(f"seed {seed}: params 8->4->2 = {m['params.course_net_numel']}, sigmoid(6) = "
-              f"{m['activation.sigmoid_6']:.4f}, binary outputs in [{m['forward.binary.min']:.3f}, "
-              f"{m['forward.binary.max']:.3f}]")
-    synchronize(device)
-    eval_s = time.perf_counter() - t_eval
-    mean, std, per_seed_d = results.aggregate_seeds(per_seed)
+    The sections run in this order on one random stream: the layers' initial weights and the random
+    inputs of a seed depend on it.
+    """
+    repro.seed_everything(seed)
+    m, tensor_notes = tensor_basics()
+    m.update(linear_layers())
+    pm, table = parameter_counts(max_hidden, widths)
+    am, activation_notes = activations_and_forward()
+    dm, curves = derivatives(x_plot)
+    m.update(pm | am | dm)
+    print(f"seed {seed}: params 8->4->2 = {m['params.course_net_numel']}, sigmoid(6) = "
+          f"{m['activation.sigmoid_6']:.4f}, binary outputs in [{m['forward.binary.min']:.3f}, "
+          f"{m['forward.binary.max']:.3f}]")
+    return m, {"notes": {"tensors": tensor_notes, "activations": activation_notes}, "table": table, "curves": curves}
 
-    pdir = plots.plot_dir(args.results_dir, EXPERIMENT)
-    plot_activations(x_plot, curves, pdir / "activations.png")
-    plot_param_table(table, pdir / "parameter_counts.png")
 
-    results.write_result(
-        EXPERIMENT, results_dir=args.results_dir, status="ok", started_at=started, config=cli.config_of(args),
-        seeds=cli.seed_list(args), data=info, metrics=mean, std=std, per_seed=per_seed_d,
-        headline="params.course_net_numel",
-        history={"activation_curves": {"x": x_plot, **{k: {"f": y, "df": d} for k, (y, d) in curves.items()}}},
-        timings={"wall_s": time.perf_counter() - t_wall, "train_s": 0.0, "train_samples_per_s": None,
-                 "eval_s": eval_s},
-        device=device, script=__file__,
-        compute_device="cpu",  # every tensor here is made on the CPU, whatever --device says
-        extra={"notes": notes, "parameter_table": table,
-               "course_figures": {"params.course_net_numel": 46, "activation.sigmoid_6": 0.9975,
-                                  "activation.softmax_max": 0.842}})
+def make_plots(results_dir: str, x_plot: torch.Tensor, examples: dict) -> None:
+    pdir = plots.plot_dir(results_dir, EXPERIMENT)
+    plot_activations(x_plot, examples["curves"], pdir / "activations.png")
+    plot_param_table(examples["table"], pdir / "parameter_counts.png")
+
+
+def activation_history(x_plot: torch.Tensor, curves: dict) -> dict:
+    return {"activation_curves": {"x": x_plot, **{k: {"f": y, "df": d} for k, (y, d) in curves.items()}}}
+
+
+def extra_record(examples: dict) -> dict:
+    return {"notes": examples["notes"], "parameter_table": examples["table"], "course_figures": COURSE_FIGURES}
+
+
+def report(mean: dict, notes: dict) -> None:
     print(f"01: parameters of 8->4->2: formula {mean['params.course_net_formula']:.0f}, numel "
           f"{mean['params.course_net_numel']:.0f} (course: 46); sigmoid(6) = {mean['activation.sigmoid_6']:.4f} "
           f"(course: 0.9975); softmax max {mean['activation.softmax_max']:.3f} (course: 0.842); "
           f"Sequential 10->18->20->5: {mean['sequential.params']:.0f} parameters; incompatible add raises: "
           f"{notes['tensors']['incompatible_add_error']!r}")
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    try:
+        start = cli.start(args)  # nothing runs there (all on the CPU); recorded for the environment block
+        widths = parse_widths(args.widths)
+    except (DeviceError, ValueError) as e:
+        return cli.fail(e)
+    info = data.DataInfo(name="none", source="synthetic" if args.synthetic else "real", fingerprint="none",
+                         sizes={}, notes="no dataset is read: tensors and layers only")
+    seeds = cli.seed_list(args)
+    x_plot = torch.linspace(-8, 8, SMOKE["plot_points"] if args.smoke else DEFAULTS["plot_points"])
+
+    t_eval = time.perf_counter()
+    runs = [run_seed(seed, args.max_hidden_layers, widths, x_plot) for seed in seeds]
+    synchronize(start.device)
+    eval_s = time.perf_counter() - t_eval
+    per_seed = [metrics for metrics, _ in runs]
+    examples = runs[-1][1]  # the last seed's worked examples (tables and curves are the same for every seed)
+    mean, std, per_seed_d = results.aggregate_seeds(per_seed)
+
+    make_plots(args.results_dir, x_plot, examples)
+    results.write_result(
+        EXPERIMENT, results_dir=args.results_dir, status="ok", started_at=start.started_at,
+        config=cli.config_of(args), seeds=seeds, data=info, metrics=mean, std=std, per_seed=per_seed_d,
+        headline="params.course_net_numel", history=activation_history(x_plot, examples["curves"]),
+        timings={"wall_s": start.wall_s(), "train_s": 0.0, "train_samples_per_s": None, "eval_s": eval_s},
+        device=start.device, script=__file__,
+        compute_device="cpu",  # every tensor here is made on the CPU, whatever --device says
+        extra=extra_record(examples))
+    report(mean, examples["notes"])
     return 0
 
 

@@ -22,10 +22,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import cli, data, plots, repro, results
-from common.device import DeviceError, choose_device, synchronize
+from common.device import DeviceError, synchronize
 
 EXPERIMENT = "02_loss_and_gradients"
 COURSE_SCORES = [-5.2, 4.6, 0.8]  # raw scores (before softmax) of the course's cross-entropy example
+ACTIVATIONS = ("sigmoid", "relu", "leaky_relu", "relu_kaiming")  # the vanishing-gradient MLPs
+
+DEFAULTS = {
+    "seeds": 3,
+    "threads": 1,           # tiny tensors: a second thread only adds synchronisation
+    "lr": 0.001,            # manual update vs. one optim.SGD step
+    "lr_good": 0.2,         # x^2 from -2: a good learning rate (and a ten times smaller one) ...
+    "lr_high": 1.0,         # ... and a too-high one (bounces between -2 and 2)
+    "u_steps": 10,
+    "momentum_lr": 0.01,    # the non-convex function, momentum 0 vs 0.9
+    "momentum_steps": 100,
+    "depth": 20,            # vanishing gradients: hidden layers, width, batch
+    "width": 64,
+    "batch_size": 128,
+}
+SMOKE = {"depth": 4}  # --smoke: shallow vanishing-gradient MLPs; everything else is already instant
 
 
 # --------------------------------------------------------------------------- models and functions
@@ -84,19 +100,24 @@ def benchmark_cases() -> list[dict]:
 
 # --------------------------------------------------------------------------- CLI
 def parse(argv=None):
-    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=3, threads=1)
-    p.add_argument("--lr", type=cli.positive_float, default=0.001,
+    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=DEFAULTS["seeds"],
+                        threads=DEFAULTS["threads"])
+    p.add_argument("--lr", type=cli.positive_float, default=DEFAULTS["lr"],
                    help="learning rate of the manual update vs. optim.SGD comparison")
-    p.add_argument("--lr-good", type=cli.positive_float, default=0.2, help="U-shaped demo: a good learning rate")
-    p.add_argument("--lr-high", type=cli.positive_float, default=1.0,
+    p.add_argument("--lr-good", type=cli.positive_float, default=DEFAULTS["lr_good"],
+                   help="U-shaped demo: a good learning rate")
+    p.add_argument("--lr-high", type=cli.positive_float, default=DEFAULTS["lr_high"],
                    help="U-shaped demo: a too-high learning rate (1.0 on x^2 bounces between -2 and 2)")
-    p.add_argument("--u-steps", type=cli.positive_int, default=10, help="U-shaped demo: SGD steps")
-    p.add_argument("--momentum-lr", type=cli.positive_float, default=0.01, help="non-convex demo: learning rate")
-    p.add_argument("--momentum-steps", type=cli.positive_int, default=100, help="non-convex demo: SGD steps")
-    p.add_argument("--depth", type=cli.positive_int, default=20, help="vanishing gradients: hidden layers")
-    p.add_argument("--width", type=cli.positive_int, default=64, help="vanishing gradients: hidden width")
-    p.add_argument("--batch-size", type=cli.positive_int, default=128, help="vanishing gradients: batch size")
-    return cli.parse_args(p, argv)
+    p.add_argument("--u-steps", type=cli.positive_int, default=DEFAULTS["u_steps"], help="U-shaped demo: SGD steps")
+    p.add_argument("--momentum-lr", type=cli.positive_float, default=DEFAULTS["momentum_lr"],
+                   help="non-convex demo: learning rate")
+    p.add_argument("--momentum-steps", type=cli.positive_int, default=DEFAULTS["momentum_steps"],
+                   help="non-convex demo: SGD steps")
+    p.add_argument("--depth", type=cli.positive_int, default=DEFAULTS["depth"], help="vanishing gradients: hidden layers")
+    p.add_argument("--width", type=cli.positive_int, default=DEFAULTS["width"], help="vanishing gradients: hidden width")
+    p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"],
+                   help="vanishing gradients: batch size")
+    return cli.parse_args(p, argv, smoke=SMOKE)
 
 
 # --------------------------------------------------------------------------- the story
@@ -188,11 +209,10 @@ def momentum_demo(args) -> tuple[dict, dict]:
 def vanishing_gradients(args, device) -> tuple[dict, dict]:
     """Per-layer weight-gradient norms at initialisation (one batch of standard-normal inputs)."""
     m, norms = {}, {}
-    depth = 4 if args.smoke else args.depth
     x = torch.randn(args.batch_size, 16).to(device)
     y = torch.randint(0, 2, (args.batch_size,)).to(device)
-    for act in ("sigmoid", "relu", "leaky_relu", "relu_kaiming"):
-        model = deep_mlp(act, depth, args.width).to(device)
+    for act in ACTIVATIONS:
+        model = deep_mlp(act, args.depth, args.width).to(device)
         nn.CrossEntropyLoss()(model(x), y).backward()
         layer_norms = [float(layer.weight.grad.norm()) for layer in model if isinstance(layer, nn.Linear)]
         norms[act] = layer_norms
@@ -201,7 +221,7 @@ def vanishing_gradients(args, device) -> tuple[dict, dict]:
         m[f"vanishing.{act}.last_layer_grad_norm"] = layer_norms[-1]
         m[f"vanishing.{act}.first_last_ratio"] = ratio
         m[f"vanishing.{act}.log10_first_last_ratio"] = float(np.log10(ratio)) if ratio > 0 else float("-inf")
-    m["vanishing.depth"] = depth
+    m["vanishing.depth"] = args.depth
     return m, norms
 
 
@@ -241,57 +261,40 @@ def plot_vanishing(norms: dict, path: Path) -> Path:
     return plots.save_figure(fig, path)
 
 
-def main(argv=None) -> int:
-    args = parse(argv)
-    started = results.now_iso()
-    t_wall = time.perf_counter()
-    try:
-        device = choose_device(args.device)
-        cli.apply_threads(args, device)
-    except DeviceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    info = data.DataInfo(name="none", source="synthetic" if args.synthetic else "real", fingerprint="none",
-                         sizes={}, notes="no dataset is read: toy tensors and functions only")
+def run_seed(seed: int, args, device) -> tuple[dict, dict]:
+    """Every section for one seed: its flat metrics (name -> number) and its worked examples for the JSON.
 
-    per_seed, notes, norms, lr_traj, mom_traj = [], {}, {}, {}, {}
-    t_eval = time.perf_counter()
-    for seed in cli.seed_list(args):
-        repro.seed_everything(seed)
-        m, notes = one_hot_and_cross_entropy()
-        m.update(backward_and_sgd_step(args.lr))
-        lm, lr_traj = learning_rate_demo(args)
-        mm, mom_traj = momentum_demo(args)
-        vm, seed_norms = vanishing_gradients(args, device)
-        m.update(lm | mm | vm)
-        norms[seed] = seed_norms
-        per_seed.append(m)
-        print(f"seed {seed}: manual update == SGD step: {bool(m['sgd.manual_equals_optim'])}; first/last "
-              f"gradient-norm ratio sigmoid {m['vanishing.sigmoid.first_last_ratio']:.2e}, relu "
-              f"{m['vanishing.relu.first_last_ratio']:.2e}, leaky_relu {m['vanishing.leaky_relu.first_last_ratio']:.2e}, "
-              f"relu with Kaiming init {m['vanishing.relu_kaiming.first_last_ratio']:.2e}")
-    synchronize(device)
-    eval_s = time.perf_counter() - t_eval
-    mean, std, per_seed_d = results.aggregate_seeds(per_seed)
+    The sections run in this order on one random stream: the layers' initial weights and the random
+    inputs of a seed depend on it. Only the gradient norms differ between seeds; the trajectories do not.
+    """
+    repro.seed_everything(seed)
+    m, notes = one_hot_and_cross_entropy()
+    m.update(backward_and_sgd_step(args.lr))
+    lm, lr_traj = learning_rate_demo(args)
+    mm, mom_traj = momentum_demo(args)
+    vm, norms = vanishing_gradients(args, device)
+    m.update(lm | mm | vm)
+    print(f"seed {seed}: manual update == SGD step: {bool(m['sgd.manual_equals_optim'])}; first/last "
+          f"gradient-norm ratio sigmoid {m['vanishing.sigmoid.first_last_ratio']:.2e}, relu "
+          f"{m['vanishing.relu.first_last_ratio']:.2e}, leaky_relu {m['vanishing.leaky_relu.first_last_ratio']:.2e}, "
+          f"relu with Kaiming init {m['vanishing.relu_kaiming.first_last_ratio']:.2e}")
+    return m, {"notes": notes, "lr_traj": lr_traj, "mom_traj": mom_traj, "norms": norms}
 
-    pdir = plots.plot_dir(args.results_dir, EXPERIMENT)
-    plot_lr_and_momentum(lr_traj, mom_traj, pdir / "lr_and_momentum.png")
-    first = cli.seed_list(args)[0]
-    plot_vanishing(norms[first], pdir / "vanishing_gradients.png")
 
-    results.write_result(
-        EXPERIMENT, results_dir=args.results_dir, status="ok", started_at=started, config=cli.config_of(args),
-        seeds=cli.seed_list(args), data=info, metrics=mean, std=std, per_seed=per_seed_d,
-        headline="momentum.m09.final_x",
-        history={"lr_trajectories": lr_traj, "momentum_trajectories": mom_traj,
-                 "grad_norms_per_layer": {str(s): n for s, n in norms.items()}},
-        timings={"wall_s": time.perf_counter() - t_wall, "train_s": 0.0, "train_samples_per_s": None,
-                 "eval_s": eval_s},
-        device=device, script=__file__,
-        extra={"notes": notes,
-               # only the vanishing-gradient MLPs run on --device; everything else is made on the CPU
-               "compute_note": f"vanishing gradients on {device}; all other sections on the CPU",
-               "functions": {"u_shaped": "x**2", "non_convex": "x**4 - 2*x**2 - 0.5*x", "start": -2.0}})
+def make_plots(results_dir: str, examples: dict, first_norms: dict) -> None:
+    pdir = plots.plot_dir(results_dir, EXPERIMENT)
+    plot_lr_and_momentum(examples["lr_traj"], examples["mom_traj"], pdir / "lr_and_momentum.png")
+    plot_vanishing(first_norms, pdir / "vanishing_gradients.png")
+
+
+def extra_record(notes: dict, device) -> dict:
+    return {"notes": notes,
+            # only the vanishing-gradient MLPs run on --device; everything else is made on the CPU
+            "compute_note": f"vanishing gradients on {device}; all other sections on the CPU",
+            "functions": {"u_shaped": "x**2", "non_convex": "x**4 - 2*x**2 - 0.5*x", "start": -2.0}}
+
+
+def report(mean: dict, args) -> None:
     print(f"02: CE one-hot {mean['loss.ce_onehot']:.4f} == CE index {mean['loss.ce_index']:.4f}; manual update == "
           f"SGD step: {bool(mean['sgd.manual_equals_optim'])}; x^2 after {args.u_steps} steps from -2: lr "
           f"{args.lr_good:g} -> {mean['lr.good.final_x']:.3f}, lr {args.lr_good / 10:g} -> {mean['lr.small.final_x']:.3f}, "
@@ -302,6 +305,37 @@ def main(argv=None) -> int:
           f"{mean['vanishing.sigmoid.first_last_ratio']:.2e} vs relu {mean['vanishing.relu.first_last_ratio']:.2e}, "
           f"leaky_relu {mean['vanishing.leaky_relu.first_last_ratio']:.2e} (default nn.Linear init), relu with Kaiming "
           f"init {mean['vanishing.relu_kaiming.first_last_ratio']:.2e}")
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    try:
+        start = cli.start(args)
+    except DeviceError as e:
+        return cli.fail(e)
+    info = data.DataInfo(name="none", source="synthetic" if args.synthetic else "real", fingerprint="none",
+                         sizes={}, notes="no dataset is read: toy tensors and functions only")
+    seeds = cli.seed_list(args)
+
+    t_eval = time.perf_counter()
+    runs = [run_seed(seed, args, start.device) for seed in seeds]
+    synchronize(start.device)
+    eval_s = time.perf_counter() - t_eval
+    per_seed = [metrics for metrics, _ in runs]
+    norms = {seed: run[1]["norms"] for seed, run in zip(seeds, runs)}  # the only examples that differ by seed
+    examples = runs[-1][1]  # notes and SGD trajectories are the same for every seed: the last seed's
+    mean, std, per_seed_d = results.aggregate_seeds(per_seed)
+
+    make_plots(args.results_dir, examples, norms[seeds[0]])
+    results.write_result(
+        EXPERIMENT, results_dir=args.results_dir, status="ok", started_at=start.started_at,
+        config=cli.config_of(args), seeds=seeds, data=info, metrics=mean, std=std, per_seed=per_seed_d,
+        headline="momentum.m09.final_x",
+        history={"lr_trajectories": examples["lr_traj"], "momentum_trajectories": examples["mom_traj"],
+                 "grad_norms_per_layer": {str(s): n for s, n in norms.items()}},
+        timings={"wall_s": start.wall_s(), "train_s": 0.0, "train_samples_per_s": None, "eval_s": eval_s},
+        device=start.device, script=__file__, extra=extra_record(examples["notes"], start.device))
+    report(mean, args)
     return 0
 
 

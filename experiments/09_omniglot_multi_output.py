@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """09_omniglot_multi_output: the course's two-output Omniglot model, loss weighting and loss scaling (transcript lines 815-860): one image -> alphabet (30) and character (964).
 
-The image subnet is the one of 08 (imported from experiments/08_omniglot_multi_input.py together with the
-data, split and training code); two linear heads predict the alphabet and the character, and the total
+The image subnet is the one of 08 (experiments/omniglot.py holds it, with the data, split and training
+code both scripts share); two linear heads predict the alphabet and the character, and the total
 loss is the sum of the two cross-entropies. Test accuracy of each head (torchmetrics) is reported for
 the course model and the improved image subnet on the ``clean`` split and on the course's leaky split
 (the course reports 31% alphabet vs 24% character). Loss weighting: equal sum, character loss x2 and
@@ -11,12 +11,13 @@ house-price example made real on the DS salaries table: a two-output network pre
 ``salary_in_usd`` (MSE in dollars, i.e. billions) and ``experience_level`` (cross-entropy, 4 classes),
 trained with the plain sum of the two losses and with each loss divided by its batch maximum.
 """
-import importlib
 import sys
-import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find common/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find common/ and experiments/
 
 import numpy as np
 import pandas as pd
@@ -26,21 +27,33 @@ import torch.nn.functional as F
 from torchmetrics.functional import mean_absolute_error
 
 from common import cli, data, metrics, plots, repro, results
-from common.device import DeviceError, choose_device, to_device
+from common.device import DeviceError, to_device
+from experiments import omniglot
+from experiments.omniglot import N_ALPHABETS, N_CHARACTERS
 
-m08 = importlib.import_module("experiments.08_omniglot_multi_input")  # dataset, splits, image subnets, training loop
-N_ALPHABETS, N_CHARACTERS = m08.N_ALPHABETS, m08.N_CHARACTERS
 EXPERIMENT = "09_omniglot_multi_output"
 WEIGHTINGS = {"equal": (1.0, 1.0), "char_x2": (1.0, 2.0), "sum_to_1": (0.33, 0.67)}  # (alphabet, character)
 EXPERIENCE_LEVELS = ["EN", "MI", "SE", "EX"]
+SCALING_VARIANTS = {"unscaled": "mean MSE (dollars^2) + mean cross-entropy",
+                    "scaled": "each per-sample loss divided by its batch maximum "
+                              "(a constant, not differentiated), then averaged and summed",
+                    "ce_only": "cross-entropy alone (reference: what the classifier can reach)"}
+
+DEFAULTS = {"seeds": 1, "split": "both", "model": "both", "split_seed": 0,
+            "epochs": 3, "batch_size": 64, "lr": 1e-3,                                # the course model
+            "improved_epochs": 8, "improved_batch_size": 128, "improved_lr": 3e-3,    # the improved model
+            "scaling_epochs": 20, "scaling_batch_size": 64, "scaling_lr": 1e-3}       # the salary network
+SMOKE = {"epochs": 1, "improved_epochs": 1, "scaling_epochs": 1,
+         "subset": 256}   # not an option: images kept on each side of each split (a few batches)
 
 
+# ----------------------------------------------------------------------------- the two-output model
 class TwoOutputNet(nn.Module):
     """The course's two-output model: one image subnet, a 30-way alphabet head and a 964-way character head."""
 
     def __init__(self, image_net: str = "course_model"):
         super().__init__()
-        self.image_layer = m08.IMAGE_NETS[image_net]()
+        self.image_layer = omniglot.IMAGE_NETS[image_net]()
         self.classifier_alpha = nn.Linear(self.image_layer.out_features, N_ALPHABETS)
         self.classifier_char = nn.Linear(self.image_layer.out_features, N_CHARACTERS)
 
@@ -53,6 +66,57 @@ def weighted_loss(outputs, targets, w_alpha=1.0, w_char=1.0):
     """``w_alpha * CE(alphabet) + w_char * CE(character)``; the course's total loss is the plain sum."""
     (out_alpha, out_char), (y_alpha, y_char) = outputs, targets
     return w_alpha * F.cross_entropy(out_alpha, y_alpha) + w_char * F.cross_entropy(out_char, y_char)
+
+
+def inputs(om: omniglot.Omniglot, idx):
+    return (om.image_batch(idx),)
+
+
+def step_loss(om: omniglot.Omniglot, weights, model, idx):
+    d = idx.to(om.device)
+    return weighted_loss(model(*inputs(om, idx)), (om.alphabet[d], om.character[d]), *weights)
+
+
+def head_accuracy(ds, out_alpha, out_char, rows) -> dict:
+    return {"alphabet_accuracy": metrics.accuracy(out_alpha, ds.alphabet[rows], N_ALPHABETS),
+            "char_accuracy": metrics.accuracy(out_char, ds.character[rows], N_CHARACTERS)}
+
+
+def epoch_head_accuracy(om: omniglot.Omniglot, test_idx, model) -> dict:
+    """The per-epoch curves: each head's accuracy on the test images."""
+    return head_accuracy(om.ds, *omniglot.predict(model, partial(inputs, om), test_idx, om.device), test_idx)
+
+
+def omniglot_runs(om: omniglot.Omniglot) -> list[tuple]:
+    """Every (split, model, weighting) to train: each model with equal weights on each split, and the
+    weighting study, which uses the course model on the first split."""
+    runs = [(s, n, "equal") for s in om.splits for n in om.models]
+    if "course_model" in om.models:
+        runs += [(next(iter(om.splits)), "course_model", w) for w in WEIGHTINGS if w != "equal"]
+    return runs
+
+
+def run_model(seed, split, name, weighting, om: omniglot.Omniglot, tally: omniglot.Tally) -> dict:
+    """Train one two-output model; both heads' test figures (empty if it diverged)."""
+    tr, te, split_info = om.splits[split]
+    weights = WEIGHTINGS[weighting]
+    run = f"{split}.{name}" if weighting == "equal" else f"weighting.{weighting}"
+    print(f"seed {seed}  {split}.{name} weights {weights[0]}/{weights[1]}: train {len(tr)}  test {len(te)}", flush=True)
+    repro.seed_everything(seed)
+    model = TwoOutputNet(name).to(om.device)
+    if tally.fit(run, seed, model, partial(step_loss, om, weights), tr, om.settings[name], om.device,
+                 evaluate=partial(epoch_head_accuracy, om, te)) is None:
+        return {}
+    out_alpha, out_char = tally.predict(model, partial(inputs, om), te, om.device)
+    acc = head_accuracy(om.ds, out_alpha, out_char, te)
+    m = {f"{run}.{k}": v for k, v in acc.items()}
+    if weighting == "equal" and split == next(iter(om.splits)) and name == "course_model":
+        m.update({f"weighting.equal.{k}": v for k, v in acc.items()})   # the weighting study's reference row
+    if split_info["leaky"] and weighting == "equal":  # accuracy on the test images that are (not) training images
+        for part, mask in omniglot.leak_parts(te, tr):
+            m.update({f"{run}.{k}_{part}": v
+                      for k, v in head_accuracy(om.ds, out_alpha[mask], out_char[mask], te[mask]).items()})
+    return m
 
 
 # ----------------------------------------------------------------------------- loss scaling (salaries)
@@ -92,6 +156,34 @@ def salary_features(df: pd.DataFrame, top: int = 12):
     return x, torch.tensor(df["salary_in_usd"].to_numpy(np.float32)), torch.tensor(level.to_numpy(np.int64))
 
 
+@dataclass
+class Salaries:
+    """The salary table: standardised features, targets, a seeded 80/20 split; ``x``, ``salary`` and
+    ``level`` are also on the device (``*_d``: the small table goes there once, steps gather rows there)."""
+    info: data.DataInfo
+    x: torch.Tensor
+    salary: torch.Tensor
+    level: torch.Tensor
+    train: torch.Tensor
+    test: torch.Tensor
+    x_d: torch.Tensor
+    salary_d: torch.Tensor
+    level_d: torch.Tensor
+
+    def inputs(self, idx):
+        return (self.x_d[idx.to(self.x_d.device)],)
+
+
+def load_salaries(args, device) -> Salaries:
+    """The DS salaries table (raises data.DataError), split with ``--split-seed``."""
+    df, info = data.load_salaries(args.data_dir, args.synthetic)
+    x, salary, level = salary_features(df)
+    perm = torch.randperm(len(df), generator=repro.make_generator(args.split_seed))
+    te, tr = perm[:len(df) // 5], perm[len(df) // 5:]
+    x = (x - x[tr].mean(0)) / x[tr].std(0).clamp_min(1e-6)
+    return Salaries(info, x, salary, level, tr, te, *(to_device(t, device) for t in (x, salary, level)))
+
+
 def salary_losses(variant: str, pred_salary, logits, y_salary, y_level):
     """Per-sample squared errors (dollars^2) and cross-entropies, reduced per ``variant``:
     ``unscaled``: mean MSE + mean CE; ``scaled``: each divided by its batch maximum first (the course's
@@ -105,59 +197,87 @@ def salary_losses(variant: str, pred_salary, logits, y_salary, y_level):
     return se.mean() + ce.mean()
 
 
-def run_scaling(args, seed, device):
-    """Train the salary network once per variant; return flat metrics and per-epoch history."""
-    df, info = data.load_salaries(args.data_dir, args.synthetic)
-    x, y_salary, y_level = salary_features(df)
-    g = repro.make_generator(args.split_seed)
-    perm = torch.randperm(len(df), generator=g)
-    n_test = len(df) // 5
-    te, tr = perm[:n_test], perm[n_test:]
-    mu, sd = x[tr].mean(0), x[tr].std(0).clamp_min(1e-6)
-    x = (x - mu) / sd
-    epochs = 1 if args.smoke else args.scaling_epochs
+def salary_step_loss(sal: Salaries, variant, model, idx):
+    idx = idx.to(sal.x_d.device)
+    pred, logits = model(sal.x_d[idx])
+    return salary_losses(variant, pred, logits, sal.salary_d[idx], sal.level_d[idx])
+
+
+def trunk_grad_share_ce(model, sal: Salaries, variant, batch_size) -> float:
+    """At initialisation, on one training batch: which share of the shared trunk's gradient comes from
+    the classification loss (the rest from the salary loss)."""
+    b = sal.train[:batch_size].to(sal.x_d.device)
+    pred, logits = model(sal.x_d[b])
+    se = (pred - sal.salary_d[b]) ** 2
+    ce = F.cross_entropy(logits, sal.level_d[b], reduction="none")
+    if variant == "scaled":
+        se, ce = se / se.detach().max(), ce / ce.detach().max()
+    trunk = list(model.trunk.parameters())
+    norms = [torch.cat([gr.flatten() for gr in torch.autograd.grad(part.mean(), trunk, retain_graph=True)]).norm()
+             for part in (se, ce)]
+    return float(norms[1] / (norms[0] + norms[1]))
+
+
+def run_scaling(seed, sal: Salaries, args, device):
+    """Train the salary network once per variant; flat metrics and per-epoch history. Raises results.Diverged."""
+    tr, te = sal.train, sal.test
     out, hist = {}, {}
-    # the (small) table goes to the device once; the training steps gather rows there
-    xd, ys_d, yl_d = (to_device(t, device) for t in (x, y_salary, y_level))
-    majority = int(torch.bincount(y_level[tr]).argmax())
-    out["baseline.scaling.majority_accuracy"] = float((y_level[te] == majority).float().mean())
-    out["baseline.scaling.mean_rmse_usd"] = metrics.mse(torch.full((len(te),), float(y_salary[tr].mean())), y_salary[te]) ** 0.5
-    for variant in ("unscaled", "scaled", "ce_only"):
+    majority = int(torch.bincount(sal.level[tr]).argmax())
+    out["baseline.scaling.majority_accuracy"] = float((sal.level[te] == majority).float().mean())
+    out["baseline.scaling.mean_rmse_usd"] = metrics.mse(torch.full((len(te),), float(sal.salary[tr].mean())),
+                                                        sal.salary[te]) ** 0.5
+    for variant in SCALING_VARIANTS:
         repro.seed_everything(seed)
-        model = SalaryNet(x.shape[1], salary_mean=float(y_salary[tr].mean()), salary_std=float(y_salary[tr].std())).to(device)
-
-        def step_loss(model, idx, variant=variant):
-            idx = idx.to(device)
-            pred, logits = model(xd[idx])
-            return salary_losses(variant, pred, logits, ys_d[idx], yl_d[idx])
-
-        # at initialisation, on one training batch: which share of the shared trunk's gradient comes from
-        # the classification loss (the rest from the salary loss)
-        b = tr[:args.scaling_batch_size].to(device)
-        pred, logits = model(xd[b])
-        se = (pred - ys_d[b]) ** 2
-        ce = F.cross_entropy(logits, yl_d[b], reduction="none")
-        if variant == "scaled":
-            se, ce = se / se.detach().max(), ce / ce.detach().max()
-        trunk = list(model.trunk.parameters())
-        norms = [torch.cat([gr.flatten() for gr in torch.autograd.grad(part.mean(), trunk, retain_graph=True)]).norm()
-                 for part in (se, ce)]
+        model = SalaryNet(sal.x.shape[1], salary_mean=float(sal.salary[tr].mean()),
+                          salary_std=float(sal.salary[tr].std())).to(device)
+        share = trunk_grad_share_ce(model, sal, variant, args.scaling_batch_size)
         if variant != "ce_only":
-            out[f"scaling.{variant}.trunk_grad_share_ce"] = float(norms[1] / (norms[0] + norms[1]))
-        h, _, _ = m08.train_run(model, step_loss, tr, epochs=epochs, batch_size=args.scaling_batch_size,
-                                lr=args.scaling_lr, seed=seed, device=device, label=f"scaling.{variant}",
-                                print_every=max(1, epochs // 4))
+            out[f"scaling.{variant}.trunk_grad_share_ce"] = share
+        h, _, _ = omniglot.train_run(model, partial(salary_step_loss, sal, variant), tr, epochs=args.scaling_epochs,
+                                     batch_size=args.scaling_batch_size, lr=args.scaling_lr, seed=seed, device=device,
+                                     label=f"scaling.{variant}", print_every=max(1, args.scaling_epochs // 4))
         hist[f"scaling.{variant}.train_loss"] = h["train_loss"]
-        pred, logits = m08.predict(model, lambda idx: (xd[idx.to(device)],), te, device)
-        out[f"scaling.{variant}.experience_accuracy"] = metrics.accuracy(logits, y_level[te], len(EXPERIENCE_LEVELS))
+        pred, logits = omniglot.predict(model, sal.inputs, te, device)
+        out[f"scaling.{variant}.experience_accuracy"] = metrics.accuracy(logits, sal.level[te], len(EXPERIENCE_LEVELS))
         if variant != "ce_only":
-            out[f"scaling.{variant}.salary_rmse_usd"] = metrics.mse(pred, y_salary[te]) ** 0.5
-            out[f"scaling.{variant}.salary_mae_usd"] = float(mean_absolute_error(pred, y_salary[te]))
-            with torch.no_grad():  # the magnitudes the two losses had on the test set
-                out[f"scaling.{variant}.test_mse_usd2"] = metrics.mse(pred, y_salary[te])
-                out[f"scaling.{variant}.test_cross_entropy"] = float(F.cross_entropy(logits, y_level[te]))
-    sizes = {"train": len(tr), "test": len(te)}
-    return out, hist, info, sizes
+            out[f"scaling.{variant}.salary_rmse_usd"] = metrics.mse(pred, sal.salary[te]) ** 0.5
+            out[f"scaling.{variant}.salary_mae_usd"] = float(mean_absolute_error(pred, sal.salary[te]))
+            out[f"scaling.{variant}.test_mse_usd2"] = metrics.mse(pred, sal.salary[te])   # the losses' magnitudes
+            out[f"scaling.{variant}.test_cross_entropy"] = float(F.cross_entropy(logits, sal.level[te]))
+    return out, hist
+
+
+@contextmanager
+def one_torch_thread():
+    """A 64-wide MLP trains faster on one thread, and far faster on a busy machine; the omniglot runs
+    (and the result's recorded environment) keep the thread count of --threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- one seed
+def run_seed(seed, om: omniglot.Omniglot, sal: Salaries, args, tally: omniglot.Tally) -> dict:
+    """Baselines, every omniglot run and the loss-scaling study for one training seed: one flat dict."""
+    m = {}
+    for split, (_, te, _) in om.splits.items():
+        m[f"baseline.{split}.alphabet_majority_accuracy"] = omniglot.majority_accuracy(om.ds.alphabet[te])
+        m[f"baseline.{split}.char_majority_accuracy"] = omniglot.majority_accuracy(om.ds.character[te])
+    for split, name, weighting in omniglot_runs(om):
+        m.update(run_model(seed, split, name, weighting, om, tally))
+    print(f"seed {seed}  loss scaling on the DS salaries table", flush=True)
+    try:
+        with one_torch_thread():
+            scaling, scaling_hist = run_scaling(seed, sal, args, om.device)
+    except results.Diverged as e:
+        tally.diverged.append({"run": "scaling", "seed": seed, **e.to_json()})
+        return m
+    if seed == tally.first_seed:
+        tally.history.update(scaling_hist)
+    return {**m, **scaling}
 
 
 # ----------------------------------------------------------------------------- benchmarks
@@ -172,16 +292,16 @@ def benchmark_cases() -> list[dict]:
     return [{"name": f"09.{name}_two_output", "make_model": (lambda n=name: TwoOutputNet(n)), "make_batch": make_batch,
              "loss_fn": weighted_loss, "batch_size": bs,
              "make_optimizer": (lambda params, lr=lr: torch.optim.Adam(params, lr=lr))}
-            for name, bs, lr in (("course_model", 64, 1e-3), ("improved", 128, 3e-3))]
+            for name, bs, lr in omniglot.benchmark_settings(DEFAULTS)]
 
 
-def parse(argv=None):
-    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=1)
-    m08.add_omniglot_options(p, course_epochs=3, improved_epochs=8)
-    p.add_argument("--scaling-epochs", type=cli.positive_int, default=20, help="epochs of the salary network")
-    p.add_argument("--scaling-batch-size", type=cli.positive_int, default=64)
-    p.add_argument("--scaling-lr", type=cli.positive_float, default=1e-3)
-    return cli.parse_args(p, argv)
+# ----------------------------------------------------------------------------- tables, plots, record, summary
+def weighting_table(mean: dict, std: dict, om: omniglot.Omniglot) -> list[dict]:
+    """One row per loss weighting that ran: weights, split, each head's accuracy and its std."""
+    return [{"config": w, "w_alpha": WEIGHTINGS[w][0], "w_char": WEIGHTINGS[w][1], "split": next(iter(om.splits)),
+             **{k + sfx: (mean if sfx == "" else std).get(f"weighting.{w}.{k}")
+                for k in ("alphabet_accuracy", "char_accuracy") for sfx in ("", "_std")}}
+            for w in WEIGHTINGS if f"weighting.{w}.char_accuracy" in mean]
 
 
 def weighting_figure(rows, path):
@@ -202,164 +322,63 @@ def weighting_figure(rows, path):
     return plots.save_figure(fig, path)
 
 
-def main(argv=None) -> int:
-    args = parse(argv)
-    started = results.now_iso()
-    t_wall = time.perf_counter()
-    try:
-        device = choose_device(args.device)
-        ds, info = data.load_omniglot(args.data_dir, args.synthetic, size=64)
-        splits, models, settings = m08.run_plan(args)
-        split_sets = m08.make_splits(ds, splits, args.split_seed, args.data_dir, info.source == "synthetic", args.smoke)
-        data.load_salaries(args.data_dir, args.synthetic)  # fail early, before any training
-    except (data.DataError, DeviceError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    info.sizes.update({f"{s}.{side}": v[2][side] for s, v in split_sets.items() for side in ("train", "test")})
-    images = ds.images.to(device) if device.type != "cpu" else ds.images
-    alphabet, character = ds.alphabet.to(device), ds.character.to(device)
+def scaling_done(mean: dict) -> bool:
+    return all(f"scaling.{v}.experience_accuracy" in mean for v in SCALING_VARIANTS)
 
-    def inputs(idx):
-        return (m08.image_batch(images, idx, device),)
 
-    # every omniglot run: (split, model, weighting); the weighting study uses the course model on the first split
-    weight_split = splits[0]
-    runs = [(s, n, "equal") for s in splits for n in models]
-    if "course_model" in models:
-        runs += [(weight_split, "course_model", w) for w in WEIGHTINGS if w != "equal"]
-
-    per_seed, history, diverged = [], {}, []
-    train_s = eval_s = 0.0
-    seen = 0
-    throughput = {}
-    for seed in cli.seed_list(args):
-        m = {}
-        for split in splits:
-            te = split_sets[split][1]
-            m[f"baseline.{split}.alphabet_majority_accuracy"] = float(torch.bincount(ds.alphabet[te]).max()) / len(te)
-            m[f"baseline.{split}.char_majority_accuracy"] = float(torch.bincount(ds.character[te]).max()) / len(te)
-        for split, name, weighting in runs:
-            tr, te, sinfo = split_sets[split]
-            w_alpha, w_char = WEIGHTINGS[weighting]
-            run = f"{split}.{name}" if weighting == "equal" else f"weighting.{weighting}"
-            print(f"seed {seed}  {split}.{name} weights {w_alpha}/{w_char}: train {len(tr)}  test {len(te)}", flush=True)
-            repro.seed_everything(seed)
-            model = TwoOutputNet(name).to(device)
-
-            def step_loss(model, idx, w=(w_alpha, w_char)):
-                d = idx.to(device)
-                return weighted_loss(model(*inputs(idx)), (alphabet[d], character[d]), *w)
-
-            def head_accuracy(out_alpha, out_char, rows):
-                return {"alphabet_accuracy": metrics.accuracy(out_alpha, ds.alphabet[rows], N_ALPHABETS),
-                        "char_accuracy": metrics.accuracy(out_char, ds.character[rows], N_CHARACTERS)}
-
-            def evaluate(model, te=te):
-                return head_accuracy(*m08.predict(model, inputs, te, device), te)
-
-            try:
-                h, t_train, n_seen = m08.train_run(model, step_loss, tr, seed=seed, device=device, evaluate=evaluate,
-                                                   label=run, **settings[name])
-            except results.Diverged as e:
-                print(f"  {run} diverged: {e}", flush=True)
-                diverged.append({"run": run, "seed": seed, "epoch": e.epoch, "step": e.step})
-                continue
-            train_s += t_train
-            seen += n_seen
-            throughput[f"{run}.train_samples_per_s"] = n_seen / t_train
-            if seed == args.seed:
-                history.update({f"{run}.{k}": v for k, v in h.items()})
-            t = time.perf_counter()
-            out_alpha, out_char = m08.predict(model, inputs, te, device)
-            eval_s += time.perf_counter() - t
-            acc = head_accuracy(out_alpha, out_char, te)
-            m.update({f"{run}.{k}": v for k, v in acc.items()})
-            if weighting == "equal" and split == weight_split and name == "course_model":
-                m.update({f"weighting.equal.{k}": v for k, v in acc.items()})
-            if sinfo["leaky"] and weighting == "equal":  # accuracy on the test images that are (not) training images
-                in_train = torch.from_numpy(np.isin(te.numpy(), tr.numpy()))
-                for part, mask in (("overlap", in_train), ("unseen", ~in_train)):
-                    if mask.any():
-                        m.update({f"{run}.{k}_{part}": v for k, v in
-                                  head_accuracy(out_alpha[mask], out_char[mask], te[mask]).items()})
-        print(f"seed {seed}  loss scaling on the DS salaries table", flush=True)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # a 64-wide MLP: one thread is faster, and far faster on a busy machine
-        try:
-            scaling, scaling_hist, salary_info, salary_sizes = run_scaling(args, seed, device)
-            m.update(scaling)
-            if seed == args.seed:
-                history.update(scaling_hist)
-        except results.Diverged as e:
-            diverged.append({"run": "scaling", "seed": seed, "epoch": e.epoch, "step": e.step})
-            salary_info, salary_sizes = None, {}
-        finally:
-            torch.set_num_threads(threads)
-        per_seed.append(m)
-
-    mean, std, per_seed_vals = results.aggregate_seeds(per_seed)
-    status = "diverged" if diverged else "ok"
-    done = [f"{s}.{n}" for s in splits for n in models if f"{s}.{n}.char_accuracy" in mean]
-    prefer = ["clean.improved", "clean.course_model", "course.improved", "course.course_model"]
-    headline_run = next((r for r in prefer if r in done), None)
-    headline = f"{headline_run}.char_accuracy" if headline_run else next(iter(mean))
-    weighting_rows = [{"config": w, "w_alpha": WEIGHTINGS[w][0], "w_char": WEIGHTINGS[w][1], "split": weight_split,
-                       **{k + sfx: (mean if sfx == "" else std).get(f"weighting.{w}.{k}")
-                          for k in ("alphabet_accuracy", "char_accuracy") for sfx in ("", "_std")}}
-                      for w in WEIGHTINGS if f"weighting.{w}.char_accuracy" in mean]
-
-    out = plots.plot_dir(args.results_dir, EXPERIMENT)
+def make_plots(out: Path, done, mean, std, history, weighting_rows) -> None:
+    heads = [(r, head) for r in done for head in ("alphabet", "char")]
     if done:
-        labels = [f"{r} {head}" + (" (leaky)" if r.startswith("course.") else "") for r in done for head in ("alphabet", "char")]
-        keys = [f"{r}.{head}_accuracy" for r in done for head in ("alphabet", "char")]
+        labels = [f"{r} {head}" + (" (leaky)" if r.startswith("course.") else "") for r, head in heads]
+        keys = [f"{r}.{head}_accuracy" for r, head in heads]
         plots.bar_with_errors(labels, [mean[k] for k in keys], [std[k] for k in keys], out / "head_accuracy.png",
                               "Two-output model: test accuracy per head", "test accuracy",
                               baselines={"course: alphabet 31%": 0.31, "course: character 24%": 0.24})
-        plots.plot_curves({f"{r} {head}": history[f"{r}.{head}_accuracy"] for r in done for head in ("alphabet", "char")
+        plots.plot_curves({f"{r} {head}": history[f"{r}.{head}_accuracy"] for r, head in heads
                            if f"{r}.{head}_accuracy" in history},
                           out / "test_accuracy_curves.png", "test accuracy per epoch", ylabel="accuracy")
     if weighting_rows:
         weighting_figure(weighting_rows, out / "loss_weighting.png")
-    scaling_keys = [f"scaling.{v}.experience_accuracy" for v in ("unscaled", "scaled", "ce_only")]
-    if all(k in mean for k in scaling_keys):
-        plots.bar_with_errors(["unscaled sum", "each / batch max", "classification only"], [mean[k] for k in scaling_keys],
-                              [std[k] for k in scaling_keys], out / "loss_scaling.png",
+    if scaling_done(mean):
+        keys = [f"scaling.{v}.experience_accuracy" for v in SCALING_VARIANTS]
+        plots.bar_with_errors(["unscaled sum", "each / batch max", "classification only"], [mean[k] for k in keys],
+                              [std[k] for k in keys], out / "loss_scaling.png",
                               "Salaries: experience-level accuracy by loss combination", "test accuracy",
                               baselines={"majority class": mean["baseline.scaling.majority_accuracy"]})
-        plots.plot_curves({v: history[f"scaling.{v}.train_loss"] for v in ("unscaled", "scaled", "ce_only")
+        plots.plot_curves({v: history[f"scaling.{v}.train_loss"] for v in SCALING_VARIANTS
                            if f"scaling.{v}.train_loss" in history}, out / "loss_scaling_train_loss.png",
                           "Salaries: training loss (unscaled is in dollars^2)", logy=True)
 
-    timings = {"wall_s": time.perf_counter() - t_wall, "train_s": train_s,
-               "train_samples_per_s": seen / train_s if train_s else None, "eval_s": eval_s, **throughput}
-    data_json = info.to_json()
-    data_json["parts"] = {"ds_salaries": {**salary_info.to_json(), "sizes": salary_sizes} if salary_info else None}
-    results.write_result(
-        EXPERIMENT, results_dir=args.results_dir, status=status, started_at=started, config=cli.config_of(args),
-        seeds=cli.seed_list(args), data=data_json, metrics=mean, std=std, per_seed=per_seed_vals, headline=headline,
-        history=history, timings=timings, device=device, script=__file__,
-        extra={"splits": {s: v[2] for s, v in split_sets.items()}, "diverged": diverged,
-               "training": {n: settings[n] for n in models},
-               "course_reference": {"alphabet_accuracy": 0.31, "char_accuracy": 0.24, "split": "course (leaky)"},
-               "loss_weighting": weighting_rows,
-               "loss_scaling": {"threads": 1, "variants": {"unscaled": "mean MSE (dollars^2) + mean cross-entropy",
-                                             "scaled": "each per-sample loss divided by its batch maximum "
-                                                       "(a constant, not differentiated), then averaged and summed",
-                                             "ce_only": "cross-entropy alone (reference: what the classifier can reach)"},
-                                "optimizer": "Adam", "salary_head": "outputs dollars: fixed mean + std * linear(h) (training mean/std)",
-                                "note": "dividing a mean-reduced (scalar) loss by its own maximum gives the constant 1 "
-                                        "(and, if the maximum is differentiated, a zero gradient), so the batch maximum "
-                                        "is taken over per-sample losses"},
-               "notes": ["figures on the 'course' split are inflated: its test list overlaps the training list",
-                         "with Adam, character x2 and 0.33/0.67 differ only by an overall factor of 1/3, which Adam's "
-                         "per-parameter normalisation nearly cancels: expect near-identical results"]})
 
-    print(f"\n{EXPERIMENT} ({info.source} data, {len(cli.seed_list(args))} seed(s), {timings['wall_s']:.0f}s wall)")
+def data_record(om: omniglot.Omniglot, sal: Salaries) -> dict:
+    """The omniglot data's record, with the salary table as a part."""
+    record = om.info.to_json()
+    record["parts"] = {"ds_salaries": {**sal.info.to_json(), "sizes": {"train": len(sal.train), "test": len(sal.test)}}}
+    return record
+
+
+def extra_record(om: omniglot.Omniglot, tally: omniglot.Tally, weighting_rows) -> dict:
+    """The result JSON's fields beyond the common schema."""
+    return {"splits": {s: v[2] for s, v in om.splits.items()}, "diverged": tally.diverged, "training": om.settings,
+            "course_reference": {"alphabet_accuracy": 0.31, "char_accuracy": 0.24, "split": "course (leaky)"},
+            "loss_weighting": weighting_rows,
+            "loss_scaling": {"threads": 1, "variants": SCALING_VARIANTS, "optimizer": "Adam",
+                             "salary_head": "outputs dollars: fixed mean + std * linear(h) (training mean/std)",
+                             "note": "dividing a mean-reduced (scalar) loss by its own maximum gives the constant 1 "
+                                     "(and, if the maximum is differentiated, a zero gradient), so the batch maximum "
+                                     "is taken over per-sample losses"},
+            "notes": ["figures on the 'course' split are inflated: its test list overlaps the training list",
+                      "with Adam, character x2 and 0.33/0.67 differ only by an overall factor of 1/3, which Adam's "
+                      "per-parameter normalisation nearly cancels: expect near-identical results"]}
+
+
+def report(om, done, mean, tally, weighting_rows, n_seeds, wall_s) -> None:
+    print(f"\n{EXPERIMENT} ({om.info.source} data, {n_seeds} seed(s), {wall_s:.0f}s wall)")
     print("  course (leaky split): alphabet 0.31, character 0.24")
     for r in done:
         leak = " [LEAKY split]" if r.startswith("course.") else ""
         print(f"  {r:22s} alphabet {mean[f'{r}.alphabet_accuracy']:.3f}  character {mean[f'{r}.char_accuracy']:.3f}"
-              f"  ({throughput.get(f'{r}.train_samples_per_s', 0):.0f} train samples/s){leak}")
+              f"  ({tally.throughput.get(f'{r}.train_samples_per_s', 0):.0f} train samples/s){leak}")
         if f"{r}.char_accuracy_unseen" in mean:
             print(f"  {'':22s} on the test images also in train: alphabet {mean[f'{r}.alphabet_accuracy_overlap']:.3f} "
                   f"character {mean[f'{r}.char_accuracy_overlap']:.3f}; on the unseen ones: alphabet "
@@ -367,7 +386,7 @@ def main(argv=None) -> int:
     for row in weighting_rows:
         print(f"  weighting {row['config']:9s} ({row['w_alpha']}/{row['w_char']}) on {row['split']}: "
               f"alphabet {row['alphabet_accuracy']:.3f}  character {row['char_accuracy']:.3f}")
-    if all(k in mean for k in scaling_keys):
+    if scaling_done(mean):
         print(f"  loss scaling (salaries): majority {mean['baseline.scaling.majority_accuracy']:.3f}, "
               f"predict-the-mean RMSE ${mean['baseline.scaling.mean_rmse_usd']:,.0f}")
         for v in ("unscaled", "scaled"):
@@ -375,10 +394,46 @@ def main(argv=None) -> int:
                   f"salary RMSE ${mean[f'scaling.{v}.salary_rmse_usd']:,.0f}  (classification's share of the "
                   f"trunk gradient at init {mean[f'scaling.{v}.trunk_grad_share_ce']:.2g})")
         print(f"    ce_only   experience accuracy {mean['scaling.ce_only.experience_accuracy']:.3f}")
-    if diverged:
-        print(f"  DIVERGED: {diverged}")
-        return 3
-    return 0
+    if tally.diverged:
+        print(f"  DIVERGED: {tally.diverged}")
+
+
+# ----------------------------------------------------------------------------- main
+def parse(argv=None):
+    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=DEFAULTS["seeds"])
+    omniglot.add_options(p, DEFAULTS)
+    p.add_argument("--scaling-epochs", type=cli.positive_int, default=DEFAULTS["scaling_epochs"],
+                   help="epochs of the salary network")
+    p.add_argument("--scaling-batch-size", type=cli.positive_int, default=DEFAULTS["scaling_batch_size"])
+    p.add_argument("--scaling-lr", type=cli.positive_float, default=DEFAULTS["scaling_lr"])
+    return cli.parse_args(p, argv, smoke=SMOKE)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    try:
+        start = cli.start(args)
+        om = omniglot.load(args, start.device, SMOKE["subset"] if args.smoke else None)
+        sal = load_salaries(args, start.device)   # before any training: a missing table fails early
+    except (data.DataError, DeviceError) as e:
+        return cli.fail(e)
+    seeds = cli.seed_list(args)
+    tally = omniglot.Tally(first_seed=args.seed)
+    per_seed = [run_seed(seed, om, sal, args, tally) for seed in seeds]
+
+    mean, std, per_seed_vals = results.aggregate_seeds(per_seed)
+    done, headline = omniglot.finished_runs(mean, om)
+    weighting_rows = weighting_table(mean, std, om)
+    make_plots(plots.plot_dir(args.results_dir, EXPERIMENT), done, mean, std, tally.history, weighting_rows)
+    wall_s = start.wall_s()
+    results.write_result(
+        EXPERIMENT, results_dir=args.results_dir, status="diverged" if tally.diverged else "ok",
+        started_at=start.started_at, config=cli.config_of(args), seeds=seeds, data=data_record(om, sal),
+        metrics=mean, std=std, per_seed=per_seed_vals, headline=headline, history=tally.history,
+        timings=tally.timings(wall_s), device=start.device, script=__file__,
+        extra=extra_record(om, tally, weighting_rows))
+    report(om, done, mean, tally, weighting_rows, len(seeds), wall_s)
+    return 3 if tally.diverged else 0
 
 
 if __name__ == "__main__":

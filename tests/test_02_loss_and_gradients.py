@@ -24,7 +24,7 @@ def test_sgd_trajectories_match_the_closed_form():
 
 def test_deep_sigmoid_gradients_vanish_at_depth_20():
     torch.manual_seed(0)
-    args = argparse.Namespace(smoke=False, depth=20, width=64, batch_size=64)
+    args = argparse.Namespace(depth=20, width=64, batch_size=64)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is fastest (as the script's default --threads 1)
     try:

@@ -65,6 +65,15 @@ def test_overfit_detection():
     assert exp.overfit_detect(flat)["detected"] == 0
 
 
+def test_defaults_and_smoke_blocks_drive_the_options():
+    full, smoke = exp.parse([]), exp.parse(["--smoke"])
+    assert all(getattr(full, k) == v for k, v in exp.DEFAULTS.items())
+    assert all(getattr(smoke, k) == v for k, v in exp.SMOKE.items() if hasattr(smoke, k))
+    assert exp.parse(["--smoke", "--epochs", "5"]).epochs == 5      # an option given on the command line wins
+    zoo, salary = exp.benchmark_cases()
+    assert zoo["batch_size"] == exp.DEFAULTS["batch_size"] and salary["batch_size"] == exp.DEFAULTS["salary_batch_size"]
+
+
 def test_benchmark_cases_train_one_step(one_thread):
     cases = exp.benchmark_cases()
     assert [c["name"] for c in cases] == ["03.zoo_classifier", "03.salary_regressor"]

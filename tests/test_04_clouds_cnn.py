@@ -87,10 +87,12 @@ def test_model_output_shapes():
 
 def test_per_class_mapping_and_observations():
     class_to_idx = {c: i for i, c in enumerate(data.CLOUD_CLASSES)}
-    scores = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
-    mapped = m.per_class(scores, class_to_idx)
-    assert mapped["cirriform clouds"] == pytest.approx(0.1) and mapped["stratocumulus clouds"] == pytest.approx(0.7)
-    assert m.per_class(scores, {"b": 1, "a": 0}) == {"b": pytest.approx(0.2), "a": pytest.approx(0.1)}
+    # per-class scores are named through class_to_idx (the course's {k: scores[v]}), not by dict position
+    two = m.evaluate(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 1]), {"b": 1, "a": 0})
+    assert two["recall.a"] == pytest.approx(0.5) and two["recall.b"] == pytest.approx(1.0)
+    assert two["precision.a"] == pytest.approx(1.0) and two["precision.b"] == pytest.approx(2 / 3)
+    only_first = m.evaluate(torch.zeros(7, dtype=torch.long), torch.arange(7), class_to_idx)
+    assert only_first["recall.cirriform clouds"] == 1.0 and only_first["recall.stratocumulus clouds"] == 0.0
     # clear sky (1) always right; high cumuliform (4) half wrong (predicted as cumulus, 3); others right
     target = torch.arange(7).repeat_interleave(4)
     preds = target.clone()

@@ -66,9 +66,11 @@ def test_fast_batches_equal_the_dataloader_batches_over_epochs():
     ds = exp.WaterDataset(df)
     X, y = exp.to_tensors(df, "cpu")
     loader = repro.make_loader(ds, 8, True, seed=3)
-    g = repro.make_generator(3)
+    loaders = exp.index_loaders(50, 8, [3, 4], drop_last=False)  # seed 3 first, beside another seed
     for _ in range(3):
-        fast = list(exp.fast_batches(X, y, 8, g))
+        order = exp.epoch_order(loaders, "cpu")
+        assert order.shape == (2, 50) and not torch.equal(order[0], order[1])
+        fast = [(X[idx], y[idx]) for idx in order[0].split(8)]
         slow = list(loader)
         assert len(fast) == len(slow) == 7
         for (xf, yf), (xs, ys) in zip(fast, slow):
@@ -76,7 +78,7 @@ def test_fast_batches_equal_the_dataloader_batches_over_epochs():
 
 
 def test_seed_stack_matches_separate_nets():
-    """A SeedStack copy trains like a plain Net on the same batches (same init, same losses)."""
+    """A SeedNets copy trains like a plain Net on the same batches (same init, same losses)."""
     df, _ = data.synthetic_water(n=64, scaled=True)
     X, y = exp.to_tensors(df, "cpu")
     for variant in ("relu_default", "kaiming_elu_bn"):
@@ -86,15 +88,16 @@ def test_seed_stack_matches_separate_nets():
         course = exp.train_course_path("adam", variant, 1e-2, ds, ds, 5, 2, 16, "cpu")
         assert np.allclose(course["losses"], runs[1]["losses"], atol=1e-6)
         assert course["test_accuracy"] == pytest.approx(runs[1]["metrics"]["test_accuracy"])
-        copy, net = t["stack"].copy(1), course["net"]
-        # Tolerances: the two paths sum the same products in different orders (baddbmm vs addmm), so
-        # each gradient differs by float32 rounding (~1e-7 relative); Adam turns a gradient into a step
-        # of at most lr whose size varies smoothly with it, so 8 steps move parameters apart by ~1e-8,
-        # far inside 1e-5. One exception, by construction: with BatchNorm after fc1, BatchNorm subtracts
-        # fc1.bias again, so its gradient is pure rounding noise (|g| ~ 1e-9) and Adam scales that noise
-        # up to steps of ~lr: fc1.bias, and the running_mean that tracks it, wander differently on every
-        # CPU (eval outputs 0.0105 apart on an AMD EPYC). Eval mode uses them only as fc1.bias -
-        # running_mean, so hand the copy the plain net's pair; everything else must then agree to rounding.
+        copy, net = t["stack"].net(1), course["net"]
+        # Tolerances: the two paths sum the same products in different orders (vmap's batched matmul over
+        # the stacked weights vs addmm), so each gradient differs by float32 rounding (~1e-7 relative);
+        # Adam turns a gradient into a step of at most lr whose size varies smoothly with it, so 8 steps
+        # move parameters apart by ~1e-8, far inside 1e-5. One exception, by construction: with BatchNorm
+        # after fc1, BatchNorm subtracts fc1.bias again, so its gradient is pure rounding noise (|g| ~ 1e-9)
+        # and Adam scales that noise up to steps of ~lr: fc1.bias, and the running_mean that tracks it,
+        # wander differently on every CPU (eval outputs 0.0105 apart on an AMD EPYC). Eval mode uses them
+        # only as fc1.bias - running_mean, so hand the copy the plain net's pair; everything else must then
+        # agree to rounding.
         noise_only = {"fc1.bias"} if variant.endswith("_bn") else set()
         for (name, p), q in zip(copy.named_parameters(), net.parameters()):
             if name not in noise_only:
@@ -104,6 +107,7 @@ def test_seed_stack_matches_separate_nets():
                 copy.fc1.bias.copy_(net.fc1.bias)
                 copy.bn1.running_mean.copy_(net.bn1.running_mean)
             assert torch.allclose(copy.bn1.running_var, net.bn1.running_var, rtol=1e-4, atol=1e-6)
+            assert torch.equal(copy.bn1.num_batches_tracked, net.bn1.num_batches_tracked)  # the stacked buffers
         x = torch.rand(5, 9)
         assert torch.allclose(copy.eval()(x), net.eval()(x), atol=1e-5)
         assert runs[0]["losses"] != runs[1]["losses"]

@@ -1,4 +1,5 @@
-"""06_electricity_rnn: time split, windows, baselines, the course's RNN, smoke runs (real and synthetic)."""
+"""06_electricity_rnn and its pipeline (experiments/electricity.py, shared with 07): time split, windows,
+baselines, the course's RNN, smoke runs (real and synthetic)."""
 from __future__ import annotations
 
 import importlib
@@ -8,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from common import data
+from common import cli, data
 from conftest import real_data, run_script
+from experiments import electricity as pipe
 
 m = importlib.import_module("experiments.06_electricity_rnn")
 SCRIPT = "06_electricity_rnn"
@@ -31,7 +33,7 @@ def toy_frame(n: int, start="2013-12-30 00:00") -> pd.DataFrame:
 
 def test_windows_match_the_course_loop():
     df = toy_frame(300)
-    X, y, t = m.make_windows(df)
+    X, y, t = pipe.make_windows(df)
     Xr, yr = course_create_sequences(df, 96)
     assert X.shape == (204, 96) and y.shape == (204,) and len(t) == 204
     np.testing.assert_allclose(X.numpy(), Xr, rtol=0, atol=1e-6)
@@ -41,16 +43,16 @@ def test_windows_match_the_course_loop():
 
 def test_split_check_refuses_overlap():
     df = toy_frame(400)
-    info = m.verify_split(df.iloc[:300], df.iloc[300:])
+    info = pipe.verify_split(df.iloc[:300], df.iloc[300:])
     assert info["no_lookahead"] and info["cutoff"] == str(df["timestamp"].iloc[300])
     with pytest.raises(data.DataError, match="not a time split"):
-        m.verify_split(df.iloc[:300], df.iloc[250:])
+        pipe.verify_split(df.iloc[:300], df.iloc[250:])
 
 
 def test_baselines_are_the_named_forecasts():
     X = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
     y = torch.tensor([4.0, 1.0])
-    b = m.baselines(X, y, train_mean=2.0)
+    b = pipe.baselines(X, y, train_mean=2.0)
     assert b["baseline.persistence_mse"] == pytest.approx(((4 - 3) ** 2 + 0) / 2)
     assert b["baseline.seasonal_naive_mse"] == pytest.approx(((4 - 1) ** 2 + 1) / 2)
     assert b["baseline.train_mean_mse"] == pytest.approx((4 + 1) / 2)
@@ -61,33 +63,55 @@ def test_course_rnn_shapes_and_parameters():
     out = net(torch.randn(5, 96).view(5, 96, 1))
     assert out.shape == (5, 1) and out.squeeze(1).shape == (5,)
     assert (net.rnn.input_size, net.rnn.hidden_size, net.rnn.num_layers, net.rnn.batch_first) == (1, 32, 2, True)
-    assert m.n_params(net) == 3265   # 1,120 + 2,112 (two RNN layers) + 33 (Linear)
+    assert pipe.n_params(net) == 3265   # 1,120 + 2,112 (two RNN layers) + 33 (Linear)
     case = m.benchmark_cases()[0]
     (x,), target = case["make_batch"](case["batch_size"], "cpu")
     assert case["loss_fn"](case["make_model"]()(x), target).ndim == 0
+    assert case["batch_size"] == m.DEFAULTS["batch_size"]   # the script's settings, not a copy
+    assert case["make_optimizer"](net.parameters()).defaults["lr"] == m.DEFAULTS["lr"]
+
+
+def test_defaults_are_the_options_defaults_and_smoke_overrides_them(monkeypatch):
+    # parse() also installs a SIGTERM handler and sets torch's numerics: not in the test process
+    monkeypatch.setattr(cli, "sigterm_as_interrupt", lambda: None)
+    monkeypatch.setattr(cli.repro, "configure_numerics", lambda **kwargs: None)
+    args = m.parse([])
+    assert (args.seeds, args.epochs, args.batch_size, args.lr) == tuple(
+        m.DEFAULTS[k] for k in ("seeds", "epochs", "batch_size", "lr"))
+    smoke = m.parse(["--smoke"])
+    assert smoke.epochs == m.SMOKE["epochs"] and smoke.batch_size == m.DEFAULTS["batch_size"]
+
+
+def test_device_batches_are_the_dataloaders_batches():
+    X, y = torch.randn(23, pipe.SEQ_LEN), torch.randn(23)
+    for shuffle in (True, False):
+        want = list(pipe.make_loader(X, y, 5, shuffle, seed=3))
+        got = list(pipe.DeviceBatches(pipe.make_loader(X, y, 5, shuffle, seed=3), X, y))
+        assert len(got) == len(want) == 5
+        assert all(torch.equal(gx, wx) and torch.equal(gy, wy) for (gx, gy), (wx, wy) in zip(got, want))
 
 
 def test_loader_draws_whole_batches_reproducibly():
     X, y = torch.arange(20.0).view(10, 2), torch.arange(10.0)
-    order = lambda seed: torch.cat([b[1] for b in m.make_loader(X, y, 4, True, seed)]).tolist()
-    assert [len(b[1]) for b in m.make_loader(X, y, 4, True)] == [4, 4, 2]
+    order = lambda seed: torch.cat([b[1] for b in pipe.make_loader(X, y, 4, True, seed)]).tolist()
+    assert [len(b[1]) for b in pipe.make_loader(X, y, 4, True)] == [4, 4, 2]
     assert order(3) == order(3) and order(3) != order(4) and sorted(order(3)) == list(range(10))
 
 
 @real_data("electricity")
 def test_real_split_and_windows():
     train, test, _ = data.load_electricity()
-    split = m.verify_split(train, test)
+    split = pipe.verify_split(train, test)
     assert split["cutoff"] == "2014-01-01 00:00:00" and split["train_last"] == "2013-12-31 23:45:00"
     assert split["regular_15min"]
     assert not (test["timestamp"] <= train["timestamp"].max()).any()
-    X, y, t = m.make_windows(train)
+    X, y, t = pipe.make_windows(train)
     assert X.shape == (105_119, 96) and y.shape == (105_119,)
     vals = train["consumption"].to_numpy(np.float32)
     for i in (0, 12_345, 105_118):   # target alignment at a few places against direct indexing
         assert torch.equal(X[i], torch.from_numpy(vals[i:i + 96])) and y[i] == vals[i + 96]
     assert t[-1] == train["timestamp"].iloc[-1]
-    Xt, _, _ = m.make_windows(test)
+    Xt, _, _ = pipe.make_windows(test)
     assert Xt.shape == (34_944, 96)
 
 

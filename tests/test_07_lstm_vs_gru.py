@@ -37,6 +37,7 @@ def test_benchmark_cases_cover_the_three_models():
     for c in cases:
         (x,), target = c["make_batch"](8, "cpu")
         assert c["loss_fn"](c["make_model"]()(x), target).ndim == 0
+        assert c["batch_size"] == m.DEFAULTS["batch_size"]   # the script's settings, not a copy
 
 
 def test_verdict_wording():

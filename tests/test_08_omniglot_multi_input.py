@@ -1,5 +1,5 @@
-"""08_omniglot_multi_input: the course's Dataset items, the clean and course splits, the two-input models,
-benchmark cases, and smoke runs (real data: figures, leak marking, plots, reproducibility; synthetic;
+"""08_omniglot_multi_input and the Omniglot pieces it shares with 09 (experiments/omniglot.py): the course's
+Dataset items, the clean and course splits, the two-input models, benchmark cases, defaults, and smoke runs (real data: figures, leak marking, plots, reproducibility; synthetic;
 divergence)."""
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import importlib
 import pytest
 import torch
 
-from common import data
+from common import cli, data
 from conftest import real_data, run_script
+from experiments import omniglot
 
 m = importlib.import_module("experiments.08_omniglot_multi_input")
 SCRIPT = "08_omniglot_multi_input"
@@ -20,8 +21,8 @@ SCRIPT = "08_omniglot_multi_input"
 def test_dataset_items_real():
     ds, info = data.load_omniglot(size=64)
     rows = [0, 1234, 19_279]
-    samples = m.make_samples(ds, rows, info.path)
-    item_set = m.OmniglotDataset(m.course_transform(), samples)
+    samples = omniglot.make_samples(ds, rows, info.path)
+    item_set = omniglot.OmniglotDataset(omniglot.course_transform(), samples)
     assert len(item_set) == 3
     for row, (img, alphabet, label) in zip(rows, item_set):
         assert img.shape == (1, 64, 64) and img.dtype == torch.float32
@@ -33,7 +34,7 @@ def test_dataset_items_real():
         cached = ds.images[row].float() / 255
         assert (img - cached).abs().mean() < 0.05
     # as in 09: the alphabet as an integer class index
-    _, alphabet, label = m.OmniglotDataset(m.course_transform(), m.make_samples(ds, [19_279], info.path, "index"))[0]
+    _, alphabet, label = omniglot.OmniglotDataset(omniglot.course_transform(), omniglot.make_samples(ds, [19_279], info.path, "index"))[0]
     assert alphabet == 29 and label == 963
 
 
@@ -41,19 +42,19 @@ def test_dataset_items_real():
 @real_data("omniglot")
 def test_clean_split_real_disjoint_15_5_all_characters():
     ds, _ = data.load_omniglot(size=64)
-    tr, te = m.clean_split(ds.character, 0.25, seed=0)
+    tr, te = omniglot.clean_split(ds.character, 0.25, seed=0)
     assert (len(tr), len(te)) == (14_460, 4_820)
     assert not set(tr.tolist()) & set(te.tolist()) and len(set(tr.tolist()) | set(te.tolist())) == 19_280
     assert torch.bincount(ds.character[tr], minlength=964).tolist() == [15] * 964
     assert torch.bincount(ds.character[te], minlength=964).tolist() == [5] * 964
-    tr2, te2 = m.clean_split(ds.character, 0.25, seed=0)
+    tr2, te2 = omniglot.clean_split(ds.character, 0.25, seed=0)
     assert torch.equal(tr, tr2) and torch.equal(te, te2)          # seeded
-    assert not torch.equal(te, m.clean_split(ds.character, 0.25, seed=1)[1])
+    assert not torch.equal(te, omniglot.clean_split(ds.character, 0.25, seed=1)[1])
 
 
 def test_clean_split_synthetic_3_1():
     ds, _ = data.synthetic_omniglot()
-    tr, te = m.clean_split(ds.character, 0.25, seed=0)
+    tr, te = omniglot.clean_split(ds.character, 0.25, seed=0)
     assert not set(tr.tolist()) & set(te.tolist())
     assert torch.bincount(ds.character[tr], minlength=964).tolist() == [3] * 964
     assert torch.bincount(ds.character[te], minlength=964).tolist() == [1] * 964
@@ -62,12 +63,12 @@ def test_clean_split_synthetic_3_1():
 @real_data("omniglot")
 def test_course_split_is_leaky():
     ds, info = data.load_omniglot(size=64)
-    splits = m.make_splits(ds, ["course"], 0, None, synthetic=False, smoke=False)
+    splits = omniglot.make_splits(ds, ["course"], 0, None, synthetic=False)
     tr, te, sinfo = splits["course"]
     assert (len(tr), len(te)) == (14_400, 12_149)
-    assert sinfo["leaky"] is True and sinfo["overlap"] == 7_269 == m.COURSE_OVERLAP
+    assert sinfo["leaky"] is True and sinfo["overlap"] == 7_269 == omniglot.COURSE_OVERLAP
     with pytest.raises(data.DataError, match="not in the images"):
-        m.course_split(ds, ["Nope/character01/x.png"], [])
+        omniglot.course_split(ds, ["Nope/character01/x.png"], [])
 
 
 def test_alphabet_prior_accuracy():
@@ -90,6 +91,9 @@ def test_two_input_models_output_shapes():
 def test_benchmark_cases_run_one_step():
     cases = m.benchmark_cases()
     assert [c["name"] for c in cases] == ["08.course_model_two_input", "08.improved_two_input"]
+    # the script's settings, not a copy
+    assert [(c["batch_size"], c["make_optimizer"]([torch.zeros(1)]).defaults["lr"]) for c in cases] == [
+        (m.DEFAULTS["batch_size"], m.DEFAULTS["lr"]), (m.DEFAULTS["improved_batch_size"], m.DEFAULTS["improved_lr"])]
     for c in cases:
         model = c["make_model"]()
         inputs, target = c["make_batch"](8, torch.device("cpu"))
@@ -99,6 +103,16 @@ def test_benchmark_cases_run_one_step():
         loss.backward()
         c["make_optimizer"](model.parameters()).step()
         assert torch.isfinite(loss)
+
+
+def test_defaults_are_the_options_defaults_and_smoke_overrides_them(monkeypatch):
+    # parse() also installs a SIGTERM handler and sets torch's numerics: not in the test process
+    monkeypatch.setattr(cli, "sigterm_as_interrupt", lambda: None)
+    monkeypatch.setattr(cli.repro, "configure_numerics", lambda **kwargs: None)
+    args = m.parse([])
+    assert all(getattr(args, k) == v for k, v in m.DEFAULTS.items())
+    smoke = m.parse(["--smoke", "--improved-epochs", "2"])
+    assert (smoke.epochs, smoke.improved_epochs, smoke.batch_size) == (m.SMOKE["epochs"], 2, m.DEFAULTS["batch_size"])
 
 
 # ------------------------------------------------------------------ smoke runs

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common import data
+from common import cli, data
 from conftest import real_data, run_script
+from experiments import omniglot
 
 m = importlib.import_module("experiments.09_omniglot_multi_output")
 SCRIPT = "09_omniglot_multi_output"
@@ -23,7 +24,7 @@ def test_two_output_models_output_shapes():
     alpha, char = course(x)
     assert alpha.shape == (4, 30) and char.shape == (4, 964)
     assert course.classifier_alpha.in_features == course.classifier_char.in_features == 128
-    assert isinstance(course.image_layer, m.m08.CourseImageNet)       # the image subnet of 08, reused
+    assert isinstance(course.image_layer, omniglot.CourseImageNet)   # the image subnet of 08, shared
     alpha, char = m.TwoOutputNet("improved").eval()(x)
     assert alpha.shape == (4, 30) and char.shape == (4, 964)
 
@@ -60,18 +61,30 @@ def test_salary_features_real():
     assert float(salary.var()) > 1e9                                         # MSE in dollars: billions
 
 
-def test_benchmark_cases_run_one_step():
+def test_benchmark_case_names_and_settings():
     cases = m.benchmark_cases()
     assert [c["name"] for c in cases] == ["09.course_model_two_output", "09.improved_two_output"]
-    for c in cases:
-        model = c["make_model"]()
-        inputs, target = c["make_batch"](8, torch.device("cpu"))
-        alpha, char = model(*inputs)
-        assert alpha.shape == (8, 30) and char.shape == (8, 964)
-        loss = c["loss_fn"]((alpha, char), target)
-        loss.backward()
-        c["make_optimizer"](model.parameters()).step()
-        assert torch.isfinite(loss)
+    assert [c["batch_size"] for c in cases] == [m.DEFAULTS["batch_size"], m.DEFAULTS["improved_batch_size"]]
+
+
+@pytest.mark.parametrize("case", m.benchmark_cases(), ids=lambda c: c["name"])
+def test_benchmark_case_runs_one_step(case):
+    model = case["make_model"]()
+    inputs, target = case["make_batch"](8, torch.device("cpu"))
+    alpha, char = model(*inputs)
+    assert alpha.shape == (8, 30) and char.shape == (8, 964)
+    loss = case["loss_fn"]((alpha, char), target)
+    loss.backward()
+    case["make_optimizer"](model.parameters()).step()
+    assert torch.isfinite(loss)
+
+
+def test_smoke_shortens_every_training(monkeypatch):
+    monkeypatch.setattr(cli, "sigterm_as_interrupt", lambda: None)   # parse() would install them in pytest
+    monkeypatch.setattr(cli.repro, "configure_numerics", lambda **kwargs: None)
+    assert all(getattr(m.parse([]), k) == v for k, v in m.DEFAULTS.items())
+    smoke = m.parse(["--smoke"])
+    assert (smoke.epochs, smoke.improved_epochs, smoke.scaling_epochs) == (1, 1, 1) and smoke.scaling_lr == m.DEFAULTS["scaling_lr"]
 
 
 # ------------------------------------------------------------------ smoke runs
@@ -81,11 +94,11 @@ SMALL = ("--split", "clean", "--model", "improved")
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory):
     """The full smoke (both splits, both models, weighting, scaling), then a cheap one twice and with seed 1."""
-    outs = []
-    for args in ((), SMALL, SMALL, (*SMALL, "--seed", "1")):
+    def smoke(*args):
         d = tmp_path_factory.mktemp("smoke")
-        outs.append((d, run_script(SCRIPT, "--smoke", *args, results_dir=d)[1]))
-    return outs
+        return d, run_script(SCRIPT, "--smoke", *args, results_dir=d)[1]
+
+    return smoke(), smoke(*SMALL), smoke(*SMALL), smoke(*SMALL, "--seed", "1")
 
 
 @real_data("omniglot")
@@ -143,5 +156,5 @@ def test_divergence_exits_3(results_dir):
     proc, r = run_script(SCRIPT, "--smoke", "--synthetic", "--split", "clean", "--model", "course", "--lr", "1e30",
                          results_dir=results_dir, check=False)
     assert proc.returncode == 3, proc.stderr[-2000:]
-    assert r["status"] == "diverged" and r["diverged"][0] == {"run": "clean.course_model", "seed": 0,
-                                                              "epoch": 1, "step": r["diverged"][0]["step"]}
+    assert r["status"] == "diverged" and r["diverged"][0] == {"run": "clean.course_model", "seed": 0, "epoch": 1,
+                                                              "step": r["diverged"][0]["step"], "value": "nan"}

@@ -167,3 +167,12 @@ def test_noise_summary_sets_the_threshold(repo, tmp_path):
     bad.write_text("{}")
     q = ab(repo, "--noise", str(bad))
     assert q.returncode == 2 and "not an A/B result JSON" in q.stderr
+
+
+def test_committed_blessed_file_names_a_commit_of_this_history_and_a_measured_threshold():
+    blessed = bench_ab.load_blessed(REPO)
+    assert len(blessed["commit"]) == 40 and blessed["reason"].strip()
+    assert bench_ab.MIN_THRESHOLD <= blessed["threshold"] < 2.0        # a 2x slowdown must stay catchable
+    assert "A/A runs" in blessed["threshold_note"]
+    if (REPO / ".git").exists():
+        assert bench_ab.resolve_commit(REPO, blessed["commit"]) == blessed["commit"]

@@ -167,7 +167,7 @@ def test_divergence_from_the_device_flag_gives_status_diverged_and_exit_3(result
 
 # ------------------------------------------------------------------------------------------ data on the device
 def test_06_device_batches_are_the_dataloaders_batches():
-    m06 = importlib.import_module("experiments.06_electricity_rnn")
+    from experiments import electricity as m06
     X, y = torch.randn(23, m06.SEQ_LEN), torch.randn(23)
     for shuffle in (True, False):
         want = list(m06.make_loader(X, y, 5, shuffle, seed=3))

@@ -1,0 +1,367 @@
+"""The electricity-forecasting pipeline that 06_electricity_rnn and 07_lstm_vs_gru share (transcript 634-767).
+
+Not an experiment (run_all.sh and the benchmarks pick only ``experiments/NN_*.py``): the data, the course's
+RNN, the training and evaluation loop and the plots both scripts use, so that 07 compares its models on
+exactly 06's pipeline. What it does and why (time split, 96-reading windows, batches drawn whole, the
+baselines) is told in 06's docstring.
+
+  * data: ``prepare`` loads one client's readings, verifies the time split (``verify_split``), builds the
+    windows (``make_windows``), computes the baselines on the test windows and copies the windows to the
+    device once (``DeviceBatches`` then gathers every batch there).
+  * training: ``run_seed`` trains and evaluates every model for one seed (``train``, ``evaluate``);
+    ``combine`` merges the seeds' runs for the result JSON.
+  * plots and records: ``plot_week``, ``week_start``, ``timings_of``, ``data_metrics``, ``windows_note``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torchmetrics import MeanSquaredError
+
+from common import cli, data, metrics, plots, repro, results, timeseries
+from common.device import synchronize, to_device
+
+SEQ_LEN = 96                       # 24 h of 15-minute readings
+HIDDEN, LAYERS = 32, 2
+UNITS = "z-scored consumption (not kW)"
+QUANTUM = 0.0253359                # grid step of the values (PROVENANCE.md): the meter readings are quantised
+EVAL_BATCH = 4096
+
+
+class CourseRNN(nn.Module):
+    """The course's sequence-to-vector RNN: 2 stacked RNN layers of 32, the last output -> Linear(32, 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(input_size=1, hidden_size=HIDDEN, num_layers=LAYERS, batch_first=True)
+        self.fc = nn.Linear(HIDDEN, 1)
+
+    def forward(self, x):                                     # x: (batch, 96, 1)
+        h0 = torch.zeros(LAYERS, x.size(0), HIDDEN, device=x.device)
+        out, _ = self.rnn(x, h0)
+        return self.fc(out[:, -1, :])                         # (batch, 1)
+
+
+# ----------------------------------------------------------------------------- data pipeline
+
+def verify_split(train_df: pd.DataFrame, test_df: pd.DataFrame) -> dict:
+    """Check there is no look-ahead: re-split train+test by time and compare with the given files.
+
+    The cutoff is the first test timestamp (2014-01-01 00:00 on the real data). ``time_split`` of the
+    concatenation must give back exactly the two files, and every training timestamp must be earlier
+    than every test timestamp. Raises ``data.DataError`` otherwise.
+    """
+    cutoff = test_df["timestamp"].min()
+    both = pd.concat([train_df, test_df], ignore_index=True)
+    tr, te = timeseries.time_split(both, cutoff)
+    same = (len(tr) == len(train_df) and len(te) == len(test_df)
+            and np.array_equal(tr["consumption"].to_numpy(), train_df["consumption"].to_numpy())
+            and np.array_equal(te["consumption"].to_numpy(), test_df["consumption"].to_numpy()))
+    train_last = train_df["timestamp"].max()
+    if not same or not train_last < cutoff:
+        raise data.DataError(f"electricity: the train/test files are not a time split: last train timestamp "
+                             f"{train_last}, first test timestamp {cutoff} (files overlap or are unsorted)")
+    steps = np.diff(both["timestamp"].to_numpy()).astype("timedelta64[m]").astype(int)
+    return {"cutoff": str(cutoff), "train_first": str(train_df["timestamp"].min()), "train_last": str(train_last),
+            "test_first": str(cutoff), "test_last": str(test_df["timestamp"].max()),
+            "no_lookahead": True, "regular_15min": bool((steps == 15).all())}
+
+
+def make_windows(df: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """All (96 readings, next reading) pairs of ``df`` and each target's timestamp (vectorised)."""
+    X, y = timeseries.make_sequences(df["consumption"].to_numpy(), SEQ_LEN)
+    return X, y, df["timestamp"].to_numpy()[SEQ_LEN:]
+
+
+def make_loader(X: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    """``TensorDataset`` + ``DataLoader`` that draws a whole batch per index (a BatchSampler as sampler)."""
+    ds = TensorDataset(X, y)
+    order = RandomSampler(ds, generator=repro.make_generator(seed)) if shuffle else SequentialSampler(ds)
+    return DataLoader(ds, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
+
+
+class DeviceBatches:
+    """The batches of ``make_loader(X, y, batch_size, shuffle, seed)``, in the same order, gathered on
+    ``device`` from copies of ``X`` and ``y`` that were moved there once (~40 MB for all training windows).
+
+    The order comes from the very sampler the DataLoader uses (``loader.sampler``, a BatchSampler over a
+    seeded RandomSampler): the epoch's indices go to the device in one copy, then every batch is an index
+    gather there -- no per-batch host-to-device copy of windows. On the CPU the tensors are the same ones
+    and the batches equal the DataLoader's, value for value.
+    """
+
+    def __init__(self, loader: DataLoader, X: torch.Tensor, y: torch.Tensor):
+        self.loader, self.X, self.y = loader, X, y
+
+    def __iter__(self):
+        sampler = self.loader.sampler
+        batches = list(sampler)   # draws the epoch's order from the loader's seeded generator
+        order = to_device(torch.tensor([i for b in batches for i in b], dtype=torch.long), self.X.device)
+        start = 0
+        for b in batches:
+            idx = order[start:start + len(b)]
+            start += len(b)
+            yield self.X[idx], self.y[idx]
+
+    def __len__(self):
+        return len(self.loader)
+
+
+def baselines(X_test: torch.Tensor, y_test: torch.Tensor, train_mean: float) -> dict:
+    """Test MSE of three no-learning forecasts on the model's test windows.
+
+    persistence: the last reading of the window; seasonal naive: the reading 96 steps (24 h) before the
+    target, i.e. the first reading of the window; train mean: the mean of the training series.
+    """
+    return {"baseline.persistence_mse": metrics.mse(X_test[:, -1], y_test),
+            "baseline.seasonal_naive_mse": metrics.mse(X_test[:, 0], y_test),
+            "baseline.train_mean_mse": metrics.mse(torch.full_like(y_test, train_mean), y_test)}
+
+
+def prepare(data_dir, synthetic: bool, device, subset: tuple[int, int] | None = None) -> dict:
+    """Load, verify the split, build the windows, the baselines, and the windows' copies on ``device``.
+
+    ``subset=(n_train, n_test)`` keeps the last ``n_train`` training windows and the first ``n_test`` test
+    windows (the smoke run's). Raises ``data.DataError`` for missing or malformed data.
+    """
+    train_df, test_df, info = data.load_electricity(data_dir, synthetic=synthetic)
+    split = verify_split(train_df, test_df)
+    X_tr, y_tr, t_tr = make_windows(train_df)
+    X_te, y_te, t_te = make_windows(test_df)
+    assert t_tr.max() < t_te.min(), "a training target is not earlier than every test target"
+    n_train_all, n_test_all = len(y_tr), len(y_te)
+    if subset:
+        n_tr, n_te = subset
+        X_tr, y_tr, t_tr = X_tr[-n_tr:], y_tr[-n_tr:], t_tr[-n_tr:]
+        X_te, y_te, t_te = X_te[:n_te], y_te[:n_te], t_te[:n_te]
+    train_mean = float(train_df["consumption"].mean())
+    info.sizes.update(train_windows=len(y_tr), test_windows=len(y_te), train_windows_full=n_train_all,
+                      test_windows_full=n_test_all)
+    info.notes = (f"values are {UNITS}; quantised on a grid of step {QUANTUM} (168 distinct values): "
+                  f"MSE is in squared z-units")
+    # the windows go to the device once (~40 MB train, ~13 MB test) and batches are gathered there
+    X_te_dev, y_te_dev = to_device(X_te, device), to_device(y_te, device)
+    return {"info": info, "split": split, "X_train": X_tr, "y_train": y_tr, "X_test": X_te, "y_test": y_te,
+            "t_test": t_te, "train_mean": train_mean, "baselines": baselines(X_te, y_te, train_mean),
+            "train_on_device": (to_device(X_tr, device), to_device(y_tr, device)),
+            "test_batches": DeviceBatches(make_loader(X_te, y_te, EVAL_BATCH, shuffle=False), X_te_dev, y_te_dev)}
+
+
+def print_start(experiment: str, prep: dict, device) -> None:
+    s = prep["info"].sizes
+    print(f"{experiment}: {s['train_windows']:,} train / {s['test_windows']:,} test windows "
+          f"of {SEQ_LEN}; split at {prep['split']['cutoff']} verified; device {device}; "
+          f"persistence MSE {prep['baselines']['baseline.persistence_mse']:.4f}", flush=True)
+
+
+# ----------------------------------------------------------------------------- train and evaluate
+
+def train(model: nn.Module, loader, epochs: int, lr: float, device, max_batches: int | None = None,
+          log_prefix: str = "") -> dict:
+    """The course's loop: view to (batch, 96, 1), squeeze the output, MSELoss, Adam. Returns history/timings.
+
+    ``loader``: a DataLoader or :class:`DeviceBatches` (the same batches, already on the device). The
+    losses stay on the device and are read, and checked for NaN/inf, once per epoch."""
+    criterion = nn.MSELoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses, train_s, seen = [], 0.0, 0
+    model.train()
+    for epoch in range(1, epochs + 1):
+        synchronize(device)
+        t0 = time.perf_counter()
+        log, counts = results.StepLog(), []
+        for step, (seqs, labels) in enumerate(loader):
+            if max_batches is not None and step >= max_batches:
+                break
+            seqs, labels = seqs.to(device), labels.to(device)   # no-ops for DeviceBatches
+            seqs = seqs.view(seqs.size(0), SEQ_LEN, 1)
+            outputs = model(seqs).squeeze(1)     # (batch, 1) -> (batch,), the labels' shape
+            loss = criterion(outputs, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            log.add(loss, epoch, step)
+            optimizer.step()
+            counts.append(labels.size(0))
+        total, n = 0.0, 0
+        for value, k in zip(log.values(), counts):   # the per-step sums of loss.item(), in the same order
+            total += value * k
+            n += k
+        synchronize(device)
+        dt = time.perf_counter() - t0
+        train_s += dt
+        seen += n
+        losses.append(total / n)
+        print(f"  {log_prefix}epoch {epoch}/{epochs}: train MSE {losses[-1]:.4f}  "
+              f"({dt:.1f}s, {n / dt:,.0f} windows/s)", flush=True)
+    return {"train_loss": losses, "train_s": train_s, "train_windows": seen,
+            "train_windows_per_s": seen / train_s if train_s > 0 else None}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device) -> tuple[float, torch.Tensor, float]:
+    """Test MSE with torchmetrics ``MeanSquaredError`` (the course's loop); also the predictions."""
+    model.eval()
+    metric = MeanSquaredError().to(device)
+    preds = []
+    t0 = time.perf_counter()
+    for seqs, labels in loader:
+        seqs, labels = seqs.to(device), labels.to(device)
+        outputs = model(seqs.view(seqs.size(0), SEQ_LEN, 1)).squeeze(1)
+        metric.update(outputs, labels)
+        preds.append(outputs)
+    preds = torch.cat(preds).cpu()   # one copy back, not one per batch
+    synchronize(device)
+    model.train()
+    return float(metric.compute()), preds, time.perf_counter() - t0
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def run_seed(seed: int, models: dict, prep: dict, args: argparse.Namespace, device,
+             max_batches: int | None = None) -> dict:
+    """Train and evaluate every model of ``models`` (name -> class) with one seed.
+
+    Each model is seeded (``seed_everything``) right before its initialisation and gets the same
+    shuffling order. Returns ``metrics`` and ``timings`` (flat: name -> number), the loss ``history``,
+    the test ``preds``, the ``params`` counts and the ``diverged`` records of this seed; a model
+    that diverges is recorded there and left out of the others.
+    """
+    out = {"metrics": {}, "timings": {}, "history": {}, "preds": {}, "params": {}, "diverged": [],
+           "train_s": 0.0, "eval_s": 0.0, "train_windows": 0}
+    persistence = prep["baselines"]["baseline.persistence_mse"]
+    for name, cls in models.items():
+        repro.seed_everything(seed)
+        model = cls().to(device)
+        out["params"][name] = n_params(model)
+        loader = DeviceBatches(make_loader(prep["X_train"], prep["y_train"], args.batch_size, shuffle=True,
+                                           seed=seed), *prep["train_on_device"])
+        try:
+            h = train(model, loader, args.epochs, args.lr, device, max_batches, log_prefix=f"{name} seed {seed} ")
+        except results.Diverged as e:
+            print(f"  {name} seed {seed}: DIVERGED ({e})", flush=True)
+            out["diverged"].append({"run": name, "seed": seed, **e.to_json()})
+            continue
+        mse, preds, eval_s = evaluate(model, prep["test_batches"], device)
+        out["history"][f"{name}.train_loss.seed{seed}"] = h["train_loss"]
+        out["train_s"] += h["train_s"]
+        out["eval_s"] += eval_s
+        out["train_windows"] += h["train_windows"]
+        out["preds"][name] = preds
+        out["metrics"].update({f"{name}.test_mse": mse, f"{name}.mse_vs_persistence": mse / persistence,
+                               f"{name}.params": out["params"][name], f"{name}.final_train_mse": h["train_loss"][-1]})
+        out["timings"].update({f"{name}.train_s": h["train_s"], f"{name}.train_windows_per_s": h["train_windows_per_s"]})
+        print(f"  {name} seed {seed}: test MSE {mse:.4f} ({mse / persistence:.3f} x persistence)", flush=True)
+    out["metrics"].update(prep["baselines"])
+    return out
+
+
+def combine(per_seed: list[dict]) -> dict:
+    """The seeds' runs together: histories, divergences and totals merged in seed order; for each
+    model the predictions of the first seed in which it did not diverge."""
+    run = {"history": {}, "preds": {}, "params": {}, "diverged": [], "train_s": 0.0, "eval_s": 0.0,
+           "train_windows": 0}
+    for r in per_seed:
+        run["history"].update(r["history"])
+        run["params"].update(r["params"])
+        run["diverged"] += r["diverged"]
+        for name, preds in r["preds"].items():
+            run["preds"].setdefault(name, preds)
+        for k in ("train_s", "eval_s", "train_windows"):
+            run[k] += r[k]
+    return run
+
+
+# ----------------------------------------------------------------------------- records and plots
+
+def timings_of(run: dict, per_seed: list[dict], wall: float) -> dict:
+    """The JSON's timings: totals, plus per model the mean over seeds of training seconds and windows/s.
+
+    Kept out of ``metrics`` so that two runs with the same seed have identical metrics.
+    """
+    t_mean, _, t_per_seed = results.aggregate_seeds([r["timings"] for r in per_seed])
+    return {"wall_s": wall, "train_s": run["train_s"], "eval_s": run["eval_s"],
+            "train_samples_per_s": run["train_windows"] / run["train_s"] if run["train_s"] else None,
+            **t_mean, "per_seed": t_per_seed}
+
+
+def data_metrics(prep: dict) -> dict:
+    s = prep["info"].sizes
+    return {"data.train_windows": s["train_windows"], "data.test_windows": s["test_windows"],
+            "data.train_windows_full": s["train_windows_full"], "data.test_windows_full": s["test_windows_full"]}
+
+
+def windows_note(prep: dict) -> str:
+    s = prep["info"].sizes
+    return (f"{s['train_windows_full']:,} training windows = {s['train']:,} readings (2011-01-01 00:15 to "
+            f"2013-12-31 23:45) - {SEQ_LEN}. The course's 'almost 35,000' is one year of readings "
+            f"(35,040 - 96 = 34,944, the size of the 2014 file); this training file holds three years, as the "
+            f"course's narrative ('train on the first three years') says, so three times as many windows.")
+
+
+def plot_loss_curves(path, history: dict, title: str) -> None:
+    """The training loss per epoch, one line per model and seed (nothing when every run diverged)."""
+    curves = {k.replace(".train_loss", ""): v for k, v in history.items()}
+    if curves:
+        plots.plot_curves(curves, path, title, ylabel="train MSE")
+
+
+def plot_week(path, t_test, y_test, preds: dict, title: str, start: int = 0):
+    """One test week (672 readings) of predictions against the truth."""
+    import matplotlib.pyplot as plt
+    sl = slice(start, min(start + 7 * 96, len(y_test)))
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    ax.plot(t_test[sl], y_test[sl].numpy(), color="black", lw=1.2, label="truth")
+    for name, p in preds.items():
+        ax.plot(t_test[sl], p[sl].numpy(), lw=0.9, alpha=0.85, label=name)
+    ax.set(title=title, ylabel=UNITS, xlabel="time (2014)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    return plots.save_figure(fig, path)
+
+
+def week_start(t_test) -> int:
+    """Index of the first Monday 00:00 target in the test windows (0 if none), so the plotted week is a full week."""
+    ts = pd.DatetimeIndex(t_test)
+    hits = np.flatnonzero((ts.day_of_week == 0) & (ts.hour == 0) & (ts.minute == 0))
+    return int(hits[0]) if len(hits) and hits[0] + 7 * 96 <= len(ts) else 0
+
+
+def print_baselines(baseline: dict) -> None:
+    print(f"  baselines: persistence {baseline['baseline.persistence_mse']:.4f}, seasonal naive "
+          f"{baseline['baseline.seasonal_naive_mse']:.4f}, train mean {baseline['baseline.train_mean_mse']:.4f}")
+
+
+# ----------------------------------------------------------------------------- CLI and benchmarks
+
+def add_training_options(p: argparse.ArgumentParser, defaults: dict) -> None:
+    p.add_argument("--epochs", type=cli.positive_int, default=defaults["epochs"],
+                   help="epochs over all training windows")
+    p.add_argument("--batch-size", type=cli.positive_int, default=defaults["batch_size"],
+                   help="training batch (course: 32)")
+    p.add_argument("--lr", type=cli.positive_float, default=defaults["lr"], help="Adam learning rate")
+
+
+def random_batch(batch_size: int, device):
+    """A benchmark batch: random windows (batch, 96, 1) and targets (batch,)."""
+    return (torch.randn(batch_size, SEQ_LEN, 1, device=device),), torch.randn(batch_size, device=device)
+
+
+def squeezed_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The training loss: MSE of the (batch, 1) outputs squeezed to the labels' shape."""
+    return nn.functional.mse_loss(out.squeeze(1), target)
+
+
+def benchmark_case(name: str, make_model, defaults: dict) -> dict:
+    """One training-step benchmark of ``make_model`` with the script's batch size and Adam learning rate."""
+    lr = defaults["lr"]
+    return {"name": name, "make_model": make_model, "make_batch": random_batch, "loss_fn": squeezed_mse,
+            "make_optimizer": lambda params: torch.optim.Adam(params, lr=lr), "batch_size": defaults["batch_size"]}

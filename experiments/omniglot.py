@@ -1,0 +1,330 @@
+"""Omniglot pieces shared by 08_omniglot_multi_input and 09_omniglot_multi_output (not an experiment itself).
+
+The course's Dataset (image path, alphabet, character), the ``clean`` and the course's (leaky) splits,
+the two image subnets (the course's and an improved one), their command-line options, and the training
+and prediction loops over seeded index batches of the images decoded once into a uint8 tensor
+(common.data caches it). Imported as ``from experiments import omniglot``.
+"""
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from common import cli, data, repro, results
+from common.device import synchronize, to_device
+
+N_ALPHABETS, N_CHARACTERS = 30, 964
+SPLITS, MODELS = ("clean", "course"), ("course_model", "improved")
+COURSE_OVERLAP = 7_269  # test images of the course lists that are also training images (PROVENANCE.md)
+HEADLINE_ORDER = ("clean.improved", "clean.course_model", "course.improved", "course.course_model")
+
+
+# ----------------------------------------------------------------------------- the course's Dataset
+class OmniglotDataset(Dataset):
+    """The course's dataset: ``samples`` are (image path, alphabet, character index) triplets, where the
+    alphabet is a one-hot vector of 30 (model input, 08) or an integer index (model output, 09)."""
+
+    def __init__(self, transform, samples):
+        self.transform = transform
+        self.samples = samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, idx):
+        from PIL import Image
+
+        img_path, alphabet, label = self.samples[idx]
+        img = Image.open(img_path).convert("L")
+        return self.transform(img), alphabet, label
+
+
+def course_transform():
+    """The course's transform: ``ToTensor`` then a resize to 64x64."""
+    from torchvision import transforms
+    return transforms.Compose([transforms.ToTensor(), transforms.Resize((64, 64))])
+
+
+def make_samples(ds: data.OmniglotSet, indices, image_root, alphabet_as: str = "onehot") -> list:
+    """(path, alphabet one-hot float tensor of 30 | alphabet index, character index) for ``indices``."""
+    onehot = F.one_hot(ds.alphabet, N_ALPHABETS).float()
+    return [(str(Path(image_root) / ds.relpaths[i]),
+             onehot[i] if alphabet_as == "onehot" else int(ds.alphabet[i]), int(ds.character[i]))
+            for i in indices]
+
+
+# ----------------------------------------------------------------------------- splits
+def clean_split(character: torch.Tensor, test_fraction: float = 0.25, seed: int = 0):
+    """Per character, a seeded permutation of its drawings; the last ``test_fraction`` go to test
+    (15/5 of 20 on the real data, 3/1 of 4 on the synthetic stand-in). Returns sorted index tensors."""
+    g = repro.make_generator(seed)
+    key = torch.rand(len(character), generator=g)
+    order = torch.from_numpy(np.lexsort((key.numpy(), character.numpy())))  # by character, then random key
+    sorted_char = character[order]
+    counts = torch.bincount(character)
+    first = torch.cumsum(counts, 0) - counts                     # first position of each character
+    rank = torch.arange(len(order)) - first[sorted_char]         # 0..n_c-1 within the character
+    n_test = torch.round(counts.double() * test_fraction).long()
+    is_test = rank >= (counts - n_test)[sorted_char]
+    train, test = order[~is_test].sort().values, order[is_test].sort().values
+    assert not set(train.tolist()) & set(test.tolist()), "clean split: an image is in train and test"
+    return train, test
+
+
+def course_split(ds: data.OmniglotSet, train_rel: list, test_rel: list):
+    """Indices of the course's train and test lists (which overlap) in ``ds``."""
+    where = {p: i for i, p in enumerate(ds.relpaths)}
+    missing = [p for p in train_rel + test_rel if p not in where]
+    if missing:
+        raise data.DataError(f"omniglot: {len(missing)} file(s) of the course split lists are not in the "
+                             f"images, e.g. {missing[0]!r} (course_split/ and images_background/ disagree)")
+    return torch.tensor([where[p] for p in train_rel]), torch.tensor([where[p] for p in test_rel])
+
+
+def make_splits(ds, names, split_seed, data_dir_, synthetic, subset=None):
+    """{name: (train_idx, test_idx, info)}; ``course`` is marked leaky with its overlap count.
+    ``subset``: keep a seeded subset of that many images on each side (--smoke: a few batches)."""
+    out = {}
+    for name in names:
+        if name == "clean":
+            tr, te = clean_split(ds.character, 0.25, split_seed)
+            info = {"leaky": False, "overlap": 0, "test_fraction_per_character": 0.25, "split_seed": split_seed}
+        elif synthetic:  # no course lists for the stand-in: an overlapping split of the same kind
+            tr0, te0 = clean_split(ds.character, 0.25, split_seed)
+            tr, te = tr0, torch.cat([te0, tr0[::2]]).sort().values
+            info = {"leaky": True, "overlap": None, "note": "SYNTHETIC stand-in: half the train images reused in test"}
+        else:
+            tr, te = course_split(ds, *data.load_omniglot_course_split(data_dir_))
+            info = {"leaky": True, "overlap": None,
+                    "note": "the course's lists overlap: figures on this split are inflated"}
+        overlap = int(np.intersect1d(tr.numpy(), te.numpy()).size)
+        info.update(overlap=overlap, train=len(tr), test=len(te))
+        if subset:
+            g = repro.make_generator(split_seed + 1)
+            tr = tr[torch.randperm(len(tr), generator=g)[:subset]]
+            te = te[torch.randperm(len(te), generator=g)[:subset]]
+        out[name] = (tr, te, info)
+    return out
+
+
+def leak_parts(test_idx, train_idx):
+    """[(part, mask over test_idx)] for the test images that are ("overlap") and are not ("unseen")
+    training images, the empty ones left out: how much of a leaky split's figure is memorisation."""
+    in_train = torch.from_numpy(np.isin(test_idx.numpy(), train_idx.numpy()))
+    return [(part, mask) for part, mask in (("overlap", in_train), ("unseen", ~in_train)) if mask.any()]
+
+
+def majority_accuracy(labels: torch.Tensor) -> float:
+    """Accuracy of always guessing the most frequent of ``labels``."""
+    return float(torch.bincount(labels).max()) / len(labels)
+
+
+# ----------------------------------------------------------------------------- image subnets
+class CourseImageNet(nn.Module):
+    """The course's image subnet: 1x64x64 -> 128."""
+    out_features = 128
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Conv2d(1, 16, kernel_size=3, padding=1), nn.MaxPool2d(kernel_size=2),
+                                    nn.ELU(), nn.Flatten(), nn.Linear(16 * 32 * 32, 128))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def conv_block(c_in, c_out):
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+
+
+class ImprovedImageNet(nn.Module):
+    """Beyond the course: average-pool to 32x32 (thin strokes survive), three conv blocks with batch
+    norm (16-32-64 channels), dropout, a 256-wide batch-normed embedding. Cheaper per image than the
+    course's subnet on a CPU (its 64x64 full-resolution conv and 16,384x128 linear layer dominate)."""
+    out_features = 256
+
+    def __init__(self, width: int = 16, dropout: float = 0.2):
+        super().__init__()
+        w = width
+        self.layers = nn.Sequential(nn.AvgPool2d(2), *conv_block(1, w), *conv_block(w, 2 * w),
+                                    *conv_block(2 * w, 4 * w), nn.Flatten(), nn.Dropout(dropout),
+                                    nn.Linear(4 * w * 4 * 4, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU())
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+IMAGE_NETS = {"course_model": CourseImageNet, "improved": ImprovedImageNet}
+
+
+def benchmark_settings(defaults: dict) -> list[tuple]:
+    """(image subnet, batch size, lr) of each model for ``benchmark_cases()``, from a script's DEFAULTS."""
+    return [("course_model", defaults["batch_size"], defaults["lr"]),
+            ("improved", defaults["improved_batch_size"], defaults["improved_lr"])]
+
+
+# ----------------------------------------------------------------------------- options and data
+def add_options(p, defaults: dict) -> None:
+    """The Omniglot options of 08 and 09, with the script's DEFAULTS."""
+    p.add_argument("--split", choices=("clean", "course", "both"), default=defaults["split"],
+                   help="clean: seeded per-character 15/5 split; course: the course's (leaky) lists")
+    p.add_argument("--model", choices=("course", "improved", "both"), default=defaults["model"],
+                   help="course: the course's tiny image subnet; improved: conv blocks with batch norm")
+    p.add_argument("--split-seed", type=int, default=defaults["split_seed"],
+                   help="seed of the clean split (fixed across training seeds)")
+    p.add_argument("--epochs", type=cli.positive_int, default=defaults["epochs"], help="epochs of the course model")
+    p.add_argument("--batch-size", type=cli.positive_int, default=defaults["batch_size"],
+                   help="batch size of the course model")
+    p.add_argument("--lr", type=cli.positive_float, default=defaults["lr"], help="Adam learning rate of the course model")
+    p.add_argument("--improved-epochs", type=cli.positive_int, default=defaults["improved_epochs"])
+    p.add_argument("--improved-batch-size", type=cli.positive_int, default=defaults["improved_batch_size"])
+    p.add_argument("--improved-lr", type=cli.positive_float, default=defaults["improved_lr"], help="OneCycle peak lr (Adam)")
+
+
+@dataclass
+class Omniglot:
+    """What every run reads: the images and labels (on the device, where batches are gathered), the
+    splits ({name: (train_idx, test_idx, info)}), the models to train and each one's training settings."""
+    ds: data.OmniglotSet
+    info: data.DataInfo
+    splits: dict
+    models: list
+    settings: dict
+    device: torch.device
+    images: torch.Tensor      # uint8 (N, 1, 64, 64)
+    alphabet: torch.Tensor
+    alphabet_onehot: torch.Tensor   # float (N, 30): 08's alphabet input
+    character: torch.Tensor
+
+    def image_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` as float in [0, 1] on the device (what ToTensor gives)."""
+        return self.images[idx].to(self.device, non_blocking=True).float().div_(255)
+
+
+def load(args, device, subset=None) -> Omniglot:
+    """The images (raises data.DataError), the splits and training settings chosen by the options."""
+    ds, info = data.load_omniglot(args.data_dir, args.synthetic, size=64)
+    names = list(SPLITS) if args.split == "both" else [args.split]
+    models = list(MODELS) if args.model == "both" else ["course_model" if args.model == "course" else "improved"]
+    settings = {"course_model": dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, onecycle=False),
+                "improved": dict(epochs=args.improved_epochs, batch_size=args.improved_batch_size,
+                                 lr=args.improved_lr, onecycle=True)}
+    splits = make_splits(ds, names, args.split_seed, args.data_dir, info.source == "synthetic", subset)
+    info.sizes.update({f"{s}.{side}": v[2][side] for s, v in splits.items() for side in ("train", "test")})
+    images = ds.images.to(device) if device.type != "cpu" else ds.images
+    return Omniglot(ds, info, splits, models, {n: settings[n] for n in models}, device, images,
+                    ds.alphabet.to(device), F.one_hot(ds.alphabet, N_ALPHABETS).float().to(device),
+                    ds.character.to(device))
+
+
+def finished_runs(mean: dict, om: Omniglot):
+    """The ``split.model`` runs that produced a figure, and the headline metric (the best-ranked of them)."""
+    done = [f"{s}.{n}" for s in om.splits for n in om.models if f"{s}.{n}.char_accuracy" in mean]
+    best = next((r for r in HEADLINE_ORDER if r in done), None)
+    return done, (f"{best}.char_accuracy" if best else next(iter(mean)))
+
+
+# ----------------------------------------------------------------------------- training
+def train_run(model, step_loss, train_idx, *, epochs, batch_size, lr, seed, device, onecycle=False,
+              evaluate=None, label="", print_every=1):
+    """Adam over ``epochs`` of seeded index batches. ``step_loss(model, idx) -> loss``; ``evaluate(model)
+    -> dict`` after each epoch (history). OneCycle learning rate when ``onecycle`` (improved model).
+    Returns (history dict of lists, train seconds, samples seen); raises results.Diverged (the losses
+    stay on the device and are checked once per epoch). The epoch's index order goes to ``device``
+    once, so ``step_loss`` gets device indices (no per-step copy of CPU indices into GPU tensors)."""
+    g = repro.make_generator(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = (len(train_idx) + batch_size - 1) // batch_size
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+             if onecycle else None)
+    history, train_s, seen, t0 = {"train_loss": []}, 0.0, 0, time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        synchronize(device)
+        t = time.perf_counter()
+        perm = to_device(train_idx[torch.randperm(len(train_idx), generator=g)], device)
+        total, n = torch.zeros((), device=device), 0
+        log = results.StepLog()
+        for step, start in enumerate(range(0, len(perm), batch_size)):
+            idx = perm[start:start + batch_size]
+            loss = step_loss(model, idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            log.add(loss, epoch, step)
+            total += loss.detach() * len(idx)
+            n += len(idx)
+        log.values()   # raises results.Diverged naming the first non-finite step
+        synchronize(device)
+        train_s += time.perf_counter() - t
+        seen += n
+        history["train_loss"].append(float(total) / n)
+        for k, v in (evaluate(model) if evaluate else {}).items():
+            history.setdefault(k, []).append(v)
+        shown = "  ".join(f"{k} {v[-1]:.4g}" for k, v in history.items())
+        if epoch % print_every == 0 or epoch == epochs:
+            print(f"  {label} epoch {epoch}/{epochs}  {shown}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+    return history, train_s, seen
+
+
+@torch.no_grad()
+def predict(model, inputs, idx, device, batch_size=1024):
+    """Model outputs for rows ``idx`` (``inputs(idx) -> tuple``), concatenated on the CPU; a tuple of
+    tensors for a multi-output model."""
+    model.eval()
+    outs = []
+    idx = to_device(idx, device)   # one copy of the rows, gathered on the device batch by batch
+    for start in range(0, len(idx), batch_size):
+        out = model(*inputs(idx[start:start + batch_size]))
+        outs.append(out)
+    if isinstance(outs[0], tuple):   # one copy back per output, not one per batch
+        return tuple(torch.cat(parts).cpu() for parts in zip(*outs))
+    return torch.cat(outs).cpu()
+
+
+@dataclass
+class Tally:
+    """What the runs leave besides their figures: the first seed's curves, the training and evaluation
+    times, each run's throughput (its last seed), and the runs that diverged."""
+    first_seed: int
+    history: dict = field(default_factory=dict)
+    diverged: list = field(default_factory=list)
+    throughput: dict = field(default_factory=dict)
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    seen: int = 0
+
+    def fit(self, run, seed, model, step_loss, train_idx, settings, device, evaluate=None):
+        """``train_run`` under the name ``run``; the history, or None if it diverged (noted, not raised)."""
+        try:
+            h, train_s, seen = train_run(model, step_loss, train_idx, seed=seed, device=device, evaluate=evaluate,
+                                         label=run, **settings)
+        except results.Diverged as e:
+            print(f"  {run} diverged: {e}", flush=True)
+            self.diverged.append({"run": run, "seed": seed, **e.to_json()})
+            return None
+        self.train_s += train_s
+        self.seen += seen
+        self.throughput[f"{run}.train_samples_per_s"] = seen / train_s
+        if seed == self.first_seed:
+            self.history.update({f"{run}.{k}": v for k, v in h.items()})
+        return h
+
+    def predict(self, model, inputs, idx, device):
+        """``predict``, its time counted as evaluation."""
+        t = time.perf_counter()
+        out = predict(model, inputs, idx, device)
+        self.eval_s += time.perf_counter() - t
+        return out
+
+    def timings(self, wall_s: float) -> dict:
+        return {"wall_s": wall_s, "train_s": self.train_s,
+                "train_samples_per_s": self.seen / self.train_s if self.train_s else None,
+                "eval_s": self.eval_s, **self.throughput}
