@@ -165,16 +165,7 @@ def test_divergence_from_the_device_flag_gives_status_diverged_and_exit_3(result
     assert r["status"] == "diverged" and r["diverged"][0]["epoch"] == 1 and isinstance(r["diverged"][0]["step"], int)
 
 
-# ------------------------------------------------------------------------------------------ data on the device
-def test_06_device_batches_are_the_dataloaders_batches():
-    from experiments import electricity as m06
-    X, y = torch.randn(23, m06.SEQ_LEN), torch.randn(23)
-    for shuffle in (True, False):
-        want = list(m06.make_loader(X, y, 5, shuffle, seed=3))
-        got = list(m06.DeviceBatches(m06.make_loader(X, y, 5, shuffle, seed=3), X, y))
-        assert len(got) == len(want) == 5
-        for (gx, gy), (wx, wy) in zip(got, want):
-            assert torch.equal(gx, wx) and torch.equal(gy, wy)
+# data on the device: DeviceBatches equals the DataLoader's batches (tests/test_06_electricity_rnn.py)
 
 
 # ------------------------------------------------------------------------------------------ benchmarks
