@@ -25,7 +25,8 @@ import torch
 
 from .device import describe_device
 
-from .schema import REQUIRED_KEYS, SCHEMA_VERSION, STATUSES, read_result  # noqa: F401 - the writer's contract
+from .schema import (REQUIRED_KEYS, SCHEMA_VERSION, STATUSES, check_deviations, check_selection,  # noqa: F401
+                     read_result)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -219,7 +220,8 @@ def write_result(experiment: str, *, results_dir: str | os.PathLike, status: str
                  config: dict, seeds: list[int], data, metrics: dict, headline: str,
                  timings: dict, device, script: str | os.PathLike | None = None,
                  std: dict | None = None, per_seed: dict | None = None, history: dict | None = None,
-                 extra: dict | None = None, compute_device=None) -> Path:
+                 extra: dict | None = None, compute_device=None, deviations: list[dict] | None = None,
+                 selection: dict | None = None) -> Path:
     """Write ``results_dir/<experiment>.json`` following the schema above; return its path.
 
     ``data`` is a :class:`common.data.DataInfo` (or a dict, or a dict of them for several
@@ -227,6 +229,13 @@ def write_result(experiment: str, *, results_dir: str | os.PathLike, status: str
     names the metric the summary table shows. ``extra`` holds anything else the experiment
     reports (tables, notes); it never replaces contract keys. ``compute_device``: where the work
     ran when that is not ``device`` (recorded in ``environment.compute_device``).
+
+    ``deviations``: every place the script departs from the course transcript, each a dict with
+    ``what`` (the setting), ``course`` (what the transcript says), ``here`` (what the script does) and
+    ``why``, and optionally ``flag`` (the option that restores the course's literal setting); written
+    as the top-level ``deviations`` list (empty when the script follows the transcript throughout).
+    ``selection``: how anything chosen (epochs, learning rate, ...) was chosen on validation data
+    (see ``schema.SELECTION_KEYS``); top-level ``selection``, null when the script chooses nothing.
     """
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
@@ -243,6 +252,8 @@ def write_result(experiment: str, *, results_dir: str | os.PathLike, status: str
         "std": std or {k: 0.0 for k in metrics}, "per_seed": per_seed or {k: [v] for k, v in metrics.items()},
         "history": history or {}, "timings": timings, "environment": environment(device, script, compute_device),
     }
+    record["deviations"] = check_deviations(deviations or [])
+    record["selection"] = check_selection(selection)
     for k, v in (extra or {}).items():
         if k in record:
             raise KeyError(f"extra key {k!r} would replace a contract key")

@@ -4,7 +4,10 @@ the suite's tools (``tools.compare``, ``tools.summary``, ``tools.report``) impor
 ``schema_version, experiment, status (ok|failed|diverged), started_at, finished_at, headline,
 data{name, source, fingerprint, sizes, ...}, config, seeds, metrics (flat name -> number; the mean over
 seeds), std (flat, over seeds), per_seed (flat name -> list), history, timings{wall_s, train_s,
-train_samples_per_s, eval_s, ...}, environment{...}``.
+train_samples_per_s, eval_s, ...}, environment{...}``; since the protocol work also ``deviations``
+(a list, possibly empty: where the script departs from the course transcript, and why) and ``selection``
+(how anything chosen was chosen on validation data; null when nothing is chosen). Older results lack
+the last two; readers treat them as unknown, not as empty.
 """
 from __future__ import annotations
 
@@ -16,6 +19,36 @@ SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "diverged")
 REQUIRED_KEYS = ("schema_version", "experiment", "status", "started_at", "finished_at", "headline", "data",
                  "config", "seeds", "metrics", "std", "per_seed", "history", "timings", "environment")
+
+
+DEVIATION_KEYS = ("what", "course", "here", "why")          # each entry may add "flag"
+SELECTION_KEYS = ("validation", "chosen", "candidates", "criterion", "final_model")
+
+
+def check_deviations(deviations) -> list[dict]:
+    """``deviations`` if it is a list of dicts with the keys ``DEVIATION_KEYS`` (strings); ValueError otherwise."""
+    if not isinstance(deviations, list):
+        raise ValueError(f"deviations must be a list, got {type(deviations).__name__}")
+    for i, d in enumerate(deviations):
+        missing = [k for k in DEVIATION_KEYS if not (isinstance(d, dict) and isinstance(d.get(k), str) and d[k])]
+        if missing:
+            raise ValueError(f"deviations[{i}] lacks non-empty string(s) {missing}: {d!r}")
+    return deviations
+
+
+def check_selection(selection) -> dict | None:
+    """``selection`` if it is None or a dict with the keys ``SELECTION_KEYS``; ValueError otherwise.
+
+    ``validation``: how the validation data was carved from the training data (split sizes or folds);
+    ``chosen``: what was chosen -> the chosen value; ``candidates``: what was tried; ``criterion``: the
+    validation figure the choice maximised or minimised; ``final_model``: retrained on train+validation or kept.
+    """
+    if selection is None:
+        return None
+    missing = [k for k in SELECTION_KEYS if not isinstance(selection, dict) or k not in selection]
+    if missing:
+        raise ValueError(f"selection lacks keys {missing}")
+    return selection
 
 
 def check_result(record, where: str = "<result>") -> dict:
