@@ -40,7 +40,7 @@ USAGE
 }
 
 TEST=0; BENCH=0; BENCH_UPDATE=0; BENCH_AB=0; AB_REF=""; BLESS=""; ONLY=""; SMOKE=0; DEVICE=auto
-RESULTS_DIR="$ROOT/results"; SEEDS=""; PYTEST_ARGS=()
+RESULTS_DIR="$ROOT/results"; SEEDS=""; PYTEST_ARGS=(); FALLBACK=()
 GET_DATA=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -177,11 +177,11 @@ if ! "$VPY" -m common.data > "$DATA_REPORT" 2>&1; then
   cat "$DATA_REPORT"
   echo "Get the data with:  bash run_all.sh --get-data   (the missing datasets, ~21 MB, pinned and checksummed,"
   echo "into DATA_DIR=${DATA_DIR:-$ROOT/data}), or set DATA_DIR to a folder that holds them (README.md, section Data)."
-  export SYNTHETIC_FALLBACK=1
+  FALLBACK=(--synthetic-if-missing)   # explicit on every script's command line (echoed below), no hidden switch
 fi
 rm -f "$DATA_REPORT"
 
-ARGS=(--device "$DEVICE" --results-dir "$RESULTS_DIR")
+ARGS=(--device "$DEVICE" --results-dir "$RESULTS_DIR" "${FALLBACK[@]}")
 [ "$SMOKE" = 1 ] && ARGS+=(--smoke)
 [ -n "$SEEDS" ] && ARGS+=(--seeds "$SEEDS")
 mkdir -p "$RESULTS_DIR"

@@ -60,6 +60,9 @@ def base_parser(experiment: str, description: str, seeds: int = 1, threads: int 
     g.add_argument("--data-dir", default=None, help="dataset root (default: $DATA_DIR, else ./data)")
     g.add_argument("--synthetic", action="store_true",
                    help="use the labelled synthetic stand-in instead of the real data")
+    g.add_argument("--synthetic-if-missing", action="store_true",
+                   help="use the labelled synthetic stand-in only for a dataset that is not found "
+                        "(run_all.sh passes this when its data check finds datasets missing)")
     g.add_argument("--tf32", action="store_true",
                    help="allow TF32 for CUDA matmuls and cuDNN convolutions/RNNs (default: off, full fp32; "
                         "recorded in the result's environment.numerics)")
@@ -101,6 +104,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None,
         for key, value in smoke.items():
             if hasattr(args, key) and getattr(args, key) == parser.get_default(key):
                 setattr(args, key, value)
+    from . import data
+    data.SYNTHETIC_IF_MISSING = getattr(args, "synthetic_if_missing", False)
     sigterm_as_interrupt()
     repro.configure_numerics(tf32=getattr(args, "tf32", False),
                              strict_determinism=getattr(args, "strict_determinism", False))
@@ -148,12 +153,13 @@ def fail(error: Exception) -> int:
     return 2
 
 
-def config_of(args: argparse.Namespace) -> dict:
+def config_of(args: argparse.Namespace, optional: tuple[str, ...] = ()) -> dict:
     """Every argument the script ran with (for the JSON's ``config``), minus ``--rerun`` itself.
 
-    ``--tf32`` and ``--strict-determinism`` appear only when given: results made before these options
-    existed then keep comparing equal (tools.compare refuses different configs); their state is always
-    in ``environment.numerics``.
+    ``--tf32``, ``--strict-determinism`` and ``--synthetic-if-missing`` appear only when given: results
+    made before these options existed then keep comparing equal (tools.compare refuses different
+    configs); the numerics are always in ``environment.numerics``, the data's source in ``data.source``.
+    A script adds its own such switches (added later, off by default) in ``optional``.
     """
-    return {k: v for k, v in vars(args).items()
-            if k != "rerun" and not (k in ("tf32", "strict_determinism") and v is False)}
+    optional = ("tf32", "strict_determinism", "synthetic_if_missing", *optional)
+    return {k: v for k, v in vars(args).items() if k != "rerun" and not (k in optional and v is False)}

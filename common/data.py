@@ -3,9 +3,11 @@
 Every loader returns the data plus a :class:`DataInfo` (name, ``real``/``synthetic``, a
 fingerprint of the files read, split sizes) that goes into the result JSON. A missing or
 malformed dataset raises :class:`DataError` naming the path looked at, what was expected and
-where to download it. Synthetic stand-ins are used only when asked for (``synthetic=True``) or
-when ``SYNTHETIC_FALLBACK=1`` is set (``run_all.sh`` does so when it finds no data); they keep
-the real data's shapes, columns and class counts, but are small, and are always labelled.
+where to download it. Synthetic stand-ins are used only when asked for (``synthetic=True``, the
+scripts' ``--synthetic``) or, for a dataset that is not found, with the scripts' ``--synthetic-if-missing``
+(``run_all.sh`` passes it, and says so, when its data check finds datasets missing; it sets
+``SYNTHETIC_IF_MISSING``); they keep the real data's shapes, columns and class counts, but are small,
+and are always labelled.
 """
 from __future__ import annotations
 
@@ -107,6 +109,9 @@ def _error(name: str, path: Path, problem: str) -> DataError:
                      f"see README.md, section Data; or run with --synthetic)")
 
 
+SYNTHETIC_IF_MISSING = False   # set by the scripts' --synthetic-if-missing (common.cli.parse_args); never by the environment
+
+
 def _use_synthetic(name: str, synthetic: bool, root: Path, required: list[Path]) -> bool:
     """True if the synthetic stand-in should be used; raise DataError if real data is missing."""
     if synthetic:
@@ -114,7 +119,7 @@ def _use_synthetic(name: str, synthetic: bool, root: Path, required: list[Path])
     missing = [p for p in required if not p.exists()]
     if not missing:
         return False
-    if os.environ.get("SYNTHETIC_FALLBACK") == "1":
+    if SYNTHETIC_IF_MISSING:
         print(f"WARNING: {name}: real data not found at {missing[0]}; using the SYNTHETIC stand-in "
               f"(results are marked source=synthetic)", file=sys.stderr)
         return True

@@ -62,13 +62,19 @@ def check_result(record, where: str = "<result>") -> dict:
     return record
 
 
-def read_result(path: str | os.PathLike) -> dict:
-    """Read a result JSON and check it is this schema; raise ValueError naming the file otherwise."""
+def load_json(path: str | os.PathLike, if_missing: str = "no such file"):
+    """The JSON value in ``path``; ValueError naming the file (and ``if_missing`` when it does not exist)."""
     path = Path(path)
     try:
-        record = json.loads(path.read_text())
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: {if_missing}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot read ({e})") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not a JSON file ({e})") from None
-    return check_result(record, str(path))
+        raise ValueError(f"{path}: not a JSON file ({e.msg} at line {e.lineno})") from None
+
+
+def read_result(path: str | os.PathLike) -> dict:
+    """Read a result JSON and check it is this schema; raise ValueError naming the file otherwise."""
+    return check_result(load_json(path), str(path))

@@ -1,19 +1,13 @@
 #!/usr/bin/env python
 """03_tabular_training: data loading, the training loop, initialisation, transfer learning, overfitting and hyperparameter search on the UCI Zoo and DS salaries tables (course transcript lines 180-389).
 
-Reproduces the course's training chapters on real tables. The course's 5-row animal_dataset.csv goes
-through TensorDataset + DataLoader (batch 2, shuffle: batches of 2, 2, 1). A classifier for the full UCI Zoo
-table (101 animals, 16 features, 7 types) is trained with the course's loop (SGD, mini-batches) on a stratified
-split (train/validation/test = 60/20/21), scored with torchmetrics Accuracy (update/compute/reset) against the
-majority class (41/101 = 40.6%). A regressor for the DS salaries table (3,755 rows; categorical columns one-hot
-encoded; salary_in_usd z-scored with training statistics) is trained with MSELoss and SGD lr 0.001 against the
-predict-the-mean baseline. Then: default nn.Linear(64, 128) weights within +-0.125 and nn.init.uniform_ in
-[0, 1); torch.save / torch.load(weights_only=True) and fine-tuning the salary model trained on US residents on
-the other countries with a 10x smaller learning rate, against training from scratch, and with a frozen first
-layer (asserted unchanged); a large Zoo network that overfits (validation loss rising while training loss
-falls, detected), dropout p=0.5 (about half the activations zeroed in train(), none in eval()) and weight decay
-0.001 and their train/validation gap; the course's recipe (overfit one example, then the training set, then
-regularise); grid search vs random search over learning rate and momentum with the same number of trials.
+The course's 5-row animal table goes through TensorDataset + DataLoader (batches of 2, 2, 1). A Zoo classifier
+is trained with the course's loop and scored with torchmetrics Accuracy against the majority class (41/101); a
+salary regressor (MSELoss, SGD lr 0.001) against predicting the mean. Then: nn.Linear(64, 128)'s default weights
+within +-0.125 and nn.init.uniform_; torch.save/load and fine-tuning the US-trained salary model on the other
+countries (10x smaller lr, also with a frozen first layer) against training from scratch; a large Zoo network
+that overfits, dropout and weight decay; the course's recipe (overfit one example, then the training set); grid
+vs random search over learning rate and momentum. DEVIATIONS: where and why this departs from the course.
 """
 import sys
 import tempfile
@@ -39,11 +33,10 @@ EXPERIMENT = "03_tabular_training"
 HEADLINE = "zoo.test_accuracy"
 ZOO_FEATURES = data.ZOO_COLUMNS[1:-1]            # 16 features; "legs" (0..8) is scaled to 0..1
 ZOO_CLASSES = 7
-# categorical columns of the salary table, one-hot encoded (job titles and countries: the most frequent
-# ones, the rest as "other"); remote_ratio (0/50/100) is scaled to 0..1
+# one-hot encoded; job titles and countries keep their most frequent values, the rest become "other"
 SALARY_CATEGORICAL = {"work_year": None, "experience_level": None, "employment_type": None,
                       "company_size": None, "job_title": 10, "employee_residence": 7}
-SALARY_FEATURES_REAL = 35  # one-hot width on the real table: 4 + 4 + 4 + 3 + 11 + 8 + 1 (remote_ratio)
+SALARY_FEATURES_REAL = 35  # one-hot width on the real table: 4 + 4 + 4 + 3 + 11 + 8 + 1 (remote_ratio / 100)
 GRID_MOMENTUM = [0.85, 0.9, 0.95, 0.99]
 GRID_LR = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
 SINGLE_EXAMPLE_LOSS = 0.01   # "near zero" loss for the overfit-one-example check
@@ -58,39 +51,68 @@ SMOKE = {"epochs": 3, "salary_epochs": 1, "finetune_epochs": 1, "overfit_epochs"
          "single_max_steps": 200, "search_trials": 3, "search_epochs": 2,
          "salary_rows": 600}   # not an option: a subset of the salary table keeps the smoke run to seconds
 
+DEVIATIONS = [
+    {"what": "Zoo classifier data", "course": "animal_dataset.csv: 5 animals, 7 features, 3 types",
+     "here": "the UCI Zoo table: 101 animals, 16 features, 7 types, split 60/20/21 (train/validation/test)",
+     "why": "5 rows cannot be split into training, validation and test sets (they still show the DataLoader)"},
+    {"what": "Zoo 'legs' feature", "course": "the raw count", "here": "divided by 8 (0..1)",
+     "why": "the 15 other features are 0/1; the course: normalise inputs for stable training"},
+    {"what": "Zoo learning rate", "course": "0.001, 'a good default' (said of the salary regression)",
+     "here": "0.01 with momentum 0.9 (classifier and the recipe's networks)", "flag": "--lr 0.001",
+     "why": "60 training animals at batch 8 make 8 steps per epoch; 0.01 is in the course's typical range"},
+    {"what": "salary regression features", "course": "4 input features and one output, 'no one-hot encoding'",
+     "here": f"{SALARY_FEATURES_REAL} one-hot features (top 10 job titles, top 7 countries; remote_ratio / 100) "
+             f"and a hidden layer of {DEFAULTS['salary_hidden']} (ReLU)",
+     "why": "the real table's columns are unordered categories: integer codes would invent an order"},
+    {"what": "salary target", "course": "salary in USD 'already normalized' in the course's file",
+     "here": "raw salary_in_usd, z-scored with the training split's mean and standard deviation",
+     "why": "the real table holds dollars; training statistics keep validation rows out of the scaling"},
+    {"what": "salary batch size", "course": "4", "here": "8", "flag": "--salary-batch-size 4",
+     "why": "3,004 training rows: 376 steps per epoch instead of 751 at the same learning rate"},
+    {"what": "salary splits", "course": "training, validation and test sets", "here": "80/20, no test set",
+     "why": "nothing is chosen on the salary validation split, so its figures carry no selection bias"},
+    {"what": "training batches", "course": "a DataLoader over a TensorDataset, shuffle=True",
+     "here": "index batches of a fresh torch.randperm per epoch on in-memory tensors (the same sampling)",
+     "why": "the DataLoader's per-sample indexing and collate cost more than these small models' steps"},
+    {"what": "validation loss and accuracy",
+     "course": "a validation DataLoader: the mean of per-batch losses; accuracy by update, compute, reset",
+     "here": "one pass over the whole split: the mean loss over examples and torchmetrics accuracy of that pass",
+     "why": "the splits fit in one batch; a mean of batch means would overweight a short last batch"},
+    {"what": "transfer task B", "course": "salaries in Europe", "here": "all 751 non-US residents (465 in Europe)",
+     "why": "more rows to compare fine-tuning with training from scratch; the table has countries, not regions"},
+    {"what": "saving and loading", "course": "torch.save / torch.load, which 'work on any type of PyTorch objects'",
+     "here": "the state_dict, loaded with torch.load(weights_only=True)",
+     "why": "loading a pickled model needs weights_only=False, which can run arbitrary code"},
+    {"what": "frozen layer", "course": "requires_grad = False on the first layer's weight",
+     "here": "on the first layer's weight and bias", "why": "a trainable bias would still change the frozen layer"},
+    {"what": "grid search order", "course": "momentum and learning rate at fixed intervals",
+     "here": "the 4 x 5 grid in a seeded random order (--search-trials below 20: a random subset)",
+     "why": "the best-so-far curve, compared trial by trial with random search, must not depend on loop order"},
+]
+
 
 # --------------------------------------------------------------------------- models (importable)
-class MLP(nn.Module):
-    """Linear layers with ReLU between them (and optional dropout after each activation)."""
-
-    def __init__(self, in_features: int, hidden: list[int], out_features: int, dropout: float = 0.0):
-        super().__init__()
-        layers: list[nn.Module] = []
-        sizes = [in_features] + list(hidden)
-        for a, b in zip(sizes, sizes[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
-            if dropout > 0:
-                layers.append(nn.Dropout(p=dropout))
-        layers.append(nn.Linear(sizes[-1], out_features))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
+    """Linear layers of widths ``sizes`` with ReLU between them (and dropout after each ReLU)."""
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(p=dropout))
+    return nn.Sequential(*layers, nn.Linear(sizes[-2], sizes[-1]))
 
 
-def zoo_classifier(hidden: int = DEFAULTS["hidden"]) -> MLP:
-    """The Zoo classifier: 16 features -> hidden -> 7 types."""
-    return MLP(len(ZOO_FEATURES), [hidden], ZOO_CLASSES)
+def zoo_classifier(hidden: int = DEFAULTS["hidden"]) -> nn.Sequential:
+    return mlp([len(ZOO_FEATURES), hidden, ZOO_CLASSES])
 
 
-def zoo_big(hidden: int = DEFAULTS["overfit_hidden"], dropout: float = 0.0) -> MLP:
-    """A network large enough to overfit the 60 training animals."""
-    return MLP(len(ZOO_FEATURES), [hidden, hidden], ZOO_CLASSES, dropout=dropout)
+def zoo_big(hidden: int = DEFAULTS["overfit_hidden"], dropout: float = 0.0) -> nn.Sequential:
+    """Large enough to overfit the 60 training animals."""
+    return mlp([len(ZOO_FEATURES), hidden, hidden, ZOO_CLASSES], dropout=dropout)
 
 
-def salary_regressor(in_features: int, hidden: int = DEFAULTS["salary_hidden"]) -> MLP:
-    """The salary regressor: one-hot features -> hidden -> 1 (no activation at the end)."""
-    return MLP(in_features, [hidden], 1)
+def salary_regressor(in_features: int, hidden: int = DEFAULTS["salary_hidden"]) -> nn.Sequential:
+    return mlp([in_features, hidden, 1])
 
 
 def benchmark_cases() -> list[dict]:
@@ -115,33 +137,31 @@ def benchmark_cases() -> list[dict]:
 
 # --------------------------------------------------------------------------- CLI
 def parse(argv=None):
-    d = DEFAULTS
+    d, pos_int, pos_float = DEFAULTS, cli.positive_int, cli.positive_float
     p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=d["seeds"], threads=d["threads"])
     g = p.add_argument_group("zoo classifier")
-    g.add_argument("--epochs", type=cli.positive_int, default=d["epochs"], help="zoo classifier epochs")
-    g.add_argument("--lr", type=cli.positive_float, default=d["lr"], help="zoo classifier SGD learning rate")
+    g.add_argument("--epochs", type=pos_int, default=d["epochs"], help="zoo classifier epochs")
+    g.add_argument("--lr", type=pos_float, default=d["lr"], help="SGD learning rate of every Zoo network")
     g.add_argument("--momentum", type=float, default=d["momentum"], help="zoo classifier SGD momentum")
-    g.add_argument("--batch-size", type=cli.positive_int, default=d["batch_size"], help="zoo batch size")
-    g.add_argument("--hidden", type=cli.positive_int, default=d["hidden"], help="zoo classifier hidden width")
+    g.add_argument("--batch-size", type=pos_int, default=d["batch_size"], help="zoo batch size")
+    g.add_argument("--hidden", type=pos_int, default=d["hidden"], help="zoo classifier hidden width")
     g = p.add_argument_group("salary regression and transfer")
-    g.add_argument("--salary-epochs", type=cli.positive_int, default=d["salary_epochs"])
-    g.add_argument("--salary-lr", type=cli.positive_float, default=d["salary_lr"],
-                   help="SGD learning rate (course: 0.001)")
-    g.add_argument("--salary-batch-size", type=cli.positive_int, default=d["salary_batch_size"])
-    g.add_argument("--salary-hidden", type=cli.positive_int, default=d["salary_hidden"])
-    g.add_argument("--finetune-lr", type=cli.positive_float, default=d["finetune_lr"],
-                   help="fine-tuning learning rate (10x smaller than --salary-lr)")
-    g.add_argument("--finetune-epochs", type=cli.positive_int, default=d["finetune_epochs"])
+    g.add_argument("--salary-epochs", type=pos_int, default=d["salary_epochs"])
+    g.add_argument("--salary-lr", type=pos_float, default=d["salary_lr"], help="SGD learning rate (course: 0.001)")
+    g.add_argument("--salary-batch-size", type=pos_int, default=d["salary_batch_size"])
+    g.add_argument("--salary-hidden", type=pos_int, default=d["salary_hidden"])
+    g.add_argument("--finetune-lr", type=pos_float, default=d["finetune_lr"], help="10x smaller than --salary-lr")
+    g.add_argument("--finetune-epochs", type=pos_int, default=d["finetune_epochs"])
     g = p.add_argument_group("overfitting, regularisation, search")
-    g.add_argument("--overfit-epochs", type=cli.positive_int, default=d["overfit_epochs"])
-    g.add_argument("--overfit-hidden", type=cli.positive_int, default=d["overfit_hidden"])
+    g.add_argument("--overfit-epochs", type=pos_int, default=d["overfit_epochs"])
+    g.add_argument("--overfit-hidden", type=pos_int, default=d["overfit_hidden"])
     g.add_argument("--dropout", type=float, default=d["dropout"])
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
-    g.add_argument("--single-max-steps", type=cli.positive_int, default=d["single_max_steps"],
+    g.add_argument("--single-max-steps", type=pos_int, default=d["single_max_steps"],
                    help="overfit-one-example: give up after this many steps")
-    g.add_argument("--search-trials", type=cli.positive_int, default=d["search_trials"],
+    g.add_argument("--search-trials", type=pos_int, default=d["search_trials"],
                    help="trials of grid search and of random search (the full grid is 4 x 5 = 20)")
-    g.add_argument("--search-epochs", type=cli.positive_int, default=d["search_epochs"])
+    g.add_argument("--search-epochs", type=pos_int, default=d["search_epochs"])
     return cli.parse_args(p, argv, smoke=SMOKE)
 
 
@@ -161,13 +181,13 @@ def zoo_split(y: torch.Tensor, seed: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def salary_tensors(df: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """One-hot features (vectorised, pandas) and the raw salary_in_usd target."""
+    """One-hot features, their column names and the raw salary_in_usd target."""
     parts = []
     for col, top in SALARY_CATEGORICAL.items():
         s = df[col].astype(str)
         if top:
             counts = s.value_counts()
-            keep = sorted(counts.index, key=lambda k: (-counts[k], k))[:top]
+            keep = sorted(counts.index, key=lambda k: (-counts[k], k))[:top]   # ties broken by name
             s = s.where(s.isin(keep), "other")
         parts.append(pd.get_dummies(s, prefix=col))
     parts.append((df["remote_ratio"] / 100.0).rename("remote_ratio"))
@@ -212,35 +232,34 @@ class Clock:
         self.device, self.train_s, self.eval_s, self.samples = device, 0.0, 0.0, 0
 
 
-def evaluate(model, x, y, loss_fn, metric=None) -> tuple[float, float | None]:
-    """Loss (and accuracy via the torchmetrics ``metric``: update, compute, reset) in eval mode."""
-    was_training = model.training
+def evaluate(model, x, y, loss_fn, num_classes: int | None = None, clock: Clock | None = None):
+    """(loss, accuracy or None) on one whole split, in eval mode, without gradients; timed on ``clock``."""
+    t0, was_training = time.perf_counter(), model.training
     model.eval()
     with torch.no_grad():
         out = model(x)
         loss = float(loss_fn(out, y))
-        acc = None
-        if metric is not None:
-            metric.update(out.argmax(dim=-1), y)
-            acc = float(metric.compute())
-            metric.reset()
     model.train(was_training)
+    acc = metrics.accuracy(out, y, num_classes) if num_classes else None
+    if clock is not None:
+        clock.eval_s += time.perf_counter() - t0
     return loss, acc
 
 
 def fit(model, optimizer, loss_fn, train, val, *, epochs: int, batch_size: int, seed: int, clock: Clock,
         num_classes: int | None = None, run: str = "", track_train: bool = True) -> dict:
-    """The course's training loop over mini-batches (index batching on in-memory tensors).
+    """The course's training loop over mini-batches; returns the per-epoch history.
 
-    Per epoch: mean training loss over batches (as in the course) and, for classifiers, training accuracy
-    (torchmetrics update per batch, compute and reset per epoch); then, in eval mode, the validation loss and
-    accuracy and the training-set loss/accuracy without dropout (for the train/validation gap).
+    Per epoch: the mean training loss over batches and (classifiers) the training accuracy (torchmetrics update,
+    compute, reset); then the validation loss and accuracy and, with ``track_train``, the training split's in
+    eval mode (no dropout). A divergence raises results.Diverged naming ``run``.
     """
     x_tr, y_tr = train
     n, device, gen = len(y_tr), x_tr.device, repro.make_generator(seed)
     # validate_args=False: torchmetrics' input checks read values on the host (a GPU sync every step)
     metric = (Accuracy(task="multiclass", num_classes=num_classes, validate_args=False).to(device)
-              if num_classes else None)
+              if num_classes and track_train else None)
+    splits = {"val": val, "train_eval": train} if track_train else {"val": val}
     hist = defaultdict(list)
     model.train()
     for epoch in range(epochs):
@@ -256,10 +275,10 @@ def fit(model, optimizer, loss_fn, train, val, *, epochs: int, batch_size: int, 
             loss.backward()
             log.add(loss, epoch, step)
             optimizer.step()
-            if metric is not None and track_train:
+            if metric is not None:
                 metric.update(outputs.detach().argmax(dim=-1), targets)
         try:
-            losses = log.values()   # exactly what per-step loss.item() gave, in order: the same mean
+            losses = log.values()
         except results.Diverged as e:
             e.run = run
             raise
@@ -267,25 +286,21 @@ def fit(model, optimizer, loss_fn, train, val, *, epochs: int, batch_size: int, 
         clock.train_s += time.perf_counter() - t0
         clock.samples += n
         hist["train_loss"].append(sum(losses) / len(losses))
-        if metric is not None and track_train:
+        if metric is not None:
             hist["train_acc"].append(float(metric.compute()))
             metric.reset()
-        if val is not None:
-            t1 = time.perf_counter()
-            for name, split in ({"val": val, "train_eval": train} if track_train else {"val": val}).items():
-                loss_value, acc = evaluate(model, *split, loss_fn, metric)
-                hist[f"{name}_loss"].append(loss_value)
-                if acc is not None:
-                    hist[f"{name}_acc"].append(acc)
-            clock.eval_s += time.perf_counter() - t1
+        if val is None:
+            continue
+        for name, split in splits.items():
+            loss_value, acc = evaluate(model, *split, loss_fn, num_classes, clock)
+            hist[f"{name}_loss"].append(loss_value)
+            if acc is not None:
+                hist[f"{name}_acc"].append(acc)
     return dict(hist)
 
 
-def accuracy_on(model, x, y, clock: Clock) -> float:
-    t0 = time.perf_counter()
-    _, acc = evaluate(model, x, y, nn.CrossEntropyLoss(), Accuracy(task="multiclass", num_classes=ZOO_CLASSES).to(x.device))
-    clock.eval_s += time.perf_counter() - t0
-    return acc
+def zoo_accuracy(model, x, y, clock: Clock) -> float:
+    return evaluate(model, x, y, nn.CrossEntropyLoss(), ZOO_CLASSES, clock)[1]
 
 
 # --------------------------------------------------------------------------- the story: each section returns
@@ -311,7 +326,7 @@ def zoo_classification(x, y, split, args, seed, clock) -> tuple[dict, dict]:
     hist = fit(model, opt, nn.CrossEntropyLoss(), (x[tr], y[tr]), (x[va], y[va]), epochs=args.epochs,
                batch_size=args.batch_size, seed=seed, clock=clock, num_classes=ZOO_CLASSES, run="zoo")
     majority = int(torch.bincount(y[tr], minlength=ZOO_CLASSES).argmax())
-    m = {"zoo.test_accuracy": accuracy_on(model, x[te], y[te], clock),
+    m = {"zoo.test_accuracy": zoo_accuracy(model, x[te], y[te], clock),
          "zoo.val_accuracy": hist["val_acc"][-1], "zoo.train_accuracy": hist["train_eval_acc"][-1],
          "zoo.train_loss": hist["train_loss"][-1], "zoo.val_loss": hist["val_loss"][-1],
          "baseline.majority_test_accuracy": metrics.accuracy(torch.full_like(y[te], majority), y[te], ZOO_CLASSES),
@@ -328,7 +343,7 @@ def salary_regression(x, y_usd, args, seed, clock) -> tuple[dict, dict]:
     opt = torch.optim.SGD(model.parameters(), lr=args.salary_lr)
     hist = fit(model, opt, nn.MSELoss(), (x[tr], y[tr]), (x[va], y[va]), epochs=args.salary_epochs,
                batch_size=args.salary_batch_size, seed=seed, clock=clock, run="salary")
-    base = float(nn.MSELoss()(y[tr].mean().expand_as(y[va]), y[va]))
+    base = float(nn.MSELoss()(y[tr].mean().expand_as(y[va]), y[va]))   # predict the training mean
     val = hist["val_loss"][-1]
     m = {"salary.val_mse": val, "salary.train_mse": hist["train_eval_loss"][-1],
          "salary.val_rmse_usd": float(np.sqrt(val)) * y_std, "salary.val_r2": 1.0 - val / base,
@@ -343,43 +358,36 @@ def initialisation(seed: int) -> tuple[dict, dict]:
     m = {"init.default_bound": 1 / np.sqrt(layer.in_features), "init.default_min": float(w.min()),
          "init.default_max": float(w.max()), "init.default_max_abs": float(w.abs().max())}
     m["init.default_within_bound"] = int(m["init.default_max_abs"] <= m["init.default_bound"])
-    nn.init.uniform_(layer.weight)
-    w = layer.weight.detach()
+    nn.init.uniform_(layer.weight)   # in place: ``w`` sees the new values
     m["init.uniform_min"], m["init.uniform_max"] = float(w.min()), float(w.max())
     m["init.uniform_in_0_1"] = int(m["init.uniform_min"] >= 0 and m["init.uniform_max"] < 1)
     return m, {}
 
 
-def save_and_load(model: nn.Module, device) -> dict:
-    """torch.save the state dict, torch.load it back with weights_only=True."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "salary_us.pt"
-        torch.save(model.state_dict(), path)
-        return torch.load(path, weights_only=True, map_location=device)
-
-
 def transfer(x, y_raw, is_us, args, seed, clock) -> tuple[dict, dict]:
-    """Train on US residents (task A), save/load, fine-tune on the other countries (task B)."""
+    """Train on US residents (task A), save and load, fine-tune on the other countries (task B)."""
     a_idx, b_idx = np.flatnonzero(is_us), np.flatnonzero(~is_us)
     a_tr, a_va = (a_idx[s] for s in random_split(len(a_idx), 0.2, seed))
     b_tr, b_va = (b_idx[s] for s in random_split(len(b_idx), 0.2, seed + 1000))
     y = (y_raw - float(y_raw[a_tr].mean())) / float(y_raw[a_tr].std())  # task A's statistics: the pretrained scale
     mse, width = nn.MSELoss(), (x.shape[1], args.salary_hidden)
+    b_train, b_val = (x[b_tr], y[b_tr]), (x[b_va], y[b_va])
     repro.seed_everything(seed)
     pre = salary_regressor(*width).to(x.device)
     h = fit(pre, torch.optim.SGD(pre.parameters(), lr=args.salary_lr), mse, (x[a_tr], y[a_tr]), (x[a_va], y[a_va]),
             epochs=args.salary_epochs, batch_size=args.salary_batch_size, seed=seed, clock=clock,
             run="transfer.pretrain")
-    state = save_and_load(pre, x.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(pre.state_dict(), Path(tmp) / "salary_us.pt")
+        state = torch.load(Path(tmp) / "salary_us.pt", weights_only=True, map_location=x.device)
     m = {"transfer.task_a_val_mse": h["val_loss"][-1],
          "transfer.loaded_equal": int(all(torch.equal(state[k], v) for k, v in pre.state_dict().items()))}
     zero_shot, finetune, frozen = (salary_regressor(*width).to(x.device) for _ in range(3))
     for model in (zero_shot, finetune, frozen):
         model.load_state_dict(state)
-    for p in frozen.net[0].parameters():  # the course: requires_grad = False on the first layer's parameters
+    for p in frozen[0].parameters():  # the first layer
         p.requires_grad = False
     frozen_before = {k: v.detach().clone() for k, v in frozen.state_dict().items()}
-    b_train, b_val = (x[b_tr], y[b_tr]), (x[b_va], y[b_va])
     m["transfer.task_b_zero_shot_val_mse"] = evaluate(zero_shot, *b_val, mse)[0]
     m["baseline.transfer_task_b_mean_val_mse"] = float(mse(y[b_tr].mean().expand_as(y[b_va]), y[b_va]))
     repro.seed_everything(seed + 1)
@@ -393,21 +401,19 @@ def transfer(x, y_raw, is_us, args, seed, clock) -> tuple[dict, dict]:
         m[f"transfer.{name}_val_mse"], m[f"transfer.{name}_lr"] = h["val_loss"][-1], lr
         curves[f"transfer.{name}.val_loss"] = h["val_loss"]
         if model is frozen:
-            after = frozen.state_dict()
-            m["transfer.frozen_first_layer_unchanged"] = int(all(torch.equal(after[k], frozen_before[k])
-                                                                 for k in ("net.0.weight", "net.0.bias")))
-            m["transfer.frozen_other_layers_changed"] = int(not torch.equal(after["net.2.weight"],
-                                                                            frozen_before["net.2.weight"]))
+            same = {k: torch.equal(v, frozen_before[k]) for k, v in frozen.state_dict().items()}
+            m["transfer.frozen_first_layer_unchanged"] = int(same["0.weight"] and same["0.bias"])
+            m["transfer.frozen_other_layers_changed"] = int(not same["2.weight"])
     m["transfer.sizes_a_train"], m["transfer.sizes_b_train"] = len(a_tr), len(b_tr)
     return m, curves
 
 
-def dropout_check(model: MLP, x: torch.Tensor) -> dict:
+def dropout_check(model: nn.Sequential, x: torch.Tensor) -> dict:
     """Fraction of non-zero inputs to the first Dropout layer that it zeroes, in train() and in eval()."""
-    first = next(i for i, mod in enumerate(model.net) if isinstance(mod, nn.Dropout))
-    drop, out = model.net[first], {}
+    first = next(i for i, mod in enumerate(model) if isinstance(mod, nn.Dropout))
+    drop, out = model[first], {}
     with torch.no_grad():
-        inputs = model.net[:first](x)   # what the dropout layer sees in the model's forward pass
+        inputs = model[:first](x)   # what the dropout layer sees in the model's forward pass
         nonzero = inputs != 0
         for mode in ("train", "eval"):
             drop.train(mode == "train")
@@ -450,7 +456,7 @@ def overfit_one_example(x, y, args, seed, clock) -> tuple[dict, dict]:
             break
     clock.train_s += time.perf_counter() - t0
     clock.samples += len(losses)
-    final_loss, acc = evaluate(model, x, y, loss_fn, Accuracy(task="multiclass", num_classes=ZOO_CLASSES).to(x.device))
+    final_loss, acc = evaluate(model, x, y, loss_fn, ZOO_CLASSES)
     return ({"recipe.single_example_steps": steps, "recipe.single_example_loss": final_loss,
              "recipe.single_example_accuracy": acc}, {"recipe.single_example_loss": losses})
 
@@ -468,7 +474,7 @@ def regularisation(x, y, split, args, seed, clock) -> tuple[dict, dict]:
                 batch_size=args.batch_size, seed=seed, clock=clock, num_classes=ZOO_CLASSES, run=f"overfit.{name}")
         curves.update({f"overfit.{name}.{k}": h[k] for k in ("train_eval_loss", "val_loss")})
         m.update({f"overfit.{name}.{k}": v for k, v in overfit_detect(h).items()})
-        m[f"overfit.{name}.test_accuracy"] = accuracy_on(model, x[te], y[te], clock)
+        m[f"overfit.{name}.test_accuracy"] = zoo_accuracy(model, x[te], y[te], clock)
         if name == "plain":
             full = [i for i, a in enumerate(h["train_eval_acc"]) if a == 1.0]
             m["recipe.train_set_accuracy"] = h["train_eval_acc"][-1]
@@ -481,10 +487,7 @@ def regularisation(x, y, split, args, seed, clock) -> tuple[dict, dict]:
 
 
 def search(x, y, split, args, seed, clock) -> tuple[dict, dict, dict]:
-    """Grid search (4 momenta x 5 learning rates, in a seeded random order) vs random search, same trials.
-
-    Trials are ranked on the validation split only; the test accuracy of the chosen trial is reported.
-    """
+    """Grid search vs random search with the same number of trials, ranked on the validation split."""
     tr, va, te = split
     rng = np.random.default_rng(seed)
     grid = [(lr, mom) for mom in GRID_MOMENTUM for lr in GRID_LR]
@@ -502,12 +505,11 @@ def search(x, y, split, args, seed, clock) -> tuple[dict, dict, dict]:
                         batch_size=args.batch_size, seed=seed, clock=clock, num_classes=ZOO_CLASSES,
                         run=f"search.{kind}", track_train=False)
                 val_acc, val_loss = h["val_acc"][-1], h["val_loss"][-1]
-                test_acc = accuracy_on(model, x[te], y[te], clock)
+                test_acc = zoo_accuracy(model, x[te], y[te], clock)
             except results.Diverged:  # a trial that blows up scores zero; the search goes on
                 val_acc, val_loss, test_acc = 0.0, float("inf"), 0.0
             rows.append({"lr": lr, "momentum": mom, "val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc})
-        # best = highest validation accuracy, ties broken by the lower validation loss
-        key = lambda r: (r["val_acc"], -r["val_loss"])
+        key = lambda r: (r["val_acc"], -r["val_loss"])   # ties broken by the lower validation loss
         best_so_far = [max(rows[:i + 1], key=key)["val_acc"] for i in range(len(rows))]
         best = max(rows, key=key)
         s = f"search.{kind}"
@@ -524,78 +526,84 @@ def run_seed(seed: int, d: dict, args, clock: Clock) -> tuple[dict, dict, dict]:
     """Every section for one seed, in the course's order: flat metrics, the history curves, the search trials."""
     t0 = time.perf_counter()
     repro.seed_everything(seed)
-    x_zoo, y_zoo, x_sal, y_usd = d["x_zoo"], d["y_zoo"], d["x_sal"], d["y_usd"]
-    split = zoo_split(y_zoo.cpu(), seed)
+    x, y, x_sal, y_usd = d["x_zoo"], d["y_zoo"], d["x_sal"], d["y_usd"]
+    split = zoo_split(y.cpu(), seed)
     one = split[0][:1]   # the recipe's single training example
+    sections = [(toy_loader(d["toy"], seed)[0], {}), zoo_classification(x, y, split, args, seed, clock),
+                salary_regression(x_sal, y_usd, args, seed, clock), initialisation(seed),
+                transfer(x_sal, y_usd, d["is_us"], args, seed, clock),
+                overfit_one_example(x[one], y[one], args, seed, clock), regularisation(x, y, split, args, seed, clock)]
+    search_m, search_curves, trials = search(x, y, split, args, seed, clock)
     m, curves = {}, {}
-    for section_m, section_curves in [(toy_loader(d["toy"], seed)[0], {}),
-                                      zoo_classification(x_zoo, y_zoo, split, args, seed, clock),
-                                      salary_regression(x_sal, y_usd, args, seed, clock),
-                                      initialisation(seed),
-                                      transfer(x_sal, y_usd, d["is_us"], args, seed, clock),
-                                      overfit_one_example(x_zoo[one], y_zoo[one], args, seed, clock),
-                                      regularisation(x_zoo, y_zoo, split, args, seed, clock)]:
+    for section_m, section_curves in sections + [(search_m, search_curves)]:
         m.update(section_m)
         curves.update(section_curves)
-    search_m, search_curves, trials = search(x_zoo, y_zoo, split, args, seed, clock)
-    m.update(search_m)
-    curves.update(search_curves)
     print_seed(seed, m, time.perf_counter() - t0)
     return m, curves, trials
 
 
+def run_seeds(seeds: list[int], d: dict, args, clock: Clock) -> tuple[list, list[dict]]:
+    """``run_seed`` for each seed until one diverges (the seeds done so far are still written)."""
+    runs = []
+    for seed in seeds:
+        try:
+            runs.append(run_seed(seed, d, args, clock))
+        except results.Diverged as e:
+            diverged = {"run": getattr(e, "run", "?"), "seed": seed, **e.to_json()}
+            print(f"seed {seed}: DIVERGED in {diverged['run']}: {e}", file=sys.stderr)
+            return runs, [diverged]
+    return runs, []
+
+
 # --------------------------------------------------------------------------- plots (the last seed's curves)
-def panel(ax, series: dict, title: str, ylabel: str, xlabel: str = "epoch", **settings) -> None:
-    """One line per named series (one point per epoch, or per step), on a grid."""
+def panel(ax, title: str, ylabel: str, series: dict, lines=(), xlabel: str = "epoch", **settings) -> None:
+    """One line per named series (a point per epoch, or per step); ``lines``: (y, label, style) horizontal lines."""
     for label, ys in series.items():
         ax.plot(range(1, len(ys) + 1), ys, label=label)
+    for y, label, style in lines:
+        ax.axhline(y, label=label, **style)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel, **settings)
     ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def make_plots(hist: dict, m: dict, results_dir) -> None:
+    """Four figures: the last seed's curves, and every seed's search."""
     import matplotlib.pyplot as plt
-    last = {k: v[-1] for k, v in hist.items()}
-    pdir = plots.plot_dir(results_dir, EXPERIMENT)
+    last, pdir = {k: v[-1] for k, v in hist.items()}, plots.plot_dir(results_dir, EXPERIMENT)
+    red, mean_line = {"ls": "--", "color": "tab:red"}, "predict the mean"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    panel(axes[0], {"train (mean over batches)": last["zoo.train_loss"], "validation": last["zoo.val_loss"]},
-          "Zoo classifier: cross-entropy", "loss")
-    panel(axes[1], {"train": last["zoo.train_acc"], "validation": last["zoo.val_acc"]},
-          "Zoo classifier: accuracy (torchmetrics)", "accuracy", ylim=(0, 1.02))
-    baseline = m["baseline.majority_test_accuracy"]
-    axes[1].axhline(baseline, ls="--", color="tab:red", label=f"majority class ({baseline:.3f})")
-    for ax in axes:
-        ax.legend()
+    panel(axes[0], "Zoo classifier: cross-entropy", "loss",
+          {"train (mean over batches)": last["zoo.train_loss"], "validation": last["zoo.val_loss"]})
+    majority = m["baseline.majority_test_accuracy"]
+    panel(axes[1], "Zoo classifier: accuracy (torchmetrics)", "accuracy",
+          {"train": last["zoo.train_acc"], "validation": last["zoo.val_acc"]},
+          [(majority, f"majority class ({majority:.3f})", red)], ylim=(0, 1.02))
     plots.save_figure(fig, pdir / "zoo_classifier.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    panel(axes[0], {"train": last["salary.train_loss"], "validation": last["salary.val_loss"]},
-          "salary regression (all countries): MSE, z-scored target", "MSE")
-    axes[0].axhline(m["baseline.salary_mean_val_mse"], ls="--", color="tab:red", label="predict the mean")
-    panel(axes[1], {f"{name} (lr {m[f'transfer.{name}_lr']:g})": last[f"transfer.{name}.val_loss"]
-                    for name in ("finetune", "frozen", "scratch")},
-          "transfer US -> other countries: validation MSE", "MSE")
-    axes[1].axhline(m["baseline.transfer_task_b_mean_val_mse"], ls="--", color="tab:red", label="predict the mean")
-    axes[1].axhline(m["transfer.task_b_zero_shot_val_mse"], ls=":", color="k", label="US model, no fine-tuning")
-    for ax in axes:
-        ax.legend(fontsize=8)
+    panel(axes[0], "salary regression (all countries): MSE, z-scored target", "MSE",
+          {"train": last["salary.train_loss"], "validation": last["salary.val_loss"]},
+          [(m["baseline.salary_mean_val_mse"], mean_line, red)])
+    panel(axes[1], "transfer US -> other countries: validation MSE", "MSE",
+          {f"{name} (lr {m[f'transfer.{name}_lr']:g})": last[f"transfer.{name}.val_loss"]
+           for name in ("finetune", "frozen", "scratch")},
+          [(m["baseline.transfer_task_b_mean_val_mse"], mean_line, red),
+           (m["transfer.task_b_zero_shot_val_mse"], "US model, no fine-tuning", {"ls": ":", "color": "k"})])
     plots.save_figure(fig, pdir / "salary_regression_and_transfer.png")
 
     names = ("plain", "dropout", "weight_decay")
     fig, axes = plt.subplots(1, 5, figsize=(23, 4.2))
-    panel(axes[0], {"": last["recipe.single_example_loss"]}, "recipe step 1: overfit one example", "loss",
-          xlabel="step", yscale="log")
-    axes[0].axhline(SINGLE_EXAMPLE_LOSS, ls="--", color="k")
+    panel(axes[0], "recipe step 1: overfit one example", "loss", {"": last["recipe.single_example_loss"]},
+          [(SINGLE_EXAMPLE_LOSS, "", {"ls": "--", "color": "k"})], xlabel="step", yscale="log")
     for ax, name in zip(axes[1:4], names):
-        panel(ax, {"train (eval mode)": last[f"overfit.{name}.train_eval_loss"],
-                   "validation": last[f"overfit.{name}.val_loss"]},
-              f"{name}: overfitting {'detected' if m[f'overfit.{name}.detected'] else 'not detected'}",
-              "cross-entropy", yscale="log")
         ax.axvline(m[f"overfit.{name}.best_val_epoch"], ls=":", color="k", label="lowest validation loss")
-        ax.legend(fontsize=8)
+        panel(ax, f"{name}: overfitting {'detected' if m[f'overfit.{name}.detected'] else 'not detected'}",
+              "cross-entropy", {"train (eval mode)": last[f"overfit.{name}.train_eval_loss"],
+                                "validation": last[f"overfit.{name}.val_loss"]}, yscale="log")
     axes[4].bar(names, [m[f"overfit.{n}.gap"] for n in names], color=["tab:blue", "tab:orange", "tab:green"])
-    axes[4].set(title="final validation - training loss", ylabel="gap")
-    axes[4].grid(alpha=0.3)
+    panel(axes[4], "final validation - training loss", "gap", {}, xlabel="")
     plots.save_figure(fig, pdir / "overfitting_and_regularisation.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -605,9 +613,7 @@ def make_plots(hist: dict, m: dict, results_dir) -> None:
         ax.plot(t, arr.mean(0), marker="o", ms=3, label=f"{kind} search (mean of {len(arr)} seeds)")
         if len(arr) > 1:
             ax.fill_between(t, arr.min(0), arr.max(0), alpha=0.15)
-    ax.set(title="best validation accuracy found vs. trials spent (Zoo)", xlabel="trials", ylabel="best val accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    panel(ax, "best validation accuracy found vs. trials spent (Zoo)", "best val accuracy", {}, xlabel="trials")
     plots.save_figure(fig, pdir / "search.png")
 
 
@@ -647,11 +653,6 @@ def extra_record(d: dict, seeds: list[int], runs: list, diverged: list[dict]) ->
                                "init.default_bound": 0.125, "salary_lr": 0.001}}
 
 
-def timings(start: cli.Start, clock: Clock) -> dict:
-    return {"wall_s": start.wall_s(), "train_s": clock.train_s,
-            "train_samples_per_s": clock.samples / clock.train_s if clock.train_s else None, "eval_s": clock.eval_s}
-
-
 # --------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     args = parse(argv)
@@ -661,25 +662,20 @@ def main(argv=None) -> int:
     except (data.DataError, DeviceError) as e:
         return cli.fail(e)
     seeds, clock = cli.seed_list(args), Clock(start.device)
-    runs, diverged = [], []
-    for seed in seeds:  # a divergence stops the run: the seeds done so far are still written
-        try:
-            runs.append(run_seed(seed, d, args, clock))
-        except results.Diverged as e:
-            diverged.append({"run": getattr(e, "run", "?"), "seed": seed, **e.to_json()})
-            print(f"seed {seed}: DIVERGED in {diverged[-1]['run']}: {e}", file=sys.stderr)
-            break
+    runs, diverged = run_seeds(seeds, d, args, clock)
     per_seed = [m for m, _, _ in runs]
     mean, std, per_seed_lists = results.aggregate_seeds(per_seed)
     mean.setdefault(HEADLINE, None)
     history = {k: [curves[k] for _, curves, _ in runs] for k in runs[0][1]} if runs else {}
     if runs:
         make_plots(history, per_seed[-1], args.results_dir)
+    timings = {"wall_s": start.wall_s(), "train_s": clock.train_s,
+               "train_samples_per_s": clock.samples / clock.train_s if clock.train_s else None, "eval_s": clock.eval_s}
     results.write_result(
         EXPERIMENT, results_dir=args.results_dir, status="diverged" if diverged else "ok",
         started_at=start.started_at, config=cli.config_of(args), seeds=seeds, data=d["info"], metrics=mean, std=std,
-        per_seed=per_seed_lists, headline=HEADLINE, history=history, timings=timings(start, clock),
-        device=start.device, script=__file__, extra=extra_record(d, seeds, runs, diverged))
+        per_seed=per_seed_lists, headline=HEADLINE, history=history, timings=timings, device=start.device,
+        script=__file__, deviations=DEVIATIONS, extra=extra_record(d, seeds, runs, diverged))
     if diverged:
         print(f"03: DIVERGED ({diverged[0]['run']}, seed {diverged[0]['seed']}, epoch {diverged[0]['epoch']}); "
               f"partial results written", file=sys.stderr)

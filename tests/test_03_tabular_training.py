@@ -90,17 +90,14 @@ def test_benchmark_cases_train_one_step(one_thread):
 # ---------------------------------------------------------------- smoke runs on the real data
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Smoke runs on the real data: one as a subprocess (the command line end to end), two in this process."""
+    """Smoke runs on the real data: seed 0 through the command line and again in this process, then seed 1."""
     if {"zoo", "ds_salaries"} & set(data.missing_datasets()):
         pytest.skip("real zoo / ds_salaries data not found under DATA_DIR")
-    out, threads = {}, torch.get_num_threads()
-    for name, args in {"a": ["--seed", "0"], "b": ["--seed", "0"], "c": ["--seed", "1"]}.items():
+    threads, cli_dir = torch.get_num_threads(), tmp_path_factory.mktemp("r03a")
+    out = {"a": (run_script(SCRIPT, "--smoke", "--seed", "0", results_dir=cli_dir)[1], cli_dir)}
+    for name, seed in (("b", "0"), ("c", "1")):
         d = tmp_path_factory.mktemp(f"r03{name}")
-        argv = ["--smoke", *args]
-        if name == "a":
-            run_script(SCRIPT, *argv, results_dir=d)
-        else:
-            assert exp.main([*argv, "--results-dir", str(d)]) == 0
+        assert exp.main(["--smoke", "--seed", seed, "--results-dir", str(d)]) == 0
         out[name] = (json.loads((d / f"{SCRIPT}.json").read_text()), d)
     torch.set_num_threads(threads)  # main() sets --threads (default 1); leave this process as it was
     return out
@@ -139,6 +136,22 @@ def test_json_has_the_figures(runs):
     for png in ("zoo_classifier.png", "salary_regression_and_transfer.png",
                 "overfitting_and_regularisation.png", "search.png"):
         assert (d / SCRIPT / png).stat().st_size > 5000
+
+
+@real_data("zoo")
+@real_data("ds_salaries")
+def test_json_records_the_deviations_from_the_course(runs):
+    devs = runs["a"][0]["deviations"]
+    assert devs == exp.DEVIATIONS and len(devs) >= 10
+    assert all(isinstance(d[k], str) and d[k] for d in devs for k in ("what", "course", "here", "why"))
+    by_what = {d["what"]: d for d in devs}
+    salary, zoo = by_what["salary regression features"], by_what["Zoo classifier data"]
+    assert "4 input features" in salary["course"] and f"{exp.SALARY_FEATURES_REAL} one-hot" in salary["here"]
+    assert len(runs["a"][0]["salary_feature_columns"]) == exp.SALARY_FEATURES_REAL   # smoke rows keep every column
+    assert "7 features, 3 types" in zoo["course"] and "16 features, 7 types" in zoo["here"]
+    # each flag is an option that sets the course's value
+    flags = {d["what"]: exp.parse(d["flag"].split()) for d in devs if "flag" in d}
+    assert flags["salary batch size"].salary_batch_size == 4 and flags["Zoo learning rate"].lr == 0.001
 
 
 @real_data("zoo")

@@ -1,6 +1,6 @@
-"""04_clouds_cnn: transforms (train randomness, test determinism, 3x64x64), models, per-class mapping,
-duplicates, benchmark cases, and smoke runs (real data: figures, plots, reproducibility; synthetic;
-divergence)."""
+"""04_clouds_cnn: transforms (train randomness, test determinism, 3x64x64, rotation range), models, per-class
+mapping, duplicates, benchmark cases, options, and smoke runs (real data: figures, plots, reproducibility;
+synthetic: deviations recorded; divergence)."""
 from __future__ import annotations
 
 import importlib
@@ -38,10 +38,8 @@ def test_course_transforms_per_image():
     b = m.course_train_transforms()(img)
     assert a.shape == (3, 64, 64) and a.dtype == torch.float32
     assert not torch.equal(a, b)            # random flip/rotation/autocontrast
-    t = m.course_test_transforms()
-    c, d = t(img), t(img)
-    assert c.shape == (3, 64, 64) and torch.equal(c, d)
-    assert 0.0 <= float(c.min()) and float(c.max()) <= 1.0
+    assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+    assert m.course_train_transforms((0.0, 45.0))(img).shape == (3, 64, 64)   # --rotation-from-zero's range
 
 
 def test_batched_augmentation_per_sample_and_seeded():
@@ -70,6 +68,13 @@ def test_augmentation_components():
     assert torch.allclose(m.rotate_batch(f, torch.tensor([90.0, 0.0]))[0], torch.rot90(f[0], 1, (-2, -1)), atol=1e-5)
     assert torch.allclose(m.rotate_batch(f, torch.tensor([30.0, 0.0]))[0],
                           TF.rotate(f[:1], 30.0, interpolation=TF.InterpolationMode.BILINEAR)[0], atol=1e-5)
+    # rotation angles: (2u - 1) * 45 by default, u * 45 with from_zero, from the second of the three draws
+    u = torch.rand(3, 4, generator=torch.Generator().manual_seed(3))
+    for from_zero, angles in ((False, (u[1] * 2 - 1) * 45), (True, u[1] * 45)):
+        rotated = m.augment_batch(x, torch.Generator().manual_seed(3), p_flip=0.0, p_autocontrast=0.0,
+                                  from_zero=from_zero)
+        assert torch.equal(rotated, m.rotate_batch(m.to_float(x), angles))
+    assert float(u[1].min() * 2 - 1) < 0     # the default draws include negative angles here
     # autocontrast stretches every image and channel to [0, 1]
     low = (torch.rand(4, 3, 64, 64) * 80 + 60).to(torch.uint8)
     ac = m.augment_batch(low, g, p_flip=0.0, max_degrees=0.0, p_autocontrast=1.0)
@@ -108,20 +113,24 @@ def test_per_class_mapping_and_observations():
 
 
 def test_find_duplicates_counts():
-    d = m.find_duplicates(["a", "b", "a", "c", "a"], ["b", "d", "d", "e"])
+    def split(hashes, name):
+        return SimpleNamespace(file_sha256=hashes, paths=[f"/r/{name}/{i}.jpg" for i in range(len(hashes))])
+    d = m.find_duplicates(split(["a", "b", "a", "c", "a"], "tr"), split(["b", "d", "d", "e"], "te"), "/r")
     assert (d["pairs_within_train"], d["pairs_within_test"], d["pairs_across_splits"]) == (3, 1, 1)
     assert d["test_in_train"] == [0]
+    assert d["paths"] == {"groups_within_train": [["tr/0.jpg", "tr/2.jpg", "tr/4.jpg"]],
+                          "groups_within_test": [["te/1.jpg", "te/2.jpg"]],
+                          "groups_across": [[["tr/1.jpg"], ["te/0.jpg"]]]}
 
 
 @real_data("clouds")
 def test_real_duplicates_dedupe_and_class_to_idx():
     train, test, _ = data.load_clouds(size=64)
-    d = m.find_duplicates(train.file_sha256, test.file_sha256)
+    d = m.find_duplicates(train, test)
     # PROVENANCE.md: 5 pairs across train/test, 3 inside train, 3 inside test
     assert (d["pairs_within_train"], d["pairs_within_test"], d["pairs_across_splits"]) == (3, 3, 5)
     assert len(d["test_in_train"]) == 5
-    args = SimpleNamespace(data_dir=None, synthetic=False, smoke=False)
-    _, deduped, _ = m.load_split_sets(args, 64, d["test_in_train"])
+    _, deduped = m.run_splits(train, test, d["test_in_train"], smoke=False)
     assert len(deduped) == 481 and not set(deduped.file_sha256) & set(train.file_sha256)
     folder = data.clouds_image_folder("test")
     assert folder.class_to_idx == {c: i for i, c in enumerate(train.classes)}
@@ -185,21 +194,50 @@ def test_smoke_reproducible_and_seeds_differ(smoke_runs):
     assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
     losses = a["history"]["course.train_loss_per_seed"]
     assert losses[0] != losses[1]                     # seeds 0 and 1 train differently
-    assert a["per_seed"]["improved.accuracy"] != [None, None]
+    for name in ("course", "improved"):     # every seed's figure recorded, and the mean is theirs
+        per_seed = a["per_seed"][f"{name}.f1_macro"]
+        assert len(per_seed) == 2 and a["metrics"][f"{name}.f1_macro"] == pytest.approx(sum(per_seed) / 2)
+    assert a["history"]["improved.train_loss_per_seed"][0] != a["history"]["improved.train_loss_per_seed"][1]
 
 
-def test_smoke_synthetic(results_dir):
-    _, r = run_script(SCRIPT, "--smoke", "--synthetic", "--model", "course", "--seeds", "1", results_dir=results_dir)
+def test_rotation_flag_reaches_the_specs():
+    assert all(not s["rotation_from_zero"] for s in m.model_specs(m.DEFAULTS).values())
+    specs = m.model_specs(vars(m.parse(["--rotation-from-zero", "--memory-format", "contiguous"])))
+    assert all(s["rotation_from_zero"] and not s["channels_last"] for s in specs.values())
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    _, r = run_script(SCRIPT, "--smoke", "--synthetic", "--model", "course", "--seeds", "1",
+                      results_dir=tmp_path_factory.mktemp("synthetic"))
+    return r
+
+
+def test_smoke_synthetic(synthetic_run):
+    r = synthetic_run
     assert r["data"]["source"] == "synthetic" and r["status"] == "ok"
     assert "course.accuracy" in r["metrics"] and "improved.accuracy" not in r["metrics"]
     assert r["headline"] == "course.f1_macro"
+
+
+def test_deviations_recorded(synthetic_run):
+    devs = {d["what"]: d for d in synthetic_run["deviations"]}
+    assert synthetic_run["deviations"] == m.DEVIATIONS
+    for d in devs.values():
+        assert all(isinstance(d[k], str) and d[k] for k in ("what", "course", "here", "why"))
+    rotation, size = devs["rotation range"], devs["image size"]
+    assert "0 and 45" in rotation["course"] and "[-45, 45]" in rotation["here"]
+    assert rotation["flag"] == "--rotation-from-zero"
+    assert "128" in size["course"] and size["here"] == "64x64" and "64*16*16" in size["why"]
 
 
 def test_divergence_exits_3(results_dir):
     proc, r = run_script(SCRIPT, "--smoke", "--synthetic", "--model", "course", "--seeds", "1", "--lr", "1e30",
                          results_dir=results_dir, check=False)
     assert proc.returncode == 3, proc.stderr[-2000:]
-    assert r["status"] == "diverged" and r["diverged"][0]["run"] == "course" and r["diverged"][0]["seed"] == 0
+    (d,) = r["diverged"]                      # where it happened (results.Diverged.to_json), no test figures
+    assert r["status"] == "diverged" and (d["run"], d["seed"], d["epoch"], d["value"]) == ("course", 0, 0, "nan")
+    assert "course.accuracy" not in r["metrics"] and r["headline"] == "baseline.majority_accuracy"
 
 
 def test_missing_data_exits_2(results_dir, tmp_path):

@@ -75,15 +75,27 @@ def test_salaries_counts():
 
 # ---------------------------------------------------------------- bad input: clear errors
 def test_missing_data_dir_names_path_and_source(tmp_path, monkeypatch):
-    monkeypatch.delenv("SYNTHETIC_FALLBACK", raising=False)
     with pytest.raises(DataError) as e:
         data.load_electricity(tmp_path / "nowhere")
     msg = str(e.value)
     assert "does not exist" in msg and str(tmp_path / "nowhere") in msg and "UCI ElectricityLoadDiagrams" in msg
 
 
+def test_fallback_to_synthetic_only_by_the_option_never_by_the_environment(tmp_path, monkeypatch):
+    from common import cli
+    monkeypatch.setenv("SYNTHETIC_FALLBACK", "1")          # the old hidden switch: no longer read
+    monkeypatch.setattr(data, "SYNTHETIC_IF_MISSING", False)
+    with pytest.raises(DataError, match="does not exist"):
+        data.load_zoo(tmp_path / "nowhere")
+    args = cli.parse_args(cli.base_parser("99_x", "x"), ["--synthetic-if-missing"])
+    assert data.SYNTHETIC_IF_MISSING is True and cli.config_of(args)["synthetic_if_missing"] is True
+    _, info = data.load_zoo(tmp_path / "nowhere")
+    assert info.source == "synthetic"
+    args = cli.parse_args(cli.base_parser("99_x", "x"), [])
+    assert data.SYNTHETIC_IF_MISSING is False and "synthetic_if_missing" not in cli.config_of(args)
+
+
 def test_missing_file_names_it(tmp_path, monkeypatch):
-    monkeypatch.delenv("SYNTHETIC_FALLBACK", raising=False)
     (tmp_path / "zoo").mkdir()
     with pytest.raises(DataError, match=r"file or folder not found[\s\S]*zoo\.data[\s\S]*UCI Zoo"):
         data.load_zoo(tmp_path)
@@ -166,7 +178,7 @@ def test_torchvision_omniglot_layout_is_accepted(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- synthetic stand-ins
 def test_synthetic_stand_ins_keep_shapes_and_are_labelled(tmp_path, monkeypatch):
-    monkeypatch.setenv("SYNTHETIC_FALLBACK", "1")
+    monkeypatch.setattr(data, "SYNTHETIC_IF_MISSING", True)
     empty = tmp_path / "empty"
     empty.mkdir()
     tr, te, info = data.load_electricity(empty)

@@ -343,7 +343,6 @@ def test_run_all_get_data_end_to_end(tmp_path, server):
     dead_proxy = "http://127.0.0.1:9"           # anything not on loopback would go nowhere
     env = {**os.environ, "DATA_DIR": str(target), "DATA_MIRROR": server.url, "HTTP_PROXY": dead_proxy,
            "HTTPS_PROXY": dead_proxy, "NO_PROXY": "127.0.0.1"}
-    env.pop("SYNTHETIC_FALLBACK", None)
     t0 = time.time()
     p = subprocess.run(["bash", str(REPO / "run_all.sh"), "--get-data"], capture_output=True, text=True, env=env,
                        timeout=120)

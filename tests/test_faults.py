@@ -92,7 +92,6 @@ def test_corrupt_image_among_valid_ones_stops_cleanly_and_writes_nothing(tmp_pat
     from PIL import Image
 
     monkeypatch.setenv("CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("SYNTHETIC_FALLBACK", raising=False)
     for split in ("clouds_train", "clouds_test"):
         for c in ("clear sky", "cumulus clouds"):
             d = tmp_path / "data" / "clouds" / split / c
@@ -109,7 +108,6 @@ def test_corrupt_image_among_valid_ones_stops_cleanly_and_writes_nothing(tmp_pat
 
 
 def test_malformed_csv_stops_cleanly_and_writes_nothing(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("SYNTHETIC_FALLBACK", raising=False)
     d = tmp_path / "data" / "electricity"
     d.mkdir(parents=True)
     (d / "electricity_train.csv").write_text("timestamp,consumption\n2013-12-31 23:45:00,oops\n")
@@ -122,7 +120,6 @@ def test_malformed_csv_stops_cleanly_and_writes_nothing(tmp_path, capsys, monkey
 
 
 def test_missing_data_dir_is_named(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("SYNTHETIC_FALLBACK", raising=False)
     rc = _module("03_tabular_training").main(["--smoke", "--data-dir", str(tmp_path / "nowhere"),
                                              "--results-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err

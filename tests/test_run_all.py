@@ -29,7 +29,8 @@ OK_SCRIPT = textwrap.dedent('''
     results.write_result(Path(__file__).stem, results_dir=a.results_dir, status="ok", started_at=results.now_iso(),
         config=cli.config_of(a), seeds=cli.seed_list(a), data=DataInfo("zoo", "real", "f", {}),
         metrics={"acc": 0.75}, headline="acc", timings={"wall_s": 0.1}, device="cpu")
-    print("ran", Path(__file__).stem, "smoke" if a.smoke else "full", "seeds", a.seeds)
+    print("ran", Path(__file__).stem, "smoke" if a.smoke else "full", "seeds", a.seeds,
+          "fallback" if a.synthetic_if_missing else "real-only")
 ''')
 
 
@@ -49,8 +50,9 @@ def scratch(tmp_path_factory) -> Path:
     return root
 
 
-def run(root: Path, *args: str, data_dir: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("SYNTHETIC_FALLBACK",)}
+def run(root: Path, *args: str, data_dir: str | None = None, env_extra: dict | None = None
+        ) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
     env["DATA_DIR"] = data_dir or os.environ.get("DATA_DIR", str(REPO / "data"))
     return subprocess.run(["bash", str(root / "run_all.sh"), *args], capture_output=True, text=True,
                           env=env, timeout=300)
@@ -135,6 +137,16 @@ def test_missing_data_is_announced_loudly(scratch, tmp_path):
     p = run(scratch, "--only", "01", "--results-dir", str(tmp_path), data_dir=str(tmp_path / "no_data"))
     assert p.returncode == 0
     assert "SYNTHETIC stand-ins" in p.stdout and "omniglot" in p.stdout and "MISSING" in p.stdout
+    # the fallback is an option on the script's own (echoed) command line, not a hidden environment switch
+    assert "--synthetic-if-missing" in p.stdout and "ran 01_first full seeds 1 fallback" in p.stdout
+
+
+def test_real_data_runs_without_the_fallback_even_if_the_old_environment_switch_is_set(scratch, tmp_path):
+    if not (Path(os.environ.get("DATA_DIR", REPO / "data")) / "omniglot-py").exists():
+        pytest.skip("needs the real data (DATA_DIR)")
+    p = run(scratch, "--only", "01", "--results-dir", str(tmp_path), env_extra={"SYNTHETIC_FALLBACK": "1"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "--synthetic-if-missing" not in p.stdout and "ran 01_first full seeds 1 real-only" in p.stdout
 
 
 def test_help_lists_the_options(scratch):

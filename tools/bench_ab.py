@@ -44,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.schema import load_json
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BLESSED = Path("tests") / "benchmarks" / "blessed.json"   # relative to the repository
 WORKER = Path(__file__).resolve().parent / "bench_worker.py"
@@ -195,11 +197,9 @@ def measure(base: Worker, cand: Worker, case: str, kind: str, rounds: int, targe
 def load_blessed(repo: Path) -> dict:
     path = repo / BLESSED
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ABError(f"{path}: no blessed commit yet; record one with: bash run_all.sh --bench-bless 'reason'") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise ABError(f"{path}: unreadable ({e})") from None
+        data = load_json(path, "no blessed commit yet; record one with: bash run_all.sh --bench-bless 'reason'")
+    except ValueError as e:
+        raise ABError(str(e)) from None
     if not isinstance(data, dict) or not data.get("commit"):
         raise ABError(f"{path}: expected a JSON object with a 'commit' (bash run_all.sh --bench-bless 'reason')")
     return data

@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.schema import SCHEMA_VERSION, check_result
+from common.schema import SCHEMA_VERSION, check_result, load_json
 
 IGNORED_CONFIG = {"results_dir", "data_dir", "device", "threads", "rerun", "experiment"}  # machine settings, not the experiment
 PATHLIKE_SUFFIXES = ("_dir", "_path", "_file", "_root", "_out", "_json", "_cache")
@@ -69,11 +69,9 @@ class Source:
 def classify(path: Path) -> tuple[str, dict]:
     """``("result"|"bench"|"other", data)``; raise CompareError for a non-JSON or wrong-schema file."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise CompareError(f"{path}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise CompareError(f"{path}: not a JSON file ({e.msg} at line {e.lineno})") from None
+        data = load_json(path)
+    except ValueError as e:
+        raise CompareError(str(e)) from None
     if not isinstance(data, dict):
         return "other", {}
     if "benchmarks" in data and "machine_info" in data:

@@ -47,6 +47,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from common.schema import load_json
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BASELINE = REPO_ROOT / "tests" / "benchmarks" / "baseline.json"
 DEFAULT_JSON = REPO_ROOT / ".benchmarks" / "ci.json"
@@ -65,13 +67,9 @@ def load_benchmark_json(path: str | Path) -> dict:
     """Read a pytest-benchmark JSON (keys ``benchmarks`` and ``machine_info``) or raise GateError."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GateError(f"{path}: no such file (run pytest with --benchmark-json={path} first)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise GateError(f"{path}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise GateError(f"{path}: not a JSON file ({e})") from None
+        data = load_json(path, f"no such file (run pytest with --benchmark-json={path} first)")
+    except ValueError as e:
+        raise GateError(str(e)) from None
     if not isinstance(data, dict) or "benchmarks" not in data or "machine_info" not in data:
         raise GateError(f"{path}: not a pytest-benchmark JSON (expected keys 'benchmarks' and 'machine_info')")
     return data
@@ -123,13 +121,10 @@ def normalised(data: dict, path: str | Path = "<json>", stat: str = "median") ->
 
 
 def load_baseline(path: str | Path) -> dict:
-    path = Path(path)
     try:
-        base = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GateError(f"{path}: no baseline yet; create it with: python -m tools.gate update BENCH_JSON...") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise GateError(f"{path}: unreadable baseline ({e})") from None
+        base = load_json(path, "no baseline yet; create it with: python -m tools.gate update BENCH_JSON...")
+    except ValueError as e:
+        raise GateError(str(e)) from None
     if not isinstance(base, dict) or not isinstance(base.get("benchmarks"), dict) or "threshold" not in base:
         raise GateError(f"{path}: not a gate baseline (expected keys 'threshold' and 'benchmarks')")
     return base

@@ -110,6 +110,7 @@ def cuda_check() -> tuple[dict, str | None]:
 class Checker:
     def __init__(self, out_dir: Path, budget_s: float, env: dict):
         self.out_dir, self.deadline, self.env = out_dir, time.monotonic() + budget_s, env
+        self.data_args: tuple[str, ...] = ()   # ("--synthetic-if-missing",) where datasets are missing
         self.budget_s = budget_s
         self.items: list[dict] = []
 
@@ -184,7 +185,7 @@ def check_benchmarks(c: Checker, py: str) -> None:
 def smoke(c: Checker, py: str, script: Path, results_dir: Path, name: str, extra: tuple[str, ...] = (),
           required: bool = True, timeout_s: float = 150) -> dict | None:
     """One ``--smoke --device cuda`` run; records an item and returns the result JSON (or None)."""
-    cmd = [py, str(script), "--smoke", "--device", "cuda", "--results-dir", str(results_dir), *extra]
+    cmd = [py, str(script), "--smoke", "--device", "cuda", "--results-dir", str(results_dir), *c.data_args, *extra]
     proc, secs, why = c.run(name, cmd, timeout_s)
     if proc is None:
         c.record(name, False, secs, why, required)
@@ -262,14 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     missing = data.missing_datasets()
-    if missing:  # as run_all.sh does: labelled synthetic stand-ins for what is missing
-        env["SYNTHETIC_FALLBACK"] = "1"
     print(f"gpu-check: {gpu_name} (capability {detail.get('capability')}, {detail.get('memory_gib')} GiB), "
           f"torch {detail['torch']} (CUDA {detail['torch_cuda_build']}); data: "
           f"{'real' if not missing else 'synthetic stand-ins for ' + ', '.join(missing)}; work files in {out_dir}",
           flush=True)
 
     c = Checker(out_dir, args.budget_s - (time.monotonic() - t_start), env)
+    if missing:  # as run_all.sh does: labelled synthetic stand-ins for what is missing, said on the command line
+        c.data_args = ("--synthetic-if-missing",)
     c.record("cuda", True, time.monotonic() - t_start, detail)
     py = sys.executable
     if not args.skip_benchmarks:

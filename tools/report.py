@@ -1,4 +1,11 @@
-"""``python -m tools.report RESULTS_DIR [--out results/REPORT.md]``: the Markdown report of a results folder.
+"""``python -m tools.report RESULTS_DIR [--out results/REPORT.md] [--readme README.md]``: the Markdown report of a results folder.
+
+With ``--readme``, also rewrites the README's results table (between ``README_BEGIN`` and ``README_END``)
+from the same JSONs: no figure in it is typed by hand. Each row shows the figures named in ``TABLE``
+(mean ± std over the seeds), the course's figure beside the model it belongs to, the baselines, one
+plain sentence where a comparison decides something (``within noise`` when the difference of the
+means is not larger than the larger of the two seed spreads), a link to the run's deviations from the
+course in the report, and the wall time.
 
 Per experiment: the headline figure (mean ± std over seeds) beside what the course reports, the
 baselines present in the metrics (keys containing ``baseline``), the test metrics, the timings and
@@ -9,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -36,6 +45,77 @@ COURSE_FIGURES = [
 
 
 MAX_REPORT_METRICS = 40
+README_BEGIN = "<!-- results-table: generated from {} by python -m tools.report --readme; do not edit by hand -->"
+README_END = "<!-- results-table: end -->"
+
+# The README table: per result file, the figures (label, metric or tuple of metrics shown "a / b", what the
+# course says of exactly that model or None), the baselines (label, metric) and the comparisons that get a sentence:
+# (label A, metric A, label B, metric B, lower_is_better).
+TABLE = {
+    "01_tensors_and_layers": {"label": "01 tensors and layers",
+        "figures": [("parameters of the 8→4→2 network", "params.course_net_numel", "46"),
+                    ("sigmoid(6)", "activation.sigmoid_6", "0.9975")]},
+    "02_loss_and_gradients": {"label": "02 loss and gradients",
+        "figures": [("x after SGD lr 0.2 on x²", "lr.good.final_x", None),
+                    ("x with momentum 0.9 (global min at 1.06)", "momentum.m09.final_x", "reaches the global minimum"),
+                    ("x with momentum 0 (local min at −0.93)", "momentum.m0.final_x", "stuck in the local minimum")]},
+    "03_tabular_training": {"label": "03 tabular (Zoo, salaries)",
+        "figures": [("Zoo test accuracy", "zoo.test_accuracy", None),
+                    ("salary validation RMSE (USD)", "salary.val_rmse_usd", None)],
+        "baselines": [("majority", "baseline.majority_test_accuracy"),
+                      ("mean salary", "baseline.salary_mean_val_rmse_usd")],
+        "compare": [("Zoo MLP", "zoo.test_accuracy", "the majority class", "baseline.majority_test_accuracy", False)]},
+    "04_clouds_cnn": {"label": "04 clouds CNN",
+        "figures": [("course CNN test accuracy", "course.accuracy", None),
+                    ("course CNN macro recall / macro precision", ("course.recall_macro", "course.precision_macro"),
+                     "recall higher than precision"),
+                    ("course CNN clear-sky recall", "course.recall.clear sky", "1.0"),
+                    ("improved CNN test accuracy", "improved.accuracy", None)],
+        "baselines": [("majority", "baseline.majority_accuracy")],
+        "compare": [("the improved CNN", "improved.accuracy", "the course CNN", "course.accuracy", False),
+                    ("the course CNN", "course.accuracy", "the majority class", "baseline.majority_accuracy", False)]},
+    "05_water_potability_course": {"label": "05 water, course split",
+        "figures": [("Adam (course network) test accuracy", "adam.test_accuracy", "over 67 %"),
+                    ("SGD lr 0.01 (the transcript's loop)", "sgd.test_accuracy", None),
+                    ("Kaiming init test accuracy", "grad.kaiming.test_accuracy", None)],
+        "baselines": [("majority", "baseline.majority_accuracy"), ("random forest", "baseline.random_forest_accuracy")],
+        "compare": [("Adam", "adam.test_accuracy", "the majority class", "baseline.majority_accuracy", False),
+                    ("Adam", "adam.test_accuracy", "a random forest", "baseline.random_forest_accuracy", False)]},
+    "05_water_potability_clean": {"label": "05 water, clean split",
+        "figures": [("Adam test accuracy", "adam.test_accuracy", None),
+                    ("Kaiming init test accuracy", "grad.kaiming.test_accuracy", None)],
+        "baselines": [("majority", "baseline.majority_accuracy"), ("random forest", "baseline.random_forest_accuracy")],
+        "compare": [("Adam", "adam.test_accuracy", "a random forest", "baseline.random_forest_accuracy", False)]},
+    "06_electricity_rnn": {"label": "06 electricity RNN",
+        "figures": [("RNN test MSE (z-scored units²)", "rnn.test_mse", None)],
+        "baselines": [("persistence", "baseline.persistence_mse"), ("same time yesterday", "baseline.seasonal_naive_mse")],
+        "compare": [("the RNN", "rnn.test_mse", "persistence (the last reading)", "baseline.persistence_mse", True)],
+        "note": "MSE in squared z-units: the course's files hold readings z-scored over train and test together "
+                "(a property of those files, not of this code), not kW"},
+    "07_lstm_vs_gru": {"label": "07 LSTM vs GRU",
+        "figures": [("LSTM test MSE", "lstm.test_mse", None),
+                    ("GRU test MSE", "gru.test_mse", "similar to the LSTM, at lower cost")],
+        "baselines": [("persistence", "baseline.persistence_mse")],
+        "compare": [("the GRU", "gru.test_mse", "the LSTM", "lstm.test_mse", True),
+                    ("the LSTM", "lstm.test_mse", "persistence (the last reading)", "baseline.persistence_mse", True)]},
+    "08_omniglot_multi_input": {"label": "08 Omniglot two-input (clean split)",
+        "figures": [("course model character accuracy", "clean.course_model.char_accuracy", None),
+                    ("improved model character accuracy", "clean.improved.char_accuracy", None)],
+        "baselines": [("alphabet prior", "baseline.clean.alphabet_prior_accuracy")],
+        "compare": [("the improved model", "clean.improved.char_accuracy",
+                     "the course model", "clean.course_model.char_accuracy", False)]},
+    "09_omniglot_multi_output": {"label": "09 Omniglot two-output (clean split)",
+        "figures": [("course model alphabet accuracy", "clean.course_model.alphabet_accuracy", None),
+                    ("course model character accuracy", "clean.course_model.char_accuracy", None),
+                    ("improved model character accuracy", "clean.improved.char_accuracy", None),
+                    ("course model on the course's own split (test images shared with training): alphabet / "
+                     "character accuracy", ("course.course_model.alphabet_accuracy", "course.course_model.char_accuracy"),
+                     "31 % / 24 % (which split it used is a guess)")],
+        "baselines": [("alphabet majority", "baseline.clean.alphabet_majority_accuracy"),
+                      ("character majority", "baseline.clean.char_majority_accuracy")],
+        "compare": [("the improved model", "clean.improved.char_accuracy",
+                     "the course model", "clean.course_model.char_accuracy", False)]},
+}
 
 
 def course_figures_for(experiment: str) -> list[tuple[str, str, str]]:
@@ -114,6 +194,92 @@ def experiment_section(path: Path, r: dict, out_dir: Path) -> list[str]:
     return lines
 
 
+def _mean_sd(r: dict, key: str) -> str:
+    """``mean ± std`` with the std to two significant digits (and the mean to as many decimals; at least
+    three below 1); a figure without spread (one seed, or exact) to four significant digits."""
+    v, sd = r["metrics"].get(key), r["std"].get(key)
+    if v is None or isinstance(v, bool):
+        return "n/a" if v is None else str(v)
+    if not sd:
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    decimals = max(3 if abs(v) < 1 else 0, 1 - math.floor(math.log10(sd)))
+    return f"{v:,.{decimals}f} ± {sd:,.{decimals}f}"
+
+
+def comparison_sentence(r: dict, a_label: str, a: str, b_label: str, b: str, lower_is_better: bool) -> str | None:
+    """One plain sentence: A beats B, does not, or the two are within noise (the seeds' spread)."""
+    m, sd = r["metrics"], r["std"]
+    if m.get(a) is None or m.get(b) is None:
+        return None
+    diff = (m[b] - m[a]) if lower_is_better else (m[a] - m[b])
+    spread = max(sd.get(a) or 0.0, sd.get(b) or 0.0)
+    one_seed = " (one seed: no spread to judge noise by)" if len(r["seeds"]) < 2 else ""
+    if abs(diff) <= spread:
+        return f"{a_label} and {b_label}: within noise"
+    return f"{a_label} {'beats' if diff > 0 else 'does not beat'} {b_label}{one_seed}"
+
+
+def readme_table(records: list[dict], report_link: str) -> str:
+    """The README's results table (Markdown) from the result records; rows follow ``TABLE``."""
+    by_name = {r["experiment"]: r for r in records}
+    lines = ["| experiment | figure (mean ± std over seeds) | the course says | baselines | in plain words "
+             "| deviations from the course | wall time |", "| --- | --- | --- | --- | --- | --- | ---: |"]
+    for name, spec in TABLE.items():
+        r = by_name.get(name)
+        if r is None:
+            continue
+        figs = "<br>".join(f"{label}: {' / '.join(_mean_sd(r, k) for k in ((key,) if isinstance(key, str) else key))}"
+                           for label, key, _ in spec["figures"])
+        course = "<br>".join(f"{label}: {said}" for label, _, said in spec["figures"] if said)
+        base = ", ".join(f"{label} {_mean_sd(r, key)}" for label, key in spec.get("baselines", []))
+        words = "; ".join(filter(None, [*(comparison_sentence(r, *c) for c in spec.get("compare", [])),
+                                        spec.get("note")]))
+        n_dev = len(r["deviations"]) if isinstance(r.get("deviations"), list) else None
+        dev = "not recorded" if n_dev is None else f"[{n_dev}]({report_link}#deviations-{name.replace('_', '-')})"
+        wall = (r.get("timings") or {}).get("wall_s")
+        seeds = len(r["seeds"])
+        lines.append(f"| {spec['label']} ({seeds} seed{'s' if seeds != 1 else ''}) | {figs} | {course} | {base} | "
+                     f"{words} | {dev} | {'n/a' if wall is None else f'{wall:.0f} s'} |")
+    return "\n".join(lines) + "\n"
+
+
+README_MARKERS = re.compile(r"<!-- results-table: generated from (\S+) by [^\n]*-->\n(.*?)" + re.escape(README_END), re.S)
+
+
+def readme_block(text: str) -> tuple[str, str] | None:
+    """``(results folder, table)`` of the README's generated block, or None if it has none."""
+    found = README_MARKERS.findall(text)
+    return found[0] if len(found) == 1 else None
+
+
+def rewrite_readme(readme: Path, table: str, source: str) -> None:
+    """Replace the README's generated block with ``table`` made from ``source``; CompareError without one block."""
+    text = readme.read_text()
+    if readme_block(text) is None:
+        raise CompareError(f"{readme}: needs exactly one block {README_BEGIN.format('DIR')!r} ... {README_END!r}")
+    block = README_BEGIN.format(source) + "\n" + table + README_END
+    readme.write_text(README_MARKERS.sub(lambda _: block, text))
+
+
+def deviations_section(r: dict) -> list[str]:
+    """The run's departures from the course transcript, each with its reason (anchor ``deviations-<name>``)."""
+    name = r["experiment"]
+    lines = [f'<a id="deviations-{name.replace("_", "-")}"></a>', "", f"### Deviations from the course: {name}", ""]
+    devs = r.get("deviations")
+    if not isinstance(devs, list):
+        return lines + ["Not recorded (this result predates the `deviations` field).", ""]
+    if not devs:
+        return lines + ["None: the script follows the transcript.", ""]
+    lines += ["| what | the course | here | why | course setting |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {d['what']} | {d['course']} | {d['here']} | {d['why']} | {('`' + d['flag'] + '`') if d.get('flag') else ''} |"
+              for d in devs]
+    sel = r.get("selection")
+    if sel:
+        lines += ["", f"Selection on validation data: chosen {sel.get('chosen')} by {sel.get('criterion')} "
+                      f"({sel.get('validation')}); final model: {sel.get('final_model')}."]
+    return lines + [""]
+
+
 def build_report(results_dir: Path, out: Path) -> str:
     loaded = load_results(results_dir)
     if not loaded:
@@ -139,6 +305,7 @@ def build_report(results_dir: Path, out: Path) -> str:
     lines.append("")
     for path, r in loaded:
         lines += experiment_section(path, r, out.parent)
+        lines += deviations_section(r)
     return "\n".join(lines) + "\n"
 
 
@@ -146,17 +313,24 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("results_dir", type=Path)
     ap.add_argument("--out", type=Path, default=Path("results/REPORT.md"))
+    ap.add_argument("--readme", type=Path, default=None,
+                    help="also rewrite this README's results table (between its markers) from the same results")
     a = ap.parse_args(argv)
     try:
         if not a.results_dir.is_dir():
             raise CompareError(f"{a.results_dir}: not a directory")
         text = build_report(a.results_dir, a.out.resolve())
+        if a.readme:
+            records = [r for _, r in load_results(a.results_dir)]
+            link = Path(os.path.relpath(a.out.resolve(), a.readme.resolve().parent)).as_posix()
+            source = Path(os.path.relpath(a.results_dir.resolve(), a.readme.resolve().parent)).as_posix()
+            rewrite_readme(a.readme, readme_table(records, link), source)
     except CompareError as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(text)
-    print(f"wrote {a.out}")
+    print(f"wrote {a.out}" + (f" and the results table of {a.readme}" if a.readme else ""))
     return 0
 
 

@@ -1,0 +1,129 @@
+"""The committed reference run and the README's results table, checked against each other and against the
+claims the README makes: every trained model beats its trivial baseline beyond the seeds' spread, each
+improved model beats its course model, and where a model does not (the RNN against persistence) the
+honest statement is pinned. No training here: these read the JSONs under results/reference/.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tools import report
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+BLOCK = report.readme_block(README)
+REFERENCE = REPO / BLOCK[0] if BLOCK else None
+RECORDS = {r["experiment"]: r for _, r in report.load_results(REFERENCE)} if REFERENCE else {}
+
+
+def verdict(name: str, a: str, b: str, lower_is_better: bool = False) -> str:
+    r = RECORDS[name]
+    return report.comparison_sentence(r, "A", a, "B", b, lower_is_better)
+
+
+def test_the_readme_has_one_generated_table_from_a_committed_reference_run():
+    assert BLOCK is not None, "README.md lacks the generated results-table block"
+    assert REFERENCE.is_dir() and len(RECORDS) >= 10, REFERENCE
+
+
+def test_the_readme_table_is_exactly_what_the_report_tool_makes_from_the_reference_jsons():
+    link = "results/REPORT.md"
+    assert BLOCK[1] == report.readme_table(list(RECORDS.values()), link), (
+        "README.md's results table differs from the reference JSONs; regenerate it with "
+        f"python -m tools.report {BLOCK[0]} --out results/REPORT.md --readme README.md")
+
+
+def test_every_figure_in_the_readme_table_is_a_reference_metric():
+    """Each 'label: value [± std]' cell of the table, parsed back, is the metric the TABLE names, rounded."""
+    rows = [line for line in BLOCK[1].splitlines() if line.startswith("| 0")]
+    assert len(rows) == len([n for n in report.TABLE if n in RECORDS])
+    checked = 0
+    for name, row in zip([n for n in report.TABLE if n in RECORDS], rows):
+        cells = row.split(" | ")[1].split("<br>")
+        for (label, keys, _), cell in zip(report.TABLE[name]["figures"], cells):
+            keys = (keys,) if isinstance(keys, str) else keys
+            values = cell.rsplit(": ", 1)[1].split(" / ")
+            for key, text in zip(keys, values):
+                shown = float(text.split(" ± ")[0].replace(",", ""))
+                true = RECORDS[name]["metrics"][key]
+                decimals = len(text.split(" ± ")[0].split(".")[1]) if "." in text.split(" ± ")[0] else 0
+                assert abs(shown - true) <= 0.5 * 10 ** -decimals + 1e-12 or \
+                    abs(shown - true) <= 5e-4 * abs(true), (name, key, shown, true)
+                checked += 1
+    assert checked >= 20
+
+
+def test_comparison_sentences_follow_the_seeds_spread():
+    r = {"seeds": [0, 1, 2], "metrics": {"a": 0.80, "b": 0.70, "c": 0.79}, "std": {"a": 0.02, "b": 0.03, "c": 0.02}}
+    assert report.comparison_sentence(r, "A", "a", "B", "b", False) == "A beats B"
+    assert report.comparison_sentence(r, "B", "b", "A", "a", False) == "B does not beat A"
+    assert report.comparison_sentence(r, "A", "a", "C", "c", False) == "A and C: within noise"
+    assert report.comparison_sentence(r, "A", "a", "B", "b", True) == "A does not beat B"   # an error: lower wins
+    r1 = {"seeds": [0], "metrics": r["metrics"], "std": {"a": 0.0, "b": 0.0}}
+    assert report.comparison_sentence(r1, "A", "a", "B", "b", False).endswith("(one seed: no spread to judge noise by)")
+
+
+# What a trained model must beat, beyond the seeds' spread: (result, model metric, trivial baseline metric, lower wins)
+BEATS_BASELINE = [
+    ("03_tabular_training", "zoo.test_accuracy", "baseline.majority_test_accuracy", False),
+    ("03_tabular_training", "salary.val_rmse_usd", "baseline.salary_mean_val_rmse_usd", True),
+    ("04_clouds_cnn", "course.accuracy", "baseline.majority_accuracy", False),
+    ("04_clouds_cnn", "improved.accuracy", "baseline.majority_accuracy", False),
+    ("05_water_potability_course", "adam.test_accuracy", "baseline.majority_accuracy", False),
+    ("05_water_potability_clean", "adam.test_accuracy", "baseline.majority_accuracy", False),
+    ("07_lstm_vs_gru", "lstm.test_mse", "baseline.persistence_mse", True),
+    ("07_lstm_vs_gru", "gru.test_mse", "baseline.persistence_mse", True),
+    ("08_omniglot_multi_input", "clean.course_model.char_accuracy", "baseline.clean.alphabet_prior_accuracy", False),
+    ("09_omniglot_multi_output", "clean.course_model.char_accuracy", "baseline.clean.char_majority_accuracy", False),
+    ("09_omniglot_multi_output", "clean.course_model.alphabet_accuracy",
+     "baseline.clean.alphabet_majority_accuracy", False),
+]
+IMPROVED_BEATS_COURSE = [
+    ("04_clouds_cnn", "improved.accuracy", "course.accuracy"),
+    ("08_omniglot_multi_input", "clean.improved.char_accuracy", "clean.course_model.char_accuracy"),
+    ("09_omniglot_multi_output", "clean.improved.char_accuracy", "clean.course_model.char_accuracy"),
+]
+
+
+@pytest.mark.parametrize("name,model,baseline,lower", BEATS_BASELINE, ids=lambda x: str(x))
+def test_every_trained_model_beats_its_trivial_baseline_beyond_the_seeds_spread(name, model, baseline, lower):
+    assert verdict(name, model, baseline, lower) == "A beats B" + ("" if len(RECORDS[name]["seeds"]) > 1 else
+                                                                   " (one seed: no spread to judge noise by)")
+
+
+@pytest.mark.parametrize("name,improved,course", IMPROVED_BEATS_COURSE, ids=lambda x: str(x))
+def test_each_improved_model_beats_its_course_model(name, improved, course):
+    assert verdict(name, improved, course).startswith("A beats B")
+
+
+def test_the_rnn_does_not_beat_persistence_and_the_readme_says_so():
+    """Pinned: the course's RNN is no better than repeating the last reading; the README must not hide it."""
+    assert verdict("06_electricity_rnn", "rnn.test_mse", "baseline.persistence_mse", True) != "A beats B"
+    row = next(line for line in BLOCK[1].splitlines() if line.startswith("| 06 "))
+    assert "the RNN does not beat persistence" in row or "the RNN and persistence" in row
+    assert "z-scored" in row     # and the units are said plainly
+
+
+def test_the_course_figures_stand_beside_their_own_model_only():
+    """31 % / 24 % belongs to the course's two-output model on the course's split; 'over 67 %' to its water net."""
+    for name, spec in report.TABLE.items():
+        for label, keys, said in spec["figures"]:
+            if said and "31 %" in said:
+                assert name == "09_omniglot_multi_output" and "course model on the course's own split" in label
+            if said and "67 %" in said:
+                assert name == "05_water_potability_course"
+    row08 = next(line for line in BLOCK[1].splitlines() if line.startswith("| 08 "))
+    assert "31 %" not in row08 and "24 %" not in row08
+
+
+def test_the_report_lists_each_runs_deviations_with_an_anchor_the_readme_links_to(tmp_path):
+    out = tmp_path / "REPORT.md"
+    assert report.main([str(REFERENCE), "--out", str(out)]) == 0
+    text = out.read_text()
+    for name in RECORDS:
+        assert f'<a id="deviations-{name.replace("_", "-")}"></a>' in text
+    for anchor in re.findall(r"REPORT\.md#(deviations-[a-z0-9-]+)", BLOCK[1]):
+        assert f'id="{anchor}"' in text
