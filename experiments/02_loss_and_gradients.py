@@ -11,18 +11,18 @@ a deep sigmoid, ReLU and LeakyReLU MLP at PyTorch's default initialisation, plus
 initialisation for contrast (vanishing gradients). No dataset is read.
 """
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find common/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find common/ and experiments/
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import cli, data, plots, repro, results
-from common.device import DeviceError, synchronize
+from common import cli, plots, repro
+from common.device import DeviceError
+from experiments import no_dataset
 
 EXPERIMENT = "02_loss_and_gradients"
 COURSE_SCORES = [-5.2, 4.6, 0.8]  # raw scores (before softmax) of the course's cross-entropy example
@@ -42,6 +42,24 @@ DEFAULTS = {
     "batch_size": 128,
 }
 SMOKE = {"depth": 4}  # --smoke: shallow vanishing-gradient MLPs; everything else is already instant
+
+# Where this script departs from the course transcript (lines 143-196, 229-279), and why.
+DEVIATIONS = [
+    {"what": "the functions of the SGD demos",
+     "course": "a U-shaped function, then a non-convex one (formulas not given) whose global minimum is near "
+               "x = 1, with a local minimum that traps SGD without momentum",
+     "here": "f(x) = x^2, and f(x) = x^4 - 2x^2 - 0.5x (local minimum x = -0.93, global minimum x = 1.06)",
+     "why": "the transcript gives no formula; these have the shapes and the minima it describes"},
+    {"what": "learning rates and start of the SGD demos",
+     "course": "from x = -2, 10 steps with a learning rate that gets close to the minimum, one ten times "
+               "smaller, and a too-high one that bounces; 100 steps on the non-convex function; no values "
+               "given, and 'typical values range from 0.01 to 0.0001'",
+     "here": "x^2 from -2: lr 0.2, 0.02 and 1.0 (bounces between -2 and 2); the non-convex function from -2 "
+             "with lr 0.01",
+     "why": "on x^2 each step multiplies x by (1 - 2 lr): in the course's typical range ten steps hardly move "
+            "x (lr 0.01 leaves it at -1.63), so the good rate that gets close in ten steps lies above that "
+            "range; the non-convex demo keeps a typical rate and starts where the U-shaped one does"},
+]
 
 
 # --------------------------------------------------------------------------- models and functions
@@ -287,13 +305,6 @@ def make_plots(results_dir: str, examples: dict, first_norms: dict) -> None:
     plot_vanishing(first_norms, pdir / "vanishing_gradients.png")
 
 
-def extra_record(notes: dict, device) -> dict:
-    return {"notes": notes,
-            # only the vanishing-gradient MLPs run on --device; everything else is made on the CPU
-            "compute_note": f"vanishing gradients on {device}; all other sections on the CPU",
-            "functions": {"u_shaped": "x**2", "non_convex": "x**4 - 2*x**2 - 0.5*x", "start": -2.0}}
-
-
 def report(mean: dict, args) -> None:
     print(f"02: CE one-hot {mean['loss.ce_onehot']:.4f} == CE index {mean['loss.ce_index']:.4f}; manual update == "
           f"SGD step: {bool(mean['sgd.manual_equals_optim'])}; x^2 after {args.u_steps} steps from -2: lr "
@@ -307,34 +318,31 @@ def report(mean: dict, args) -> None:
           f"init {mean['vanishing.relu_kaiming.first_last_ratio']:.2e}")
 
 
+def extra_record(notes: dict, device) -> dict:
+    return {"notes": notes,
+            # only the vanishing-gradient MLPs run on --device; everything else is made on the CPU
+            "compute_note": f"vanishing gradients on {device}; all other sections on the CPU",
+            "functions": {"u_shaped": "x**2", "non_convex": "x**4 - 2*x**2 - 0.5*x", "start": -2.0}}
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     try:
         start = cli.start(args)
     except DeviceError as e:
         return cli.fail(e)
-    info = data.DataInfo(name="none", source="synthetic" if args.synthetic else "real", fingerprint="none",
-                         sizes={}, notes="no dataset is read: toy tensors and functions only")
     seeds = cli.seed_list(args)
-
-    t_eval = time.perf_counter()
-    runs = [run_seed(seed, args, start.device) for seed in seeds]
-    synchronize(start.device)
-    eval_s = time.perf_counter() - t_eval
-    per_seed = [metrics for metrics, _ in runs]
+    runs, eval_s = no_dataset.run_seeds(lambda seed: run_seed(seed, args, start.device), seeds, start.device)
     norms = {seed: run[1]["norms"] for seed, run in zip(seeds, runs)}  # the only examples that differ by seed
     examples = runs[-1][1]  # notes and SGD trajectories are the same for every seed: the last seed's
-    mean, std, per_seed_d = results.aggregate_seeds(per_seed)
 
     make_plots(args.results_dir, examples, norms[seeds[0]])
-    results.write_result(
-        EXPERIMENT, results_dir=args.results_dir, status="ok", started_at=start.started_at,
-        config=cli.config_of(args), seeds=seeds, data=info, metrics=mean, std=std, per_seed=per_seed_d,
+    mean = no_dataset.write_result(
+        EXPERIMENT, args, start, seeds, runs, eval_s, notes="no dataset is read: toy tensors and functions only",
         headline="momentum.m09.final_x",
         history={"lr_trajectories": examples["lr_traj"], "momentum_trajectories": examples["mom_traj"],
                  "grad_norms_per_layer": {str(s): n for s, n in norms.items()}},
-        timings={"wall_s": start.wall_s(), "train_s": 0.0, "train_samples_per_s": None, "eval_s": eval_s},
-        device=start.device, script=__file__, extra=extra_record(examples["notes"], start.device))
+        script=__file__, extra=extra_record(examples["notes"], start.device), deviations=DEVIATIONS)
     report(mean, args)
     return 0
 

@@ -35,8 +35,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find common/ and experiments/
-from common import cli, data, plots, results
-from common.device import DeviceError
+from common import cli, plots
 from experiments import electricity
 from experiments.electricity import QUANTUM, UNITS, CourseRNN
 
@@ -44,6 +43,7 @@ EXPERIMENT = "06_electricity_rnn"
 MODELS = {"rnn": CourseRNN}
 
 DEFAULTS = {"seeds": 3, "epochs": 2, "batch_size": 512, "lr": 2e-3}   # why these: see the docstring
+DEVIATIONS = electricity.DEVIATIONS   # 06 departs from the transcript only where 07 does too
 SMOKE = {"epochs": 1, "max_batches": 4,
          "train_windows": 2048, "test_windows": 3 * 672}   # the last 2,048 training windows, the first three test weeks
 
@@ -97,32 +97,16 @@ def report(prep: dict, run: dict, mean: dict, std: dict, timings: dict, seeds: l
 
 def main(argv=None) -> int:
     args = parse(argv)
-    subset = (SMOKE["train_windows"], SMOKE["test_windows"]) if args.smoke else None
-    try:
-        start = cli.start(args)
-        prep = electricity.prepare(args.data_dir, args.synthetic, start.device, subset)
-    except (data.DataError, DeviceError) as e:
-        return cli.fail(e)
-    electricity.print_start(EXPERIMENT, prep, start.device)
-
-    seeds = cli.seed_list(args)
-    max_batches = SMOKE["max_batches"] if args.smoke else None
-    per_seed = [electricity.run_seed(seed, MODELS, prep, args, start.device, max_batches) for seed in seeds]
-    run = electricity.combine(per_seed)
-    mean, std, per_seed_metrics = results.aggregate_seeds([r["metrics"] for r in per_seed])
-    mean.update(electricity.data_metrics(prep))
-    status = "diverged" if run["diverged"] else "ok"
-
-    make_plots(args.results_dir, run, prep, seeds)
-    mean.setdefault("rnn.test_mse", None)        # the headline, even when every seed diverged
-    timings = electricity.timings_of(run, per_seed, start.wall_s())
-    results.write_result(
-        EXPERIMENT, results_dir=args.results_dir, status=status, started_at=start.started_at,
-        config=cli.config_of(args), seeds=seeds, data=prep["info"], metrics=mean, std=std, per_seed=per_seed_metrics,
-        headline="rnn.test_mse", history=run["history"], device=start.device, script=__file__, timings=timings,
-        extra=extra_record(prep, run, mean))
-    report(prep, run, mean, std, timings, seeds)
-    return 3 if status == "diverged" else 0
+    study = electricity.run_study(EXPERIMENT, MODELS, args, SMOKE)
+    if study is None:   # no usable data or device (said on stderr)
+        return 2
+    make_plots(args.results_dir, study.run, study.prep, study.seeds)
+    timings = electricity.timings_of(study.run, study.per_seed)
+    electricity.write_study(EXPERIMENT, study, args, headline="rnn.test_mse", timings=timings,
+                            extra=extra_record(study.prep, study.run, study.mean), deviations=DEVIATIONS,
+                            script=__file__)
+    report(study.prep, study.run, study.mean, study.std, timings, study.seeds)
+    return study.exit_code()
 
 
 if __name__ == "__main__":

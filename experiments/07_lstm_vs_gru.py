@@ -10,9 +10,11 @@ model seeded right before its initialisation, same shuffling order per seed), on
 ``TensorDataset`` + ``DataLoader``, torchmetrics MSE, the persistence / seasonal-naive / training-mean
 baselines on the same test windows). It records, per
 model, the test MSE mean ± std over the seeds (3 by default), the parameter count, the training time and
-throughput (windows/s) and the ratio to persistence, in one table (JSON + bar plot with error bars), and
-says whether this data agrees with the course's conclusion. Training settings (batch 512, lr 2e-3,
-2 epochs, torch's default threads) are 06's; see its docstring for why.
+throughput (windows/s) and the ratio to persistence, in one table (JSON + bar plot with error bars). The
+verdict (JSON ``verdict``, printed last) judges the course's claim on accuracy and on cost separately: test
+MSE (GRU lower, higher, or within noise: a difference no larger than the seeds' spread), parameters, and the
+measured training throughput, which on a CPU need not follow the parameter count. Training settings (batch
+512, lr 2e-3, 2 epochs, torch's default threads) are 06's; see its docstring for why, and ``DEVIATIONS``.
 """
 import sys
 from pathlib import Path
@@ -21,45 +23,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 import torch
 import torch.nn as nn
 
-from common import cli, data, plots, results
-from common.device import DeviceError
+from common import cli, plots
 from experiments import electricity
-from experiments.electricity import HIDDEN, LAYERS, UNITS, CourseRNN
+from experiments.electricity import UNITS, CourseRNN
 
 EXPERIMENT = "07_lstm_vs_gru"
 
 DEFAULTS = {"seeds": 3, "epochs": 2, "batch_size": 512, "lr": 2e-3}   # 06's settings: see its docstring
+DEVIATIONS = electricity.DEVIATIONS   # 06's: the same pipeline and settings
 SMOKE = {"epochs": 1, "max_batches": 4,
          "train_windows": 2048, "test_windows": 3 * 672}   # the last 2,048 training windows, the first three test weeks
 
 
-class CourseLSTM(nn.Module):
-    """The course's LSTM: like the RNN, plus a zero long-term state c0 passed with h0 as a tuple."""
+class CourseLSTM(CourseRNN):
+    """The course's LSTM: the RNN with ``nn.LSTM``, plus a zero long-term state c0 passed with h0 as a tuple."""
+    cell = nn.LSTM
 
-    def __init__(self):
-        super().__init__()
-        self.lstm = nn.LSTM(input_size=1, hidden_size=HIDDEN, num_layers=LAYERS, batch_first=True)
-        self.fc = nn.Linear(HIDDEN, 1)
-
-    def forward(self, x):                                     # x: (batch, 96, 1)
-        h0 = torch.zeros(LAYERS, x.size(0), HIDDEN, device=x.device)
-        c0 = torch.zeros(LAYERS, x.size(0), HIDDEN, device=x.device)
-        out, _ = self.lstm(x, (h0, c0))
-        return self.fc(out[:, -1, :])                         # (batch, 1)
+    def initial_state(self, h0):
+        return h0, torch.zeros_like(h0)
 
 
-class CourseGRU(nn.Module):
-    """The course's GRU: the RNN with ``nn.GRU`` in place of ``nn.RNN``."""
-
-    def __init__(self):
-        super().__init__()
-        self.gru = nn.GRU(input_size=1, hidden_size=HIDDEN, num_layers=LAYERS, batch_first=True)
-        self.fc = nn.Linear(HIDDEN, 1)
-
-    def forward(self, x):                                     # x: (batch, 96, 1)
-        h0 = torch.zeros(LAYERS, x.size(0), HIDDEN, device=x.device)
-        out, _ = self.gru(x, h0)
-        return self.fc(out[:, -1, :])                         # (batch, 1)
+class CourseGRU(CourseRNN):
+    """The course's GRU: the RNN with ``nn.GRU`` in place of ``nn.RNN`` (zero h0)."""
+    cell = nn.GRU
 
 
 MODELS = {"rnn": CourseRNN, "lstm": CourseLSTM, "gru": CourseGRU}
@@ -93,25 +79,55 @@ def comparison_table(mean: dict, std: dict, timings: dict, params: dict) -> list
             for name in MODELS]
 
 
-def verdict(mean: dict, std: dict, timings: dict) -> str:
-    """Does this data agree with the course (GRU matches or slightly beats LSTM at lower cost)?"""
-    g, l = mean.get("gru.test_mse"), mean.get("lstm.test_mse")
-    if g is None or l is None:
-        return "not measured (a model diverged)"
-    noise = max(std.get("gru.test_mse", 0.0), std.get("lstm.test_mse", 0.0))
-    cheaper = mean["gru.params"] < mean["lstm.params"]
-    faster = (timings.get("gru.train_windows_per_s") or 0) > (timings.get("lstm.train_windows_per_s") or 0)
-    if g <= l:
-        acc = "GRU's test MSE is lower than LSTM's"
-    elif g - l <= noise:
-        acc = "GRU's test MSE is within one seed-std of LSTM's"
+def judge(gru: float, lstm: float, gru_std: float, lstm_std: float, *, lower_is_better: bool, words: tuple,
+          course: str, within_noise: str) -> dict:
+    """GRU against LSTM on one measure, from the means and stds over seeds: the difference, the seeds' spread
+    (the larger std) and the finding, "within noise" when |difference| <= spread, else "GRU <words[0]>" (the
+    GRU is the better one) or "GRU <words[1]>"; ``with_course``: "agrees" when the GRU is the better one,
+    "disagrees" when it is the worse one, ``within_noise`` otherwise. ``course``: what the course claims."""
+    diff, spread = gru - lstm, max(gru_std, lstm_std)
+    if abs(diff) <= spread:
+        finding, with_course = "within noise", within_noise
+    elif (diff < 0) == lower_is_better:
+        finding, with_course = f"GRU {words[0]}", "agrees"
     else:
-        acc = "GRU's test MSE is higher than LSTM's by more than one seed-std"
-    agrees = g <= l + noise and cheaper
-    cost = (f"GRU has {mean['gru.params']:.0f} vs {mean['lstm.params']:.0f} parameters and trains "
-            f"{'faster' if faster else 'slower'} ({timings.get('gru.train_windows_per_s') or 0:,.0f} vs "
-            f"{timings.get('lstm.train_windows_per_s') or 0:,.0f} windows/s)")
-    return f"{'AGREES' if agrees else 'DISAGREES'} with the course: {acc} ({g:.4f} vs {l:.4f}); {cost}"
+        finding, with_course = f"GRU {words[1]}", "disagrees"
+    return {"gru": gru, "lstm": lstm, "gru_std": gru_std, "lstm_std": lstm_std, "difference": diff,
+            "spread": spread, "ratio": gru / lstm, "finding": finding, "with_course": with_course, "course": course}
+
+
+def verdict(mean: dict, std: dict, timings: dict) -> dict:
+    """The course's claim (the GRU as accurate as the LSTM or slightly better, at a lower cost) judged on
+    accuracy and on cost separately, each count with the figures it rests on (see ``judge``):
+
+    * accuracy: test MSE mean ± std over seeds; agrees unless the GRU is higher beyond the seeds' spread;
+    * params: the parameter counts; agrees if the GRU has fewer;
+    * throughput: measured training windows/s, mean ± std over seeds; agrees only if the GRU is faster
+      beyond the seeds' spread ("not shown" within it).
+
+    ``summary``: one printed line per count.
+    """
+    if mean.get("gru.test_mse") is None or mean.get("lstm.test_mse") is None:
+        return {"accuracy": None, "params": None, "throughput": None,
+                "summary": ["not judged: the GRU or the LSTM diverged in every seed"]}
+    t_std = timings.get("std", {})
+    a = judge(mean["gru.test_mse"], mean["lstm.test_mse"], std["gru.test_mse"], std["lstm.test_mse"],
+              lower_is_better=True, words=("lower", "higher"), course="similar, GRU slightly lower",
+              within_noise="agrees")
+    p = judge(mean["gru.params"], mean["lstm.params"], 0.0, 0.0, lower_is_better=True, words=("fewer", "more"),
+              course="GRU less complex", within_noise="not shown")
+    t = judge(timings["gru.train_windows_per_s"], timings["lstm.train_windows_per_s"],
+              t_std.get("gru.train_windows_per_s", 0.0), t_std.get("lstm.train_windows_per_s", 0.0),
+              lower_is_better=False, words=("faster", "slower"), course="GRU needs less processing power",
+              within_noise="not shown")
+    tail = lambda j: f"{j['finding']} -> {j['with_course'].upper()} with the course ({j['course']})"
+    summary = [f"accuracy, test MSE (mean ± std over seeds): GRU {a['gru']:.4f} ± {a['gru_std']:.4f} vs LSTM "
+               f"{a['lstm']:.4f} ± {a['lstm_std']:.4f}, difference {a['difference']:+.4f}, spread "
+               f"{a['spread']:.4f}: {tail(a)}",
+               f"cost, parameters: GRU {p['gru']:,.0f} vs LSTM {p['lstm']:,.0f} ({p['ratio']:.2f}x): {tail(p)}",
+               f"cost, training throughput (windows/s, mean ± std over seeds): GRU {t['gru']:,.0f} ± "
+               f"{t['gru_std']:,.0f} vs LSTM {t['lstm']:,.0f} ± {t['lstm_std']:,.0f} ({t['ratio']:.2f}x): {tail(t)}"]
+    return {"accuracy": a, "params": p, "throughput": t, "summary": summary}
 
 
 def make_plots(results_dir, table: list[dict], run: dict, prep: dict, seeds: list[int]) -> None:
@@ -133,16 +149,8 @@ def make_plots(results_dir, table: list[dict], run: dict, prep: dict, seeds: lis
                               "One test week: next-15-minute forecasts vs truth", electricity.week_start(prep["t_test"]))
 
 
-def extra_record(prep: dict, run: dict, table: list[dict], conclusion: str) -> dict:
-    """The result JSON's fields beyond the suite's: the table, the verdict, the split check, notes, divergences."""
-    return {"table": table, "conclusion": conclusion, "split_check": prep["split"], "units": UNITS,
-            "windows_note": electricity.windows_note(prep), "diverged": run["diverged"],
-            "notes": {"values": f"{UNITS}; MSE in squared z-units",
-                      "course": "the course reports no MSE figures, only that GRU matched or slightly beat LSTM"}}
-
-
-def report(prep: dict, run: dict, table: list[dict], conclusion: str, timings: dict, seeds: list[int]) -> None:
-    """The summary: one table row per model, the baselines, the verdict, any divergence."""
+def report(prep: dict, run: dict, table: list[dict], judged: dict, timings: dict, seeds: list[int]) -> None:
+    """The summary: one table row per model, the baselines, the verdict (accuracy, then cost), any divergence."""
     print(f"\n{EXPERIMENT} ({prep['info'].source} data, {UNITS}), {len(seeds)} seed(s), {timings['wall_s']:.0f}s wall")
     print(f"  {'model':5s} {'test MSE':>17s} {'x persistence':>13s} {'params':>7s} {'train s':>8s} {'windows/s':>10s}")
     for r in table:
@@ -150,45 +158,40 @@ def report(prep: dict, run: dict, table: list[dict], conclusion: str, timings: d
             print(f"  {r['model']:5s} {r['test_mse_mean']:.4f} ± {r['test_mse_std']:.4f} {r['mse_vs_persistence']:13.3f} "
                   f"{r['params']:7d} {r['train_s_mean']:8.1f} {r['train_windows_per_s']:10,.0f}")
     electricity.print_baselines(prep["baselines"])
-    print(f"  {conclusion}")
+    print("  GRU vs LSTM, judged against the course's claim:")
+    for line in judged["summary"]:
+        print(f"    {line}")
     if run["diverged"]:
         print(f"  DIVERGED: {run['diverged']}")
 
 
+def extra_record(prep: dict, run: dict, table: list[dict], judged: dict) -> dict:
+    """The result JSON's fields beyond the suite's: the table, the verdict, the split check, notes, divergences."""
+    return {"table": table, "verdict": judged, "split_check": prep["split"], "units": UNITS,
+            "windows_note": electricity.windows_note(prep), "diverged": run["diverged"],
+            "notes": {"values": f"{UNITS}; MSE in squared z-units",
+                      "course": "the course reports no MSE figures, only that GRU matched or slightly beat LSTM"}}
+
+
 def main(argv=None) -> int:
     args = parse(argv)
-    subset = (SMOKE["train_windows"], SMOKE["test_windows"]) if args.smoke else None
-    try:
-        start = cli.start(args)
-        prep = electricity.prepare(args.data_dir, args.synthetic, start.device, subset)
-    except (data.DataError, DeviceError) as e:
-        return cli.fail(e)
-    electricity.print_start(EXPERIMENT, prep, start.device)
-
-    seeds = cli.seed_list(args)
-    max_batches = SMOKE["max_batches"] if args.smoke else None
-    per_seed = [electricity.run_seed(seed, MODELS, prep, args, start.device, max_batches) for seed in seeds]
-    run = electricity.combine(per_seed)
-    mean, std, per_seed_metrics = results.aggregate_seeds([r["metrics"] for r in per_seed])
-    mean.update(gru_vs_lstm(mean, [r["metrics"] for r in per_seed]))
-    mean.update(electricity.data_metrics(prep))
-    status = "diverged" if run["diverged"] else "ok"
-    timings = electricity.timings_of(run, per_seed, 0.0)
-    table = comparison_table(mean, std, timings, run["params"])
+    study = electricity.run_study(EXPERIMENT, MODELS, args, SMOKE)
+    if study is None:   # no usable data or device (said on stderr)
+        return 2
+    mean, std = study.mean, study.std
+    mean.update(gru_vs_lstm(mean, [r["metrics"] for r in study.per_seed]))
+    timings = electricity.timings_of(study.run, study.per_seed)
+    table = comparison_table(mean, std, timings, study.run["params"])
     if timings.get("gru.train_windows_per_s") and timings.get("lstm.train_windows_per_s"):
         timings["gru_vs_lstm.throughput_ratio"] = timings["gru.train_windows_per_s"] / timings["lstm.train_windows_per_s"]
-    conclusion = verdict(mean, std, timings)
+    judged = verdict(mean, std, timings)
 
-    make_plots(args.results_dir, table, run, prep, seeds)
-    mean.setdefault("gru.test_mse", None)        # the headline, even when every seed diverged
-    timings["wall_s"] = start.wall_s()
-    results.write_result(
-        EXPERIMENT, results_dir=args.results_dir, status=status, started_at=start.started_at,
-        config=cli.config_of(args), seeds=seeds, data=prep["info"], metrics=mean, std=std, per_seed=per_seed_metrics,
-        headline="gru.test_mse", history=run["history"], device=start.device, script=__file__, timings=timings,
-        extra=extra_record(prep, run, table, conclusion))
-    report(prep, run, table, conclusion, timings, seeds)
-    return 3 if status == "diverged" else 0
+    make_plots(args.results_dir, table, study.run, study.prep, study.seeds)
+    electricity.write_study(EXPERIMENT, study, args, headline="gru.test_mse", timings=timings,
+                            extra=extra_record(study.prep, study.run, table, judged), deviations=DEVIATIONS,
+                            script=__file__)
+    report(study.prep, study.run, table, judged, timings, study.seeds)
+    return study.exit_code()
 
 
 if __name__ == "__main__":

@@ -41,3 +41,58 @@ def results_dir(tmp_path) -> Path:
     d = tmp_path / "results"
     d.mkdir()
     return d
+
+
+def smoke_fixture(script: str, runs: dict, in_process=None):
+    """A module-scoped fixture (a test module assigns it to the fixture's name) that runs
+    ``experiments/<script>.py --smoke`` once per entry of ``runs`` (name -> further arguments), each into a
+    results folder of its own, and gives name -> (result JSON, folder). The first runs as a subprocess (the
+    command line end to end); with ``in_process`` (the imported script) the others call its ``main`` in this
+    process, which is cheaper (torch's thread count, which ``main`` may set, is put back afterwards)."""
+    @pytest.fixture(scope="module")
+    def fixture(tmp_path_factory) -> dict:
+        import torch
+
+        out, threads = {}, torch.get_num_threads()
+        try:
+            for i, (name, args) in enumerate(runs.items()):
+                d = tmp_path_factory.mktemp(f"r{script[:2]}{name}")
+                if in_process is None or i == 0:
+                    record = run_script(script, "--smoke", *args, results_dir=d)[1]
+                else:
+                    assert in_process.main(["--smoke", *args, "--results-dir", str(d)]) == 0
+                    record = json.loads((d / f"{script}.json").read_text())
+                out[name] = (record, d)
+        finally:
+            torch.set_num_threads(threads)
+        return out
+
+    return fixture
+
+
+def check_deviations(record: dict, expected: list[str], parse=None) -> dict:
+    """Assert that ``record["deviations"]`` lists exactly the entries named ``expected`` (their "what", in
+    order), each with non-empty strings "what", "course", "here" and "why". Returns what -> the options its
+    "flag" parses to with ``parse`` (the script's; a flag that is not its options fails), None without one."""
+    import shlex
+    from unittest import mock
+
+    entries = record["deviations"]
+    assert [d.get("what") for d in entries] == list(expected)
+    parsed = {}
+    for d in entries:
+        assert all(isinstance(d.get(k), str) and d[k].strip() for k in ("what", "course", "here", "why")), d
+        parsed[d["what"]] = None
+        if "flag" in d and parse is not None:   # parse() would install a SIGTERM handler and set numerics
+            with mock.patch("common.cli.sigterm_as_interrupt"), mock.patch("common.repro.configure_numerics"):
+                parsed[d["what"]] = parse(shlex.split(d["flag"]))
+    return parsed
+
+
+def check_seeds(runs: dict, *differ: str) -> None:
+    """``runs["seed0"]`` and ``runs["seed0_again"]`` (the same seeds) have identical metrics and history;
+    ``runs["seed1"]`` (other seeds) differs from them in each per-seed metric named in ``differ``."""
+    a, b, other = (runs[name][0] for name in ("seed0", "seed0_again", "seed1"))
+    assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
+    for key in differ:
+        assert a["per_seed"][key] != other["per_seed"][key], key

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import importlib
-import json
 from unittest import mock
 
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import check_deviations, check_seeds, smoke_fixture
 
 SCRIPT = "01_tensors_and_layers"
 exp = importlib.import_module(f"experiments.{SCRIPT}")
@@ -27,35 +26,26 @@ def test_formula_equals_numel(sizes):
     assert exp.params_by_formula(sizes) == exp.params_by_numel(exp.mlp(sizes))
 
 
+def test_nothing_is_trained_so_nothing_is_benchmarked():
+    assert exp.benchmark_cases() == []
+
+
 def test_derivatives_by_autograd():
     x = torch.tensor([-6.0, 0.0, 6.0])
     _, d = exp.activation_and_derivative("sigmoid", x)
     assert d[1].item() == pytest.approx(0.25) and d[2].item() == pytest.approx(0.0024665, abs=1e-6)
     _, d = exp.activation_and_derivative("leaky_relu", x)
     assert d[0].item() == pytest.approx(0.01) and d[2].item() == 1.0
-    assert exp.benchmark_cases() == []
 
 
 # ---------------------------------------------------------------- smoke runs (no dataset is read)
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One run as a subprocess (the command line end to end), the others in this process (cheaper)."""
-    out = {}
-    for name, args in {"a": ["--seed", "0"], "b": ["--seed", "0"], "c": ["--seed", "1"],
-                       "syn": ["--synthetic"]}.items():
-        d = tmp_path_factory.mktemp(f"r01{name}")
-        argv = ["--smoke", "--seeds", "2", *args]
-        if name == "a":
-            proc, rec = run_script(SCRIPT, *argv, results_dir=d)
-        else:
-            assert exp.main([*argv, "--results-dir", str(d)]) == 0
-            proc, rec = None, json.loads((d / f"{SCRIPT}.json").read_text())
-        out[name] = (proc, rec, d)
-    return out
+runs = smoke_fixture(SCRIPT, {"seed0": ["--seeds", "2", "--seed", "0"], "seed0_again": ["--seeds", "2", "--seed", "0"],
+                              "seed1": ["--seeds", "2", "--seed", "1"], "synthetic": ["--seeds", "2", "--synthetic"]},
+                     in_process=exp)   # the first as a subprocess (the command line end to end)
 
 
 def test_json_has_the_course_figures(runs):
-    proc, rec, d = runs["a"]
+    rec, d = runs["seed0"]
     m = rec["metrics"]
     assert rec["status"] == "ok" and rec["headline"] == "params.course_net_numel"
     assert m["params.course_net_numel"] == 46 and m["params.course_net_formula"] == 46
@@ -85,14 +75,17 @@ def test_json_has_the_course_figures(runs):
 
 
 def test_same_seed_same_numbers_other_seed_differs(runs):
-    a, b, c = runs["a"][1], runs["b"][1], runs["c"][1]
-    assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
-    assert a["per_seed"]["forward.binary.mean"] != c["per_seed"]["forward.binary.mean"]
-    assert len(set(a["per_seed"]["linear.output_0"])) == 2  # the two seeds of one run differ too
+    check_seeds(runs, "forward.binary.mean")
+    assert len(set(runs["seed0"][0]["per_seed"]["linear.output_0"])) == 2  # the two seeds of one run differ too
 
 
 def test_synthetic_flag_is_recorded(runs):
-    assert runs["syn"][1]["data"]["source"] == "synthetic"
+    assert runs["synthetic"][0]["data"]["source"] == "synthetic"
+
+
+def test_no_deviation_is_recorded(runs):
+    """Every example follows the transcript: the result says so with an empty list, not a missing one."""
+    assert check_deviations(runs["seed0"][0], []) == {} and exp.DEVIATIONS == []
 
 
 def test_help_and_missing_device(tmp_path, capsys):

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import check_deviations, check_seeds, smoke_fixture
 
 SCRIPT = "02_loss_and_gradients"
 exp = importlib.import_module(f"experiments.{SCRIPT}")
@@ -36,29 +35,29 @@ def test_deep_sigmoid_gradients_vanish_at_depth_20():
     assert m["vanishing.relu_kaiming.first_last_ratio"] > 1e-2
     assert m["vanishing.sigmoid.first_last_ratio"] < 1e-6 * m["vanishing.relu.first_last_ratio"]
     assert m["vanishing.sigmoid.first_last_ratio"] < 1e-6 * m["vanishing.leaky_relu.first_last_ratio"]
-    assert exp.benchmark_cases() == []
 
 
 # ---------------------------------------------------------------- smoke runs (no dataset is read)
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One run as a subprocess (the command line end to end), the others in this process (cheaper)."""
-    out, threads = {}, torch.get_num_threads()
-    for name, args in {"a": ["--seed", "0"], "b": ["--seed", "0"], "c": ["--seed", "1"],
-                       "syn": ["--synthetic"]}.items():
-        d = tmp_path_factory.mktemp(f"r02{name}")
-        argv = ["--smoke", "--seeds", "1", *args]
-        if name == "a":
-            run_script(SCRIPT, *argv, results_dir=d)
-        else:
-            assert exp.main([*argv, "--results-dir", str(d)]) == 0
-        out[name] = (json.loads((d / f"{SCRIPT}.json").read_text()), d)
-    torch.set_num_threads(threads)  # main() sets --threads (default 1); leave this process as it was
-    return out
+runs = smoke_fixture(SCRIPT, {"seed0": ["--seeds", "1", "--seed", "0"], "seed0_again": ["--seeds", "1", "--seed", "0"],
+                              "seed1": ["--seeds", "1", "--seed", "1"], "synthetic": ["--seeds", "1", "--synthetic"]},
+                     in_process=exp)   # the first as a subprocess (the command line end to end)
+
+
+def test_deviations_are_recorded(runs):
+    rec = runs["seed0"][0]
+    whats = ["the functions of the SGD demos", "learning rates and start of the SGD demos"]
+    check_deviations(rec, whats, exp.parse)
+    assert rec["deviations"] == exp.DEVIATIONS
+    # what the entries say is what the run did: these rates, and the minima of the non-convex function
+    m = rec["metrics"]
+    assert (m["lr.good.lr"], m["lr.small.lr"], m["lr.high.lr"]) == pytest.approx((0.2, 0.02, 1.0))
+    assert rec["history"]["lr_trajectories"]["good"]["x"][0] == -2.0 == rec["functions"]["start"]
+    assert m["momentum.local_min_x"] == pytest.approx(-0.93, abs=0.01)
+    assert m["momentum.global_min_x"] == pytest.approx(1.06, abs=0.01)
 
 
 def test_json_has_the_figures(runs):
-    rec, d = runs["a"]
+    rec, d = runs["seed0"]
     m = rec["metrics"]
     assert rec["status"] == "ok"
     assert m["onehot.manual_equals_F"] == 1 and m["onehot.num_classes"] == 3
@@ -84,11 +83,12 @@ def test_json_has_the_figures(runs):
 
 
 def test_same_seed_same_numbers_other_seed_differs(runs):
-    a, b, c = runs["a"][0], runs["b"][0], runs["c"][0]
-    assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
-    assert a["per_seed"]["vanishing.sigmoid.first_last_ratio"] != c["per_seed"]["vanishing.sigmoid.first_last_ratio"]
-    assert a["per_seed"]["backward.loss"] != c["per_seed"]["backward.loss"]
+    check_seeds(runs, "vanishing.sigmoid.first_last_ratio", "backward.loss")
 
 
 def test_synthetic_flag_is_recorded(runs):
-    assert runs["syn"][0]["data"]["source"] == "synthetic"
+    assert runs["synthetic"][0]["data"]["source"] == "synthetic"
+
+
+def test_nothing_is_trained_beyond_single_steps_so_nothing_is_benchmarked():
+    assert exp.benchmark_cases() == []

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from common import cli, data
-from conftest import real_data, run_script
+from conftest import check_deviations, real_data, run_script, smoke_fixture
 from experiments import electricity as pipe
 
 m = importlib.import_module("experiments.06_electricity_rnn")
@@ -115,20 +115,13 @@ def test_real_split_and_windows():
     assert Xt.shape == (34_944, 96)
 
 
-@pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory):
-    runs = []
-    for i in range(2):
-        d = tmp_path_factory.mktemp(f"r{i}")
-        _, res = run_script(SCRIPT, "--smoke", "--seeds", "2", results_dir=d)
-        runs.append((d, res))
-    return runs
+runs = smoke_fixture(SCRIPT, {"seed0": ["--seeds", "2"], "seed0_again": ["--seeds", "2"]})
 
 
 @pytest.mark.slow
 @real_data("electricity")
-def test_smoke_real_json_plots_and_reproducibility(smoke_runs):
-    (d, r), (_, r2) = smoke_runs
+def test_smoke_real_json_plots_and_reproducibility(runs):
+    (r, d), (r2, _) = runs["seed0"], runs["seed0_again"]
     assert r["status"] == "ok" and r["data"]["source"] == "real" and r["seeds"] == [0, 1]
     mt = r["metrics"]
     for k in ("rnn.test_mse", "rnn.mse_vs_persistence", "rnn.params",
@@ -146,6 +139,18 @@ def test_smoke_real_json_plots_and_reproducibility(smoke_runs):
 
 
 @pytest.mark.slow
+@real_data("electricity")
+def test_smoke_records_the_deviations(runs):
+    r = runs["seed0"][0]
+    flags = check_deviations(r, ["training batch size and learning rate", "epochs",
+                                 "units and scaling of the consumption values", "number of training windows"], m.parse)
+    assert r["deviations"] == pipe.DEVIATIONS is m.DEVIATIONS      # 06 and 07 share them: one list
+    course = flags["training batch size and learning rate"]      # the flag gives the course's batch
+    assert (course.batch_size, course.lr) == (32, 1e-3) and (r["config"]["batch_size"], r["config"]["lr"]) == (512, 2e-3)
+    assert r["metrics"]["data.train_windows_full"] == 105_119 and "not kW" in r["units"]   # what the entries say
+
+
+@pytest.mark.slow
 def test_smoke_synthetic(results_dir):
     _, r = run_script(SCRIPT, "--smoke", "--synthetic", "--seeds", "1", results_dir=results_dir)
     assert r["data"]["source"] == "synthetic" and r["status"] == "ok" and "rnn.test_mse" in r["metrics"]
@@ -156,7 +161,9 @@ def test_divergence_is_recorded(results_dir):
     proc, r = run_script(SCRIPT, "--smoke", "--synthetic", "--seeds", "1", "--lr", "1e30",
                          results_dir=results_dir, check=False)
     assert proc.returncode == 3, proc.stderr[-2000:]
-    assert r["status"] == "diverged" and r["diverged"][0]["run"] == "rnn" and r["diverged"][0]["seed"] == 0
+    # step 0's loss comes before any update; one Adam step with lr 1e30 makes the output overflow at step 1
+    assert r["status"] == "diverged"
+    assert r["diverged"] == [{"run": "rnn", "seed": 0, "epoch": 1, "step": 1, "value": "inf"}]
 
 
 def test_missing_data_exits_2(results_dir, tmp_path):

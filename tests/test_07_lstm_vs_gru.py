@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import importlib
+import statistics
 
 import pytest
 import torch
 
-from conftest import real_data, run_script
+from conftest import check_deviations, real_data, run_script, smoke_fixture
+from experiments import electricity
 
 m = importlib.import_module("experiments.07_lstm_vs_gru")
 SCRIPT = "07_lstm_vs_gru"
@@ -27,7 +29,7 @@ def test_models_output_shapes_and_parameters(name, params):
 def test_lstm_starts_from_zero_h0_and_c0():
     net = m.CourseLSTM()
     x = torch.randn(3, 96, 1)
-    ref, _ = net.lstm(x)                 # torch's default initial state is zeros
+    ref, _ = net.rnn(x)                  # torch's default initial state is zeros
     assert torch.allclose(net(x), net.fc(ref[:, -1, :]))
 
 
@@ -40,29 +42,46 @@ def test_benchmark_cases_cover_the_three_models():
         assert c["batch_size"] == m.DEFAULTS["batch_size"]   # the script's settings, not a copy
 
 
-def test_verdict_wording():
-    mean = {"gru.test_mse": 0.030, "lstm.test_mse": 0.031, "gru.params": 9729, "lstm.params": 12961}
-    timings = {"gru.train_windows_per_s": 2000, "lstm.train_windows_per_s": 1500}
-    assert m.verdict(mean, {}, timings).startswith("AGREES")
-    mean["gru.test_mse"] = 0.040
-    assert m.verdict(mean, {"gru.test_mse": 0.001, "lstm.test_mse": 0.001}, timings).startswith("DISAGREES")
+def test_verdict_judges_accuracy_and_cost_separately():
+    # the reference run's shape: MSE within the seeds' spread, fewer parameters, but slower training
+    mean = {"gru.test_mse": 0.0396, "lstm.test_mse": 0.0395, "gru.params": 9729, "lstm.params": 12961}
+    std = {"gru.test_mse": 0.0010, "lstm.test_mse": 0.0008}
+    timings = {"gru.train_windows_per_s": 3390, "lstm.train_windows_per_s": 5735,
+               "std": {"gru.train_windows_per_s": 100, "lstm.train_windows_per_s": 200}}
+    v = m.verdict(mean, std, timings)
+    assert (v["accuracy"]["finding"], v["accuracy"]["with_course"]) == ("within noise", "agrees")
+    assert v["accuracy"]["difference"] == pytest.approx(0.0001) and v["accuracy"]["spread"] == 0.0010
+    assert (v["params"]["finding"], v["params"]["with_course"]) == ("GRU fewer", "agrees")
+    assert (v["throughput"]["finding"], v["throughput"]["with_course"]) == ("GRU slower", "disagrees")
+    assert v["throughput"]["ratio"] == pytest.approx(3390 / 5735)
+    assert [line.split(":")[0] for line in v["summary"]] == ["accuracy, test MSE (mean ± std over seeds)",
+                                                             "cost, parameters", "cost, training throughput (windows/s, mean ± std over seeds)"]
+    assert "DISAGREES" in v["summary"][2] and "AGREES" in v["summary"][0]
 
 
-@pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory):
-    runs = []
-    for i in range(2):
-        d = tmp_path_factory.mktemp(f"r{i}")
-        _, res = run_script(SCRIPT, "--smoke", "--seeds", "2", results_dir=d)
-        runs.append((d, res))
-    return runs
+@pytest.mark.parametrize("gru_mse,gru_std,finding,with_course", [
+    (0.030, 0.0001, "GRU lower", "agrees"), (0.040, 0.0001, "GRU higher", "disagrees"),
+    (0.040, 0.0200, "within noise", "agrees"), (0.031, 0.0, "within noise", "agrees")])
+def test_verdict_accuracy_within_noise_is_below_the_seeds_spread(gru_mse, gru_std, finding, with_course):
+    mean = {"gru.test_mse": gru_mse, "lstm.test_mse": 0.031, "gru.params": 9729, "lstm.params": 12961}
+    timings = {"gru.train_windows_per_s": 100.0, "lstm.train_windows_per_s": 100.0}   # no std: one seed
+    v = m.verdict(mean, {"gru.test_mse": gru_std, "lstm.test_mse": 0.0}, timings)
+    assert (v["accuracy"]["finding"], v["accuracy"]["with_course"]) == (finding, with_course)
+    assert (v["throughput"]["finding"], v["throughput"]["with_course"]) == ("within noise", "not shown")
+
+
+def test_verdict_without_a_model():
+    v = m.verdict({"lstm.test_mse": 0.03, "gru.test_mse": None}, {}, {})
+    assert v["accuracy"] is None and v["throughput"] is None and v["summary"][0].startswith("not judged")
+
+
+runs = smoke_fixture(SCRIPT, {"seed0": ["--seeds", "2"], "seed0_again": ["--seeds", "2"]})
 
 
 @pytest.mark.slow
 @real_data("electricity")
-def test_smoke_real_table_plots_and_reproducibility(smoke_runs):
-    (d, r), (_, r2) = smoke_runs
-    assert r["status"] == "ok" and r["data"]["source"] == "real" and r["seeds"] == [0, 1]
+def test_smoke_real_table_plots_and_reproducibility(runs):
+    (r, d), (r2, _) = runs["seed0"], runs["seed0_again"]
     mt = r["metrics"]
     for name in ("rnn", "lstm", "gru"):
         for k in ("test_mse", "mse_vs_persistence", "params"):
@@ -70,18 +89,59 @@ def test_smoke_real_table_plots_and_reproducibility(smoke_runs):
             assert f"{name}.{k}" in r["std"] and len(r["per_seed"][f"{name}.{k}"]) == 2
         for k in ("train_s", "train_windows_per_s"):   # timings, not metrics: they vary run to run
             assert r["timings"][f"{name}.{k}"] > 0 and len(r["timings"]["per_seed"][f"{name}.{k}"]) == 2
+    assert r["status"] == "ok" and r["data"]["source"] == "real" and r["seeds"] == [0, 1]
     assert (mt["rnn.params"], mt["lstm.params"], mt["gru.params"]) == (3265, 12961, 9729)
     for k in ("baseline.persistence_mse", "baseline.seasonal_naive_mse", "baseline.train_mean_mse",
               "gru_vs_lstm.mse_ratio"):
         assert mt[k] > 0, k
     assert [row["model"] for row in r["table"]] == ["rnn", "lstm", "gru"]
-    assert r["conclusion"].split()[0] in ("AGREES", "DISAGREES")
     for png in ("test_mse.png", "train_loss.png", "test_week.png"):
         assert (d / SCRIPT / png).stat().st_size > 0
     assert r["metrics"] == r2["metrics"] and r["history"] == r2["history"]
     for name in ("rnn", "lstm", "gru"):
         a, b = r["per_seed"][f"{name}.test_mse"]
         assert a != b
+
+
+def expected_finding(gru_values, lstm_values, better: str, worse: str, lower_is_better: bool) -> str:
+    """The verdict's rule, recomputed from per-seed values: within noise if |difference| <= the larger std."""
+    diff = statistics.mean(gru_values) - statistics.mean(lstm_values)
+    if abs(diff) <= max(statistics.stdev(gru_values), statistics.stdev(lstm_values)):
+        return "within noise"
+    return f"GRU {better if (diff < 0) == lower_is_better else worse}"
+
+
+@pytest.mark.slow
+@real_data("electricity")
+def test_smoke_verdict_follows_the_figures_in_the_json(runs):
+    r = runs["seed0"][0]
+    v, mt, ps, t = r["verdict"], r["metrics"], r["per_seed"], r["timings"]
+    acc, thr, par = v["accuracy"], v["throughput"], v["params"]
+    # accuracy: the test MSE figures of the same JSON, and the finding they imply
+    assert (acc["gru"], acc["lstm"]) == (mt["gru.test_mse"], mt["lstm.test_mse"])
+    assert (acc["gru_std"], acc["lstm_std"]) == (r["std"]["gru.test_mse"], r["std"]["lstm.test_mse"])
+    assert acc["gru_std"] == pytest.approx(statistics.stdev(ps["gru.test_mse"]))
+    assert acc["finding"] == expected_finding(ps["gru.test_mse"], ps["lstm.test_mse"], "lower", "higher", True)
+    assert acc["with_course"] == ("disagrees" if acc["finding"] == "GRU higher" else "agrees")
+    # cost: the parameter counts, and the measured throughput per seed
+    assert (par["gru"], par["lstm"], par["finding"], par["with_course"]) == (9729, 12961, "GRU fewer", "agrees")
+    g, l = t["per_seed"]["gru.train_windows_per_s"], t["per_seed"]["lstm.train_windows_per_s"]
+    assert (thr["gru"], thr["lstm"]) == pytest.approx((statistics.mean(g), statistics.mean(l)))
+    assert thr["finding"] == expected_finding(g, l, "faster", "slower", False)
+    assert thr["with_course"] == {"GRU faster": "agrees", "GRU slower": "disagrees",
+                                  "within noise": "not shown"}[thr["finding"]]
+    for line, j in zip(v["summary"], (acc, par, thr), strict=True):   # the printed lines say the same
+        assert f"{j['finding']} -> {j['with_course'].upper()} with the course" in line
+
+
+@pytest.mark.slow
+@real_data("electricity")
+def test_smoke_records_06s_deviations(runs):
+    """07 runs 06's pipeline with 06's settings: it records 06's entries (test_06 names them), not a copy."""
+    assert m.DEVIATIONS is electricity.DEVIATIONS
+    flags = check_deviations(runs["seed0"][0], [d["what"] for d in electricity.DEVIATIONS], m.parse)
+    course, config = flags["training batch size and learning rate"], runs["seed0"][0]["config"]
+    assert (course.batch_size, course.lr) == (32, 1e-3) != (config["batch_size"], config["lr"])
 
 
 @pytest.mark.slow

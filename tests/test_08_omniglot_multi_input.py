@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common import cli, data
-from conftest import real_data, run_script
+from conftest import check_deviations, real_data, run_script, smoke_fixture
 from experiments import omniglot
 
 m = importlib.import_module("experiments.08_omniglot_multi_input")
@@ -119,19 +119,14 @@ def test_defaults_are_the_options_defaults_and_smoke_overrides_them(monkeypatch)
 SMALL = ("--split", "clean", "--model", "course")
 
 
-@pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory):
-    """The full smoke (both splits, both models), then a cheap one twice (seed 0) and once with seed 1."""
-    outs = []
-    for args in ((), SMALL, SMALL, (*SMALL, "--seed", "1")):
-        d = tmp_path_factory.mktemp("smoke")
-        outs.append((d, run_script(SCRIPT, "--smoke", *args, results_dir=d)[1]))
-    return outs
+# the full smoke (both splits, both models), then a cheap one twice (seed 0) and once with seed 1
+smoke_runs = smoke_fixture(SCRIPT, {"full": [], "small": SMALL, "small_again": SMALL,
+                                    "small_seed1": [*SMALL, "--seed", "1"]})
 
 
 @real_data("omniglot")
 def test_smoke_real_figures_leak_and_plots(smoke_runs):
-    d, r = smoke_runs[0]
+    r, d = smoke_runs["full"]
     assert r["status"] == "ok" and r["data"]["source"] == "real" and r["seeds"] == [0]
     met = r["metrics"]
     for split in ("clean", "course"):
@@ -153,7 +148,7 @@ def test_smoke_real_figures_leak_and_plots(smoke_runs):
 
 @real_data("omniglot")
 def test_smoke_reproducible_and_seeds_differ(smoke_runs):
-    full, a, b, other = (r for _, r in smoke_runs)
+    full, a, b, other = (smoke_runs[name][0] for name in ("full", "small", "small_again", "small_seed1"))
     assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
     assert a["headline"] == "clean.course_model.char_accuracy"
     run = "clean.course_model"
@@ -163,6 +158,21 @@ def test_smoke_reproducible_and_seeds_differ(smoke_runs):
     assert full["metrics"][f"{run}.test_cross_entropy"] == a["metrics"][f"{run}.test_cross_entropy"]
     assert other["per_seed"][f"{run}.test_cross_entropy"] != a["per_seed"][f"{run}.test_cross_entropy"]
     assert other["history"][f"{run}.train_loss"] != a["history"][f"{run}.train_loss"]
+
+
+@real_data("omniglot")
+def test_smoke_records_the_deviations(smoke_runs):
+    r = smoke_runs["full"][0]
+    flags = check_deviations(r, ["image subnet sizes and image size", "training settings of the course model",
+                                 "how images reach the model", "train/test split", "improved model and headline",
+                                 "alphabet subnet"], m.parse)
+    assert r["deviations"][:5] == omniglot.DEVIATIONS          # shared with 09: one list, in experiments/omniglot.py
+    assert flags["train/test split"].split == "course" and flags["improved model and headline"].model == "course"
+    # what the entries say is what the script does
+    d = m.DEFAULTS
+    assert f"{d['epochs']} epochs, batch {d['batch_size']}, Adam lr {d['lr']:g}" in r["deviations"][1]["here"]
+    assert isinstance(m.TwoInputNet().alphabet_layer[-1], torch.nn.ELU)
+    assert f"{omniglot.COURSE_OVERLAP:,} of its {r['splits']['course']['test']:,} test" in r["deviations"][3]["here"]
 
 
 def test_smoke_synthetic(results_dir):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from common import cli, data
-from conftest import real_data, run_script
+from conftest import check_deviations, real_data, run_script, smoke_fixture
 from experiments import omniglot
 
 m = importlib.import_module("experiments.09_omniglot_multi_output")
@@ -91,22 +91,17 @@ def test_smoke_shortens_every_training(monkeypatch):
 SMALL = ("--split", "clean", "--model", "improved")
 
 
-@pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory):
-    """The full smoke (both splits, both models, weighting, scaling), then a cheap one twice and with seed 1."""
-    def smoke(*args):
-        d = tmp_path_factory.mktemp("smoke")
-        return d, run_script(SCRIPT, "--smoke", *args, results_dir=d)[1]
-
-    return smoke(), smoke(*SMALL), smoke(*SMALL), smoke(*SMALL, "--seed", "1")
+# the full smoke (both splits, both models, weighting, scaling), then a cheap one twice and with seed 1
+smoke_runs = smoke_fixture(SCRIPT, {"full": [], "small": SMALL, "small_again": SMALL,
+                                    "small_seed1": [*SMALL, "--seed", "1"]})
 
 
 @real_data("omniglot")
 @real_data("ds_salaries")
 def test_smoke_real_figures_and_plots(smoke_runs):
-    d, r = smoke_runs[0]
-    assert r["status"] == "ok" and r["data"]["source"] == "real" and r["seeds"] == [0]
+    r, d = smoke_runs["full"]
     met = r["metrics"]
+    assert r["status"] == "ok" and r["data"]["source"] == "real" and r["seeds"] == [0]
     for split in ("clean", "course"):
         for model in ("course_model", "improved"):
             for head in ("alphabet", "char"):
@@ -127,14 +122,20 @@ def test_smoke_real_figures_and_plots(smoke_runs):
     assert r["history"]["scaling.unscaled.train_loss"][0] > 1e8 and r["history"]["scaling.scaled.train_loss"][0] <= 2
     assert met["baseline.scaling.majority_accuracy"] == pytest.approx(2516 / 3755, abs=0.03)
     assert r["data"]["parts"]["ds_salaries"]["sizes"] == {"train": 3_004, "test": 751}
-    assert r["course_reference"] == {"alphabet_accuracy": 0.31, "char_accuracy": 0.24, "split": "course (leaky)"}
+    for row in r["loss_weighting"]:   # the table: the weights that ran and the figures they gave, as in the metrics
+        w = row["config"]
+        assert (row["w_alpha"], row["w_char"]) == m.WEIGHTINGS[w] and row["split"] == "clean"
+        assert (row["alphabet_accuracy"], row["char_accuracy"]) == (met[f"weighting.{w}.alphabet_accuracy"],
+                                                                    met[f"weighting.{w}.char_accuracy"])
+    # the course's caveat, measured: unscaled, the dollar loss drowns the classification's gradient; scaled, it does not
+    assert met["scaling.unscaled.trunk_grad_share_ce"] < 1e-6 < 0.1 < met["scaling.scaled.trunk_grad_share_ce"]
     for name in ("head_accuracy", "test_accuracy_curves", "loss_weighting", "loss_scaling", "loss_scaling_train_loss"):
         assert (d / SCRIPT / f"{name}.png").stat().st_size > 1000
 
 
 @real_data("omniglot")
 def test_smoke_reproducible_and_seeds_differ(smoke_runs):
-    full, a, b, other = (r for _, r in smoke_runs)
+    full, a, b, other = (smoke_runs[name][0] for name in ("full", "small", "small_again", "small_seed1"))
     assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
     assert a["headline"] == "clean.improved.char_accuracy" and a["loss_weighting"] == []   # no course model: no weighting
     assert "weighting.char_x2.char_accuracy" not in a["metrics"]
@@ -142,6 +143,20 @@ def test_smoke_reproducible_and_seeds_differ(smoke_runs):
     assert full["history"][f"{run}.train_loss"] == a["history"][f"{run}.train_loss"]
     assert other["history"][f"{run}.train_loss"] != a["history"][f"{run}.train_loss"]
     assert other["per_seed"]["scaling.scaled.salary_rmse_usd"] != a["per_seed"]["scaling.scaled.salary_rmse_usd"]
+
+
+@real_data("omniglot")
+@real_data("ds_salaries")
+def test_smoke_records_the_deviations(smoke_runs):
+    r = smoke_runs["full"][0]
+    ours = ["loss-scaling example", "dividing each loss by its batch maximum"]
+    flags = check_deviations(r, [d["what"] for d in omniglot.DEVIATIONS] + ours, m.parse)   # 08 names the shared ones
+    assert r["deviations"][:5] == omniglot.DEVIATIONS and flags["train/test split"].split == "course"
+    # what the entries say is what the script does
+    d = m.DEFAULTS
+    assert f"{d['scaling_epochs']} epochs, batch {d['scaling_batch_size']}, Adam lr {d['scaling_lr']:g}" in (
+        r["deviations"][5]["here"])
+    assert r["data"]["parts"]["ds_salaries"]["sizes"] == {"train": 3_004, "test": 751}   # the seeded 80/20 split
 
 
 def test_smoke_synthetic(results_dir):
@@ -156,5 +171,9 @@ def test_divergence_exits_3(results_dir):
     proc, r = run_script(SCRIPT, "--smoke", "--synthetic", "--split", "clean", "--model", "course", "--lr", "1e30",
                          results_dir=results_dir, check=False)
     assert proc.returncode == 3, proc.stderr[-2000:]
-    assert r["status"] == "diverged" and r["diverged"][0] == {"run": "clean.course_model", "seed": 0, "epoch": 1,
-                                                              "step": r["diverged"][0]["step"], "value": "nan"}
+    # every run of the course model (--lr is its lr) diverges: step 0's loss comes before any update, and one
+    # Adam step with lr 1e30 already gives NaN at step 1; the salary network (--scaling-lr) does not
+    assert r["status"] == "diverged"
+    assert r["diverged"] == [{"run": run, "seed": 0, "epoch": 1, "step": 1, "value": "nan"}
+                             for run in ("clean.course_model", "weighting.char_x2", "weighting.sum_to_1")]
+    assert "scaling.scaled.experience_accuracy" in r["metrics"]
