@@ -2,12 +2,14 @@
 """03_tabular_training: data loading, the training loop, initialisation, transfer learning, overfitting and hyperparameter search on the UCI Zoo and DS salaries tables (course transcript lines 180-389).
 
 The course's 5-row animal table goes through TensorDataset + DataLoader (batches of 2, 2, 1). A Zoo classifier
-is trained with the course's loop and scored with torchmetrics Accuracy against the majority class (41/101); a
+(the course's loop; epochs and learning rate chosen by stratified 5-fold cross-validation on the 80 non-test
+animals, then retrained on all 80) is scored once on the 21 test animals against the majority class (41/101); a
 salary regressor (MSELoss, SGD lr 0.001) against predicting the mean. Then: nn.Linear(64, 128)'s default weights
 within +-0.125 and nn.init.uniform_; torch.save/load and fine-tuning the US-trained salary model on the other
 countries (10x smaller lr, also with a frozen first layer) against training from scratch; a large Zoo network
 that overfits, dropout and weight decay; the course's recipe (overfit one example, then the training set); grid
-vs random search over learning rate and momentum. DEVIATIONS: where and why this departs from the course.
+vs random search over learning rate and momentum. DEVIATIONS: departures from the course, and why;
+selection_record: what is chosen on which validation data (the test animals are read only by final models).
 """
 import sys
 import tempfile
@@ -40,9 +42,10 @@ SALARY_FEATURES_REAL = 35  # one-hot width on the real table: 4 + 4 + 4 + 3 + 11
 GRID_MOMENTUM = [0.85, 0.9, 0.95, 0.99]
 GRID_LR = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
 SINGLE_EXAMPLE_LOSS = 0.01   # "near zero" loss for the overfit-one-example check
+CV_FOLDS, COURSE_LR = 5, 0.001
 
 DEFAULTS = {"seeds": 3, "threads": 1,
-            "epochs": 100, "lr": 0.01, "momentum": 0.9, "batch_size": 8, "hidden": 32,               # zoo
+            "epochs": 100, "lrs": [0.01, 0.001], "lr": 0.01, "momentum": 0.9, "batch_size": 8, "hidden": 32,  # zoo
             "salary_epochs": 30, "salary_lr": 0.001, "salary_batch_size": 8, "salary_hidden": 16,
             "finetune_lr": 0.0001, "finetune_epochs": 30,                                          # transfer
             "overfit_epochs": 200, "overfit_hidden": 256, "dropout": 0.5, "weight_decay": 0.001,
@@ -53,13 +56,15 @@ SMOKE = {"epochs": 3, "salary_epochs": 1, "finetune_epochs": 1, "overfit_epochs"
 
 DEVIATIONS = [
     {"what": "Zoo classifier data", "course": "animal_dataset.csv: 5 animals, 7 features, 3 types",
-     "here": "the UCI Zoo table: 101 animals, 16 features, 7 types, split 60/20/21 (train/validation/test)",
+     "here": "the UCI Zoo table: 101 animals, 16 features, 7 types; 21 stratified test animals a seed, the rest 60/20",
      "why": "5 rows cannot be split into training, validation and test sets (they still show the DataLoader)"},
     {"what": "Zoo 'legs' feature", "course": "the raw count", "here": "divided by 8 (0..1)",
      "why": "the 15 other features are 0/1; the course: normalise inputs for stable training"},
-    {"what": "Zoo learning rate", "course": "0.001, 'a good default' (said of the salary regression)",
-     "here": "0.01 with momentum 0.9 (classifier and the recipe's networks)", "flag": "--lr 0.001",
-     "why": "60 training animals at batch 8 make 8 steps per epoch; 0.01 is in the course's typical range"},
+    {"what": "Zoo epochs and learning rate", "course": "a fixed num_epochs; lr 0.001, 'a good default'",
+     "here": f"classifier: 10 epoch counts up to --epochs x --lrs (0.01, 0.001) by stratified {CV_FOLDS}-fold "
+             "cross-validation on the 80 non-test animals, then retrained on all 80; the recipe's networks: lr 0.01",
+     "flag": "--lrs 0.001 --lr 0.001", "why": "101 animals: one 20-animal hold-out is too noisy to choose with; "
+                                             "8 steps an epoch (60 animals, batch 8): 0.01 is in the course's range"},
     {"what": "salary regression features", "course": "4 input features and one output, 'no one-hot encoding'",
      "here": f"{SALARY_FEATURES_REAL} one-hot features (top 10 job titles, top 7 countries; remote_ratio / 100) "
              f"and a hidden layer of {DEFAULTS['salary_hidden']} (ReLU)",
@@ -117,13 +122,9 @@ def salary_regressor(in_features: int, hidden: int = DEFAULTS["salary_hidden"]) 
 
 def benchmark_cases() -> list[dict]:
     """The two models this script trains, at its batch sizes (inputs are random: no data loading)."""
-    def zoo_batch(bs, device):
-        x = torch.rand(bs, len(ZOO_FEATURES), device=device).round()
-        return (x,), torch.randint(0, ZOO_CLASSES, (bs,), device=device)
-
-    def salary_batch(bs, device):
-        return (torch.rand(bs, SALARY_FEATURES_REAL, device=device),), torch.randn(bs, 1, device=device)
-
+    zoo_batch = lambda bs, dev: ((torch.rand(bs, len(ZOO_FEATURES), device=dev).round(),),
+                                 torch.randint(0, ZOO_CLASSES, (bs,), device=dev))
+    salary_batch = lambda bs, dev: ((torch.rand(bs, SALARY_FEATURES_REAL, device=dev),), torch.randn(bs, 1, device=dev))
     d = DEFAULTS
     return [
         {"name": "03.zoo_classifier", "make_model": zoo_classifier, "make_batch": zoo_batch,
@@ -136,32 +137,24 @@ def benchmark_cases() -> list[dict]:
 
 
 # --------------------------------------------------------------------------- CLI
+HELP = {"epochs": "zoo classifier: the most epochs; cross-validation chooses among 10 values up to it",
+        "lrs": "zoo classifier: the SGD learning rates cross-validation chooses from",
+        "lr": "SGD learning rate of the recipe's networks", "salary_lr": "SGD learning rate (course: 0.001)",
+        "finetune_lr": "10x smaller than --salary-lr", "single_max_steps": "overfit one example: at most these steps",
+        "search_trials": "trials of grid search and of random search (the full grid is 4 x 5 = 20)"}
+
+
 def parse(argv=None):
-    d, pos_int, pos_float = DEFAULTS, cli.positive_int, cli.positive_float
-    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=d["seeds"], threads=d["threads"])
-    g = p.add_argument_group("zoo classifier")
-    g.add_argument("--epochs", type=pos_int, default=d["epochs"], help="zoo classifier epochs")
-    g.add_argument("--lr", type=pos_float, default=d["lr"], help="SGD learning rate of every Zoo network")
-    g.add_argument("--momentum", type=float, default=d["momentum"], help="zoo classifier SGD momentum")
-    g.add_argument("--batch-size", type=pos_int, default=d["batch_size"], help="zoo batch size")
-    g.add_argument("--hidden", type=pos_int, default=d["hidden"], help="zoo classifier hidden width")
-    g = p.add_argument_group("salary regression and transfer")
-    g.add_argument("--salary-epochs", type=pos_int, default=d["salary_epochs"])
-    g.add_argument("--salary-lr", type=pos_float, default=d["salary_lr"], help="SGD learning rate (course: 0.001)")
-    g.add_argument("--salary-batch-size", type=pos_int, default=d["salary_batch_size"])
-    g.add_argument("--salary-hidden", type=pos_int, default=d["salary_hidden"])
-    g.add_argument("--finetune-lr", type=pos_float, default=d["finetune_lr"], help="10x smaller than --salary-lr")
-    g.add_argument("--finetune-epochs", type=pos_int, default=d["finetune_epochs"])
-    g = p.add_argument_group("overfitting, regularisation, search")
-    g.add_argument("--overfit-epochs", type=pos_int, default=d["overfit_epochs"])
-    g.add_argument("--overfit-hidden", type=pos_int, default=d["overfit_hidden"])
-    g.add_argument("--dropout", type=float, default=d["dropout"])
-    g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
-    g.add_argument("--single-max-steps", type=pos_int, default=d["single_max_steps"],
-                   help="overfit-one-example: give up after this many steps")
-    g.add_argument("--search-trials", type=pos_int, default=d["search_trials"],
-                   help="trials of grid search and of random search (the full grid is 4 x 5 = 20)")
-    g.add_argument("--search-epochs", type=pos_int, default=d["search_epochs"])
+    """One option per DEFAULTS entry (--salary-lr for "salary_lr"); momentum, dropout and weight decay may be 0."""
+    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=DEFAULTS["seeds"], threads=DEFAULTS["threads"])
+    for key, value in DEFAULTS.items():
+        if key in ("seeds", "threads"):   # the suite's options, made by base_parser
+            continue
+        one = value[0] if isinstance(value, list) else value
+        kind = (cli.positive_int if isinstance(one, int) else float if key in ("momentum", "dropout", "weight_decay")
+                else cli.positive_float)
+        p.add_argument("--" + key.replace("_", "-"), type=kind, default=value, help=HELP.get(key),
+                       nargs="+" if isinstance(value, list) else None)
     return cli.parse_args(p, argv, smoke=SMOKE)
 
 
@@ -172,12 +165,18 @@ def zoo_tensors(df: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(x), torch.from_numpy(df["type"].to_numpy(np.int64) - 1)
 
 
-def zoo_split(y: torch.Tensor, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stratified 3/1/1 split (train/validation/test) from 5 stratified folds: 60/20/21 on the real table."""
+def stratified_folds(y: torch.Tensor, k: int, seed: int) -> list[np.ndarray]:
+    """The held-out parts (sorted positions in ``y``) of a shuffled stratified ``k``-fold split."""
     with warnings.catch_warnings():  # type 5 (amphibians) has only 4 animals: fewer than 5 folds
         warnings.simplefilter("ignore", UserWarning)
-        folds = [te for _, te in StratifiedKFold(5, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)]
-    return np.sort(np.concatenate(folds[2:])), np.sort(folds[1]), np.sort(folds[0])
+        folds = StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y.cpu())
+        return [np.sort(te) for _, te in folds]
+
+
+def zoo_split(y: torch.Tensor, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified 3/1/1 split (train/validation/test) from 5 stratified folds: 60/20/21 on the real table."""
+    folds = stratified_folds(y, 5, seed)
+    return np.sort(np.concatenate(folds[2:])), folds[1], folds[0]
 
 
 def salary_tensors(df: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -213,13 +212,13 @@ def load_data(args, device) -> dict:
     x_zoo, y_zoo = (t.to(device) for t in zoo_tensors(zoo_df))
     x_sal, y_usd, sal_columns = salary_tensors(sal_df)
     sources = {i.source for i in (toy_info, zoo_info, sal_info)}
-    smoke_note = f"; smoke: {SMOKE['salary_rows']} salary rows" if args.smoke else ""
     info = {"name": "zoo+ds_salaries", "source": "synthetic" if "synthetic" in sources else "real",
             "fingerprint": f"zoo:{zoo_info.fingerprint};toy:{toy_info.fingerprint};salaries:{sal_info.fingerprint}",
             "sizes": {"zoo": len(zoo_df), "animal_toy": len(toy), "salaries": len(sal_df)},
             "parts": {"animal_toy": toy_info.to_json(), "zoo": zoo_info.to_json(), "ds_salaries": sal_info.to_json()},
-            "notes": "zoo split 3/1/1 by stratified folds; salaries split 80/20 at random; salary target z-scored "
-                     "with training statistics" + smoke_note}
+            "notes": "zoo: 21 test animals by stratified folds, the other 80 in 60/20 or cross-validation folds; "
+                     "salaries split 80/20 at random, target z-scored with training statistics"
+                     + (f"; smoke: {SMOKE['salary_rows']} salary rows" if args.smoke else "")}
     return {"toy": toy, "x_zoo": x_zoo, "y_zoo": y_zoo, "x_sal": x_sal.to(device), "y_usd": y_usd.to(device),
             "is_us": (sal_df["employee_residence"] == "US").to_numpy(), "salary_columns": sal_columns, "info": info}
 
@@ -248,12 +247,10 @@ def evaluate(model, x, y, loss_fn, num_classes: int | None = None, clock: Clock 
 
 def fit(model, optimizer, loss_fn, train, val, *, epochs: int, batch_size: int, seed: int, clock: Clock,
         num_classes: int | None = None, run: str = "", track_train: bool = True) -> dict:
-    """The course's training loop over mini-batches; returns the per-epoch history.
-
-    Per epoch: the mean training loss over batches and (classifiers) the training accuracy (torchmetrics update,
-    compute, reset); then the validation loss and accuracy and, with ``track_train``, the training split's in
-    eval mode (no dropout). A divergence raises results.Diverged naming ``run``.
-    """
+    """The course's training loop over mini-batches; returns the per-epoch history: the mean training loss over
+    batches and (classifiers) the training accuracy (torchmetrics update, compute, reset); then the validation loss
+    and accuracy and, with ``track_train``, the training split's in eval mode (no dropout). A divergence raises
+    results.Diverged naming ``run``."""
     x_tr, y_tr = train
     n, device, gen = len(y_tr), x_tr.device, repro.make_generator(seed)
     # validate_args=False: torchmetrics' input checks read values on the host (a GPU sync every step)
@@ -303,6 +300,18 @@ def zoo_accuracy(model, x, y, clock: Clock) -> float:
     return evaluate(model, x, y, nn.CrossEntropyLoss(), ZOO_CLASSES, clock)[1]
 
 
+def train(make, x, y, rows, val_rows, lr, momentum, epochs, batch_size, seed, clock, run, weight_decay=0.0,
+          loss_fn=nn.CrossEntropyLoss(), num_classes=ZOO_CLASSES, track_train=True) -> tuple[nn.Module, dict]:
+    """``make()`` (after seeding) trained with SGD on the rows ``rows`` (a Zoo classifier unless told otherwise),
+    validated on ``val_rows`` (None: no validation); returns the model and its history."""
+    repro.seed_everything(seed)
+    model = make().to(x.device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    val = None if val_rows is None else (x[val_rows], y[val_rows])
+    return model, fit(model, opt, loss_fn, (x[rows], y[rows]), val, epochs=epochs, batch_size=batch_size, seed=seed,
+                      clock=clock, num_classes=num_classes, run=run, track_train=track_train)
+
+
 # --------------------------------------------------------------------------- the story: each section returns
 # its flat metrics and the curves it adds to the result's history (name -> one list per seed)
 def toy_loader(toy: pd.DataFrame, seed: int) -> tuple[dict, dict]:
@@ -318,31 +327,41 @@ def toy_loader(toy: pd.DataFrame, seed: int) -> tuple[dict, dict]:
                "batch_labels": order}
 
 
-def zoo_classification(x, y, split, args, seed, clock) -> tuple[dict, dict]:
-    tr, va, te = split
-    repro.seed_everything(seed)
-    model = zoo_classifier(args.hidden).to(x.device)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
-    hist = fit(model, opt, nn.CrossEntropyLoss(), (x[tr], y[tr]), (x[va], y[va]), epochs=args.epochs,
-               batch_size=args.batch_size, seed=seed, clock=clock, num_classes=ZOO_CLASSES, run="zoo")
-    majority = int(torch.bincount(y[tr], minlength=ZOO_CLASSES).argmax())
-    m = {"zoo.test_accuracy": zoo_accuracy(model, x[te], y[te], clock),
-         "zoo.val_accuracy": hist["val_acc"][-1], "zoo.train_accuracy": hist["train_eval_acc"][-1],
-         "zoo.train_loss": hist["train_loss"][-1], "zoo.val_loss": hist["val_loss"][-1],
+def zoo_classification(x, y, split, args, seed, clock) -> tuple[dict, dict, dict]:
+    """Stratified cross-validation on the non-test animals: each fold trained once per lr in --lrs for --epochs;
+    chosen: the (lr, epochs) of the highest mean validation accuracy (ties: fewer epochs, then the course's lr).
+    Then retrained on all the non-test animals and read once on the test animals."""
+    pool, te = np.sort(np.concatenate(split[:2])), split[2]
+    folds = [(np.setdiff1d(pool, pool[va]), pool[va]) for va in stratified_folds(y.cpu()[pool], CV_FOLDS, seed)]
+    acc, loss, make = {}, {}, lambda: zoo_classifier(args.hidden)
+    for r in args.lrs:
+        hists = [train(make, x, y, rows, val_rows, r, args.momentum, args.epochs, args.batch_size, seed, clock,
+                       "zoo.cv", track_train=False)[1] for rows, val_rows in folds]
+        acc[r], loss[r] = (np.mean([h[k] for h in hists], axis=0) for k in ("val_acc", "val_loss"))
+    candidates = sorted({max(1, round(args.epochs * k / 10)) for k in range(1, 11)})   # 10, 20, ..., 100
+    scores = {(r, e): round(float(acc[r][e - 1]), 9) for r in args.lrs for e in candidates}
+    lr, epochs = max(scores, key=lambda c: (scores[c], -c[1], c[0] == COURSE_LR))
+    model, hist = train(make, x, y, pool, None, lr, args.momentum, epochs, args.batch_size, seed, clock, "zoo")
+    majority = int(torch.bincount(y[pool], minlength=ZOO_CLASSES).argmax())
+    m = {"zoo.lr": lr, "zoo.epochs": epochs, "zoo.cv_val_accuracy": float(acc[lr][epochs - 1]),
+         "zoo.cv_val_loss": float(loss[lr][epochs - 1]), "zoo.test_accuracy": zoo_accuracy(model, x[te], y[te], clock),
+         "zoo.train_accuracy": zoo_accuracy(model, x[pool], y[pool], clock), "zoo.train_loss": hist["train_loss"][-1],
          "baseline.majority_test_accuracy": metrics.accuracy(torch.full_like(y[te], majority), y[te], ZOO_CLASSES),
          "baseline.majority_accuracy": float((y == int(torch.bincount(y).argmax())).float().mean())}
-    return m, {f"zoo.{k}": hist[k] for k in ("train_loss", "val_loss", "train_acc", "val_acc")}
+    curves = {f"zoo.cv_val_acc.lr{r:g}": acc[r] for r in args.lrs} | {"zoo.train_loss": hist["train_loss"],
+                                                                       "zoo.train_acc": hist["train_acc"]}
+    sizes = {"train+validation": len(pool), "validation": [len(va) for _, va in folds], "test": len(te)}
+    return m, curves, {"sizes": sizes, "epochs": candidates,
+                       "scores": {f"lr {r:g}, {e} epochs": v for (r, e), v in scores.items()}}
 
 
 def salary_regression(x, y_usd, args, seed, clock) -> tuple[dict, dict]:
     tr, va = random_split(len(y_usd), 0.2, seed)
     y_std = float(y_usd[tr].std())
     y = (y_usd - float(y_usd[tr].mean())) / y_std  # z-scored with the training statistics
-    repro.seed_everything(seed)
-    model = salary_regressor(x.shape[1], args.salary_hidden).to(x.device)
-    opt = torch.optim.SGD(model.parameters(), lr=args.salary_lr)
-    hist = fit(model, opt, nn.MSELoss(), (x[tr], y[tr]), (x[va], y[va]), epochs=args.salary_epochs,
-               batch_size=args.salary_batch_size, seed=seed, clock=clock, run="salary")
+    _, hist = train(lambda: salary_regressor(x.shape[1], args.salary_hidden), x, y, tr, va, args.salary_lr, 0.0,
+                    args.salary_epochs, args.salary_batch_size, seed, clock, "salary", loss_fn=nn.MSELoss(),
+                    num_classes=None)
     base = float(nn.MSELoss()(y[tr].mean().expand_as(y[va]), y[va]))   # predict the training mean
     val = hist["val_loss"][-1]
     m = {"salary.val_mse": val, "salary.train_mse": hist["train_eval_loss"][-1],
@@ -372,11 +391,8 @@ def transfer(x, y_raw, is_us, args, seed, clock) -> tuple[dict, dict]:
     y = (y_raw - float(y_raw[a_tr].mean())) / float(y_raw[a_tr].std())  # task A's statistics: the pretrained scale
     mse, width = nn.MSELoss(), (x.shape[1], args.salary_hidden)
     b_train, b_val = (x[b_tr], y[b_tr]), (x[b_va], y[b_va])
-    repro.seed_everything(seed)
-    pre = salary_regressor(*width).to(x.device)
-    h = fit(pre, torch.optim.SGD(pre.parameters(), lr=args.salary_lr), mse, (x[a_tr], y[a_tr]), (x[a_va], y[a_va]),
-            epochs=args.salary_epochs, batch_size=args.salary_batch_size, seed=seed, clock=clock,
-            run="transfer.pretrain")
+    pre, h = train(lambda: salary_regressor(*width), x, y, a_tr, a_va, args.salary_lr, 0.0, args.salary_epochs,
+                   args.salary_batch_size, seed, clock, "transfer.pretrain", loss_fn=mse, num_classes=None)
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(pre.state_dict(), Path(tmp) / "salary_us.pt")
         state = torch.load(Path(tmp) / "salary_us.pt", weights_only=True, map_location=x.device)
@@ -404,8 +420,7 @@ def transfer(x, y_raw, is_us, args, seed, clock) -> tuple[dict, dict]:
             same = {k: torch.equal(v, frozen_before[k]) for k, v in frozen.state_dict().items()}
             m["transfer.frozen_first_layer_unchanged"] = int(same["0.weight"] and same["0.bias"])
             m["transfer.frozen_other_layers_changed"] = int(not same["2.weight"])
-    m["transfer.sizes_a_train"], m["transfer.sizes_b_train"] = len(a_tr), len(b_tr)
-    return m, curves
+    return m | {"transfer.sizes_a_train": len(a_tr), "transfer.sizes_b_train": len(b_tr)}, curves
 
 
 def dropout_check(model: nn.Sequential, x: torch.Tensor) -> dict:
@@ -440,8 +455,7 @@ def overfit_one_example(x, y, args, seed, clock) -> tuple[dict, dict]:
     repro.seed_everything(seed)
     model = zoo_big(args.overfit_hidden).to(x.device)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
-    losses, steps = [], None
-    t0 = time.perf_counter()
+    losses, steps, t0 = [], None, time.perf_counter()
     for step in range(1, args.single_max_steps + 1):
         opt.zero_grad()
         out = model(x)
@@ -467,11 +481,8 @@ def regularisation(x, y, split, args, seed, clock) -> tuple[dict, dict]:
     m, curves = {}, {}
     for name, (p, wd) in {"plain": (0.0, 0.0), "dropout": (args.dropout, 0.0),
                           "weight_decay": (0.0, args.weight_decay)}.items():
-        repro.seed_everything(seed)
-        model = zoo_big(args.overfit_hidden, dropout=p).to(x.device)
-        opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=wd)
-        h = fit(model, opt, nn.CrossEntropyLoss(), (x[tr], y[tr]), (x[va], y[va]), epochs=args.overfit_epochs,
-                batch_size=args.batch_size, seed=seed, clock=clock, num_classes=ZOO_CLASSES, run=f"overfit.{name}")
+        model, h = train(lambda: zoo_big(args.overfit_hidden, dropout=p), x, y, tr, va, args.lr, args.momentum,
+                         args.overfit_epochs, args.batch_size, seed, clock, f"overfit.{name}", weight_decay=wd)
         curves.update({f"overfit.{name}.{k}": h[k] for k in ("train_eval_loss", "val_loss")})
         m.update({f"overfit.{name}.{k}": v for k, v in overfit_detect(h).items()})
         m[f"overfit.{name}.test_accuracy"] = zoo_accuracy(model, x[te], y[te], clock)
@@ -487,33 +498,30 @@ def regularisation(x, y, split, args, seed, clock) -> tuple[dict, dict]:
 
 
 def search(x, y, split, args, seed, clock) -> tuple[dict, dict, dict]:
-    """Grid search vs random search with the same number of trials, ranked on the validation split."""
+    """Grid vs random search, as many trials each, ranked on the validation split; the best one reads the test."""
     tr, va, te = split
     rng = np.random.default_rng(seed)
     grid = [(lr, mom) for mom in GRID_MOMENTUM for lr in GRID_LR]
     grid = [grid[i] for i in rng.permutation(len(grid))][:args.search_trials]
     rand = [(10 ** -rng.uniform(2, 6), rng.uniform(0.85, 0.99)) for _ in range(args.search_trials)]
-    m, curves, tables = {}, {}, {}
+    m, curves, tables, make = {}, {}, {}, lambda: zoo_classifier(args.hidden)
+    key = lambda r: (r["val_acc"], -r["val_loss"])   # ties broken by the lower validation loss
     for kind, trials in (("grid", grid), ("random", rand)):
-        rows = []
+        rows, best_so_far, best, best_model = [], [], None, None
         for lr, mom in trials:
-            repro.seed_everything(seed)
-            model = zoo_classifier(args.hidden).to(x.device)
-            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=mom)
             try:
-                h = fit(model, opt, nn.CrossEntropyLoss(), (x[tr], y[tr]), (x[va], y[va]), epochs=args.search_epochs,
-                        batch_size=args.batch_size, seed=seed, clock=clock, num_classes=ZOO_CLASSES,
-                        run=f"search.{kind}", track_train=False)
-                val_acc, val_loss = h["val_acc"][-1], h["val_loss"][-1]
-                test_acc = zoo_accuracy(model, x[te], y[te], clock)
+                model, h = train(make, x, y, tr, va, lr, mom, args.search_epochs, args.batch_size, seed, clock,
+                                 f"search.{kind}", track_train=False)
+                row = {"lr": lr, "momentum": mom, "val_acc": h["val_acc"][-1], "val_loss": h["val_loss"][-1]}
             except results.Diverged:  # a trial that blows up scores zero; the search goes on
-                val_acc, val_loss, test_acc = 0.0, float("inf"), 0.0
-            rows.append({"lr": lr, "momentum": mom, "val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc})
-        key = lambda r: (r["val_acc"], -r["val_loss"])   # ties broken by the lower validation loss
-        best_so_far = [max(rows[:i + 1], key=key)["val_acc"] for i in range(len(rows))]
-        best = max(rows, key=key)
+                row, model = {"lr": lr, "momentum": mom, "val_acc": 0.0, "val_loss": float("inf")}, None
+            if best is None or key(row) > key(best):
+                best, best_model = row, model
+            rows.append(row)
+            best_so_far.append(best["val_acc"])
         s = f"search.{kind}"
-        m.update({f"{s}.best_val_accuracy": best["val_acc"], f"{s}.best_test_accuracy": best["test_acc"],
+        test_acc = zoo_accuracy(best_model, x[te], y[te], clock) if best_model is not None else 0.0
+        m.update({f"{s}.best_val_accuracy": best["val_acc"], f"{s}.best_test_accuracy": test_acc,
                   f"{s}.best_lr": best["lr"], f"{s}.best_momentum": best["momentum"],
                   f"{s}.trials_to_best": best_so_far.index(best["val_acc"]) + 1, f"{s}.trials": len(rows),
                   f"{s}.learning_trials": sum(r["val_acc"] > 0.5 for r in rows)})
@@ -523,7 +531,7 @@ def search(x, y, split, args, seed, clock) -> tuple[dict, dict, dict]:
 
 
 def run_seed(seed: int, d: dict, args, clock: Clock) -> tuple[dict, dict, dict]:
-    """Every section for one seed, in the course's order: flat metrics, the history curves, the search trials."""
+    """Every section for one seed, in the course's order: flat metrics, history curves, the choices' tables."""
     t0 = time.perf_counter()
     repro.seed_everything(seed)
     x, y, x_sal, y_usd = d["x_zoo"], d["y_zoo"], d["x_sal"], d["y_usd"]
@@ -532,14 +540,15 @@ def run_seed(seed: int, d: dict, args, clock: Clock) -> tuple[dict, dict, dict]:
     sections = [(toy_loader(d["toy"], seed)[0], {}), zoo_classification(x, y, split, args, seed, clock),
                 salary_regression(x_sal, y_usd, args, seed, clock), initialisation(seed),
                 transfer(x_sal, y_usd, d["is_us"], args, seed, clock),
-                overfit_one_example(x[one], y[one], args, seed, clock), regularisation(x, y, split, args, seed, clock)]
-    search_m, search_curves, trials = search(x, y, split, args, seed, clock)
+                overfit_one_example(x[one], y[one], args, seed, clock), regularisation(x, y, split, args, seed, clock),
+                search(x, y, split, args, seed, clock)]
     m, curves = {}, {}
-    for section_m, section_curves in sections + [(search_m, search_curves)]:
+    for section_m, section_curves, *_ in sections:
         m.update(section_m)
         curves.update(section_curves)
-    print_seed(seed, m, time.perf_counter() - t0)
-    return m, curves, trials
+    print(f"seed {seed}: zoo lr {m['zoo.lr']:g}, {m['zoo.epochs']} epochs (CV val acc {m['zoo.cv_val_accuracy']:.3f}), "
+          f"test acc {m['zoo.test_accuracy']:.3f} [{time.perf_counter() - t0:.1f}s]", flush=True)
+    return m, curves, {"cv": sections[1][2], "search": sections[-1][2]}
 
 
 def run_seeds(seeds: list[int], d: dict, args, clock: Clock) -> tuple[list, list[dict]]:
@@ -571,18 +580,19 @@ def panel(ax, title: str, ylabel: str, series: dict, lines=(), xlabel: str = "ep
 def make_plots(hist: dict, m: dict, results_dir) -> None:
     """Four figures: the last seed's curves, and every seed's search."""
     import matplotlib.pyplot as plt
-    last, pdir = {k: v[-1] for k, v in hist.items()}, plots.plot_dir(results_dir, EXPERIMENT)
-    red, mean_line = {"ls": "--", "color": "tab:red"}, "predict the mean"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    panel(axes[0], "Zoo classifier: cross-entropy", "loss",
-          {"train (mean over batches)": last["zoo.train_loss"], "validation": last["zoo.val_loss"]})
-    majority = m["baseline.majority_test_accuracy"]
-    panel(axes[1], "Zoo classifier: accuracy (torchmetrics)", "accuracy",
-          {"train": last["zoo.train_acc"], "validation": last["zoo.val_acc"]},
+    last, pdir, cv = {k: v[-1] for k, v in hist.items()}, plots.plot_dir(results_dir, EXPERIMENT), "zoo.cv_val_acc."
+    figures = {name: plt.subplots(1, n, figsize=(w, 4.2)) for name, n, w in (
+        ("zoo_classifier", 2, 11), ("salary_regression_and_transfer", 2, 11), ("overfitting_and_regularisation", 5, 23),
+        ("search", 1, 7))}
+    red, dotted, mean_line = {"ls": "--", "color": "tab:red"}, {"ls": ":", "color": "k"}, "predict the mean"
+    axes, majority = figures["zoo_classifier"][1], m["baseline.majority_test_accuracy"]
+    axes[0].axvline(m["zoo.epochs"], **dotted, label=f"chosen: lr {m['zoo.lr']:g}, {m['zoo.epochs']} epochs")
+    panel(axes[0], f"Zoo classifier: {CV_FOLDS}-fold cross-validation", "mean validation accuracy",
+          {k.removeprefix(cv): v for k, v in last.items() if k.startswith(cv)},
           [(majority, f"majority class ({majority:.3f})", red)], ylim=(0, 1.02))
-    plots.save_figure(fig, pdir / "zoo_classifier.png")
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panel(axes[1], "the chosen classifier, retrained on the non-test animals", "training set", {
+        "cross-entropy (mean over batches)": last["zoo.train_loss"], "accuracy (torchmetrics)": last["zoo.train_acc"]})
+    axes = figures["salary_regression_and_transfer"][1]
     panel(axes[0], "salary regression (all countries): MSE, z-scored target", "MSE",
           {"train": last["salary.train_loss"], "validation": last["salary.val_loss"]},
           [(m["baseline.salary_mean_val_mse"], mean_line, red)])
@@ -590,67 +600,87 @@ def make_plots(hist: dict, m: dict, results_dir) -> None:
           {f"{name} (lr {m[f'transfer.{name}_lr']:g})": last[f"transfer.{name}.val_loss"]
            for name in ("finetune", "frozen", "scratch")},
           [(m["baseline.transfer_task_b_mean_val_mse"], mean_line, red),
-           (m["transfer.task_b_zero_shot_val_mse"], "US model, no fine-tuning", {"ls": ":", "color": "k"})])
-    plots.save_figure(fig, pdir / "salary_regression_and_transfer.png")
-
-    names = ("plain", "dropout", "weight_decay")
-    fig, axes = plt.subplots(1, 5, figsize=(23, 4.2))
+           (m["transfer.task_b_zero_shot_val_mse"], "US model, no fine-tuning", dotted)])
+    axes, names = figures["overfitting_and_regularisation"][1], ("plain", "dropout", "weight_decay")
     panel(axes[0], "recipe step 1: overfit one example", "loss", {"": last["recipe.single_example_loss"]},
           [(SINGLE_EXAMPLE_LOSS, "", {"ls": "--", "color": "k"})], xlabel="step", yscale="log")
     for ax, name in zip(axes[1:4], names):
-        ax.axvline(m[f"overfit.{name}.best_val_epoch"], ls=":", color="k", label="lowest validation loss")
+        ax.axvline(m[f"overfit.{name}.best_val_epoch"], **dotted, label="lowest validation loss")
         panel(ax, f"{name}: overfitting {'detected' if m[f'overfit.{name}.detected'] else 'not detected'}",
               "cross-entropy", {"train (eval mode)": last[f"overfit.{name}.train_eval_loss"],
                                 "validation": last[f"overfit.{name}.val_loss"]}, yscale="log")
     axes[4].bar(names, [m[f"overfit.{n}.gap"] for n in names], color=["tab:blue", "tab:orange", "tab:green"])
     panel(axes[4], "final validation - training loss", "gap", {}, xlabel="")
-    plots.save_figure(fig, pdir / "overfitting_and_regularisation.png")
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax = figures["search"][1]
     for kind in ("grid", "random"):   # every seed's search: the mean and the range
         arr = np.array(hist[f"search.{kind}.best_so_far"])
         t = np.arange(1, arr.shape[1] + 1)
         ax.plot(t, arr.mean(0), marker="o", ms=3, label=f"{kind} search (mean of {len(arr)} seeds)")
-        if len(arr) > 1:
-            ax.fill_between(t, arr.min(0), arr.max(0), alpha=0.15)
+        ax.fill_between(t, arr.min(0), arr.max(0), alpha=0.15)
     panel(ax, "best validation accuracy found vs. trials spent (Zoo)", "best val accuracy", {}, xlabel="trials")
-    plots.save_figure(fig, pdir / "search.png")
+    for name, (fig, _) in figures.items():
+        plots.save_figure(fig, pdir / f"{name}.png")
 
 
 # --------------------------------------------------------------------------- reporting
-def print_seed(seed: int, m: dict, seconds: float) -> None:
-    print(f"seed {seed}: zoo test acc {m['zoo.test_accuracy']:.3f} (majority {m['baseline.majority_test_accuracy']:.3f}); "
-          f"salary val MSE {m['salary.val_mse']:.3f} (mean {m['baseline.salary_mean_val_mse']:.3f}); transfer "
-          f"fine-tune {m['transfer.finetune_val_mse']:.3f} / scratch {m['transfer.scratch_val_mse']:.3f}; overfit "
-          f"detected {m['overfit.plain.detected']}; search best val acc grid {m['search.grid.best_val_accuracy']:.3f} "
-          f"random {m['search.random.best_val_accuracy']:.3f} [{seconds:.1f}s]", flush=True)
+def report(mean: dict, std: dict, n_seeds: int, wall_s: float) -> None:
+    """Mean ± std over the seeds; a comparison is "within noise" where the means differ by at most the larger std."""
+    f = lambda k: f"{mean[k]:.3f} ± {std[k]:.3f}" if mean.get(k) is not None else "n/a"
 
-
-def report(mean: dict, n_seeds: int, wall_s: float) -> None:
-    f = lambda k: f"{mean[k]:.3f}" if mean.get(k) is not None else "n/a"
-    print(f"03 ({n_seeds} seeds, {wall_s:.0f}s): toy DataLoader batches "
-          f"{[int(mean[f'toy.batch{i}_size']) for i in range(1, int(mean['toy.n_batches']) + 1)]} (course: 2, 2, 1); "
-          f"Zoo test accuracy {f('zoo.test_accuracy')} vs majority {f('baseline.majority_test_accuracy')} "
-          f"(whole table {f('baseline.majority_accuracy')}, course figure 0.406); salary val MSE {f('salary.val_mse')} "
-          f"(RMSE ${mean['salary.val_rmse_usd']:,.0f}) vs predict-the-mean {f('baseline.salary_mean_val_mse')} "
-          f"(${mean['baseline.salary_mean_val_rmse_usd']:,.0f}); nn.Linear(64,128) max |w| {f('init.default_max_abs')} "
-          f"<= {f('init.default_bound')}; transfer to non-US: fine-tune {f('transfer.finetune_val_mse')}, frozen "
-          f"{f('transfer.frozen_val_mse')}, scratch {f('transfer.scratch_val_mse')}, no fine-tuning "
-          f"{f('transfer.task_b_zero_shot_val_mse')}, mean {f('baseline.transfer_task_b_mean_val_mse')}; overfitting "
-          f"detected in {f('overfit.plain.detected')} of seeds, gap plain/dropout/wd {f('overfit.plain.gap')}/"
-          f"{f('overfit.dropout.gap')}/{f('overfit.weight_decay.gap')}; one example overfit in "
-          f"{f('recipe.single_example_steps')} steps; search best val acc grid {f('search.grid.best_val_accuracy')} "
-          f"vs random {f('search.random.best_val_accuracy')}")
+    def vs(a: str, b: str) -> str:
+        noise = None not in (mean.get(a), mean.get(b)) and abs(mean[a] - mean[b]) <= max(std[a], std[b])
+        return f"{f(a)} vs {f(b)}{' (within noise)' if noise else ''}"
+    batches = [int(mean[f"toy.batch{i}_size"]) for i in range(1, int(mean["toy.n_batches"]) + 1)]
+    print(f"03 ({n_seeds} seeds, {wall_s:.0f}s): toy batches {batches} (course: 2, 2, 1); Zoo test accuracy vs the "
+          f"majority class {vs('zoo.test_accuracy', 'baseline.majority_test_accuracy')} (course: 0.406 on all 101); "
+          f"salary val MSE vs the mean {vs('salary.val_mse', 'baseline.salary_mean_val_mse')}; max |w| "
+          f"{f('init.default_max_abs')} <= 0.125; transfer fine-tune vs scratch "
+          f"{vs('transfer.finetune_val_mse', 'transfer.scratch_val_mse')}, frozen {f('transfer.frozen_val_mse')}; gap "
+          f"plain vs dropout {vs('overfit.plain.gap', 'overfit.dropout.gap')}, weight decay "
+          f"{f('overfit.weight_decay.gap')}; search best val acc grid vs random "
+          f"{vs('search.grid.best_val_accuracy', 'search.random.best_val_accuracy')}")
 
 
 def extra_record(d: dict, seeds: list[int], runs: list, diverged: list[dict]) -> dict:
     # the toy DataLoader's batches of the last seed that ran (a diverged one too): they depend on the seed only
     tables = {"toy_loader": toy_loader(d["toy"], seeds[len(runs)] if diverged else seeds[-1])[1]}
     if runs:
-        tables["search_trials"] = {str(seed): trials for seed, (_, _, trials) in zip(seeds, runs)}
+        tables["search_trials"] = {str(seed): t["search"] for seed, (_, _, t) in zip(seeds, runs)}
     return {"diverged": diverged, "tables": tables, "salary_feature_columns": d["salary_columns"],
             "course_figures": {"toy.batch_sizes": [2, 2, 1], "baseline.majority_accuracy": 41 / 101,
                                "init.default_bound": 0.125, "salary_lr": 0.001}}
+
+
+def selection_record(args, seeds: list[int], runs: list) -> dict | None:
+    """What each seed chose on which validation data; the test animals are read only by the final models."""
+    if not runs:
+        return None
+    pick = lambda key: {str(s): m[key] for s, (m, _, _) in zip(seeds, runs)}   # seed -> its value
+    chosen = {k: pick(k) for k in ("zoo.epochs", "zoo.lr")}
+    chosen.update({f"search.{k}.{p}": pick(f"search.{k}.best_{p}") for k in ("grid", "random")
+                   for p in ("lr", "momentum")})
+    return {"validation": {"method": f"stratified {CV_FOLDS}-fold cross-validation (StratifiedKFold, shuffled; "
+                                     "folds fixed per seed, random_state=seed) on the animals outside the seed's test "
+                                     "animals; the search: the seed's 60/20 train/validation split of those animals",
+                           "folds": CV_FOLDS, "sizes": runs[0][2]["cv"]["sizes"]},
+            "chosen": chosen,
+            "scores": {"zoo.cv_val_accuracy": {str(s): t["cv"]["scores"] for s, (_, _, t) in zip(seeds, runs)}},
+            "candidates": {"zoo.epochs": runs[0][2]["cv"]["epochs"], "zoo.lr": args.lrs, "search.grid.lr": GRID_LR,
+                           "search.grid.momentum": GRID_MOMENTUM, "search.random": "lr 10 ** -uniform(2, 6), momentum "
+                           "uniform(0.85, 0.99); every seed's trials in tables.search_trials"},
+            "criterion": f"zoo: mean validation accuracy over the {CV_FOLDS} folds, highest; ties -> fewer epochs, "
+                         f"then the course's lr {COURSE_LR}. search: validation accuracy, highest; ties -> lower "
+                         "validation loss",
+            "final_model": "zoo: retrained on all the non-test animals for the chosen epochs and lr, then read once on "
+                           "the test animals; search: each search's best trial as trained, read once on them",
+            "fixed": {"zoo": f"momentum {args.momentum} (the course's example), width {args.hidden}, batch "
+                             f"{args.batch_size}: fixed project settings, not selected here",
+                      "overfit": f"lr {args.lr}, width {args.overfit_hidden}, {args.overfit_epochs} epochs, dropout "
+                                 f"{args.dropout} and weight decay {args.weight_decay} (the course's examples): "
+                                 "nothing is chosen; overfit.*.test_accuracy describes these fixed models",
+                      "salary": f"validation figures (a random 80/20 split, no test split) of fixed settings: lr "
+                                f"{args.salary_lr} (the course's), fine-tuning {args.finetune_lr} (10x smaller, as the "
+                                f"course advises), {args.salary_epochs} epochs; nothing is chosen on them"}}
 
 
 # --------------------------------------------------------------------------- main
@@ -675,12 +705,13 @@ def main(argv=None) -> int:
         EXPERIMENT, results_dir=args.results_dir, status="diverged" if diverged else "ok",
         started_at=start.started_at, config=cli.config_of(args), seeds=seeds, data=d["info"], metrics=mean, std=std,
         per_seed=per_seed_lists, headline=HEADLINE, history=history, timings=timings, device=start.device,
-        script=__file__, deviations=DEVIATIONS, extra=extra_record(d, seeds, runs, diverged))
+        script=__file__, deviations=DEVIATIONS, selection=selection_record(args, seeds, runs),
+        extra=extra_record(d, seeds, runs, diverged))
     if diverged:
         print(f"03: DIVERGED ({diverged[0]['run']}, seed {diverged[0]['seed']}, epoch {diverged[0]['epoch']}); "
               f"partial results written", file=sys.stderr)
         return 3
-    report(mean, len(seeds), start.wall_s())
+    report(mean, std, len(seeds), start.wall_s())
     return 0
 
 

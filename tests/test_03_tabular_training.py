@@ -1,15 +1,17 @@
-"""Experiment 03: DataLoader batches 2/2/1, Zoo classifier vs majority class, salary regression vs the mean,
-initialisation bound +-0.125, save/load and fine-tuning with a frozen layer, dropout, overfitting, search."""
+"""Experiment 03: DataLoader batches 2/2/1, Zoo classifier (epochs and lr by cross-validation on the non-test animals)
+vs majority class, salary regression vs the mean, initialisation bound +-0.125, save/load and fine-tuning with a
+frozen layer, dropout, overfitting, search; the test animals are read only by the final models."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from common import data
+from common import data, schema
 from conftest import real_data, run_script
 
 SCRIPT = "03_tabular_training"
@@ -87,18 +89,77 @@ def test_benchmark_cases_train_one_step(one_thread):
         assert torch.isfinite(loss) and len(target) == c["batch_size"]
 
 
+def _fake_training(val_acc: dict):
+    """A stand-in for ``train``: cross-validation runs get the validation accuracy curve ``val_acc[lr]``, the
+    final run an untrained model; every call is recorded."""
+    calls = []
+
+    def train(make, x, y, rows, val_rows, lr, momentum, epochs, batch_size, seed, clock, run, **kw):
+        calls.append({"rows": rows, "val_rows": val_rows, "lr": lr, "epochs": epochs, "run": run})
+        curve = val_acc[lr][:epochs]
+        return make(), {"val_acc": curve, "val_loss": [1.0 - a for a in curve], "train_loss": [0.5] * epochs,
+                        "train_acc": [0.9] * epochs}
+    return train, calls
+
+
+@pytest.mark.parametrize("val_acc, chosen", [
+    ({0.01: [0.9] * 20, 0.001: [0.9] * 20}, (0.001, 2)),    # all tied: the fewest epochs, then the course's lr
+    ({0.01: [0.5] * 5 + [0.95] * 15, 0.001: [0.9] * 20}, (0.01, 6)),   # the first of the best epochs
+    ({0.01: [0.5] * 20, 0.001: [0.6] * 9 + [0.7] + [0.6] * 10}, (0.001, 10)),
+])
+def test_cross_validation_chooses_on_mean_validation_accuracy_and_retrains_on_all(monkeypatch, val_acc, chosen):
+    fake, calls = _fake_training(val_acc)
+    monkeypatch.setattr(exp, "train", fake)
+    torch.manual_seed(0)
+    y = torch.arange(50) % 5                       # 5 classes of 10
+    x = torch.rand(50, len(exp.ZOO_FEATURES))
+    split = exp.zoo_split(y, seed=3)
+    args = exp.parse(["--epochs", "20"])
+    m, curves, table = exp.zoo_classification(x, y, split, args, 3, exp.Clock("cpu"))
+    assert (m["zoo.lr"], m["zoo.epochs"]) == chosen and table["epochs"] == list(range(2, 21, 2))
+    assert m["zoo.cv_val_accuracy"] == pytest.approx(val_acc[chosen[0]][chosen[1] - 1])
+    cv, final = calls[:-1], calls[-1]
+    assert len(cv) == 2 * exp.CV_FOLDS and all(c["run"] == "zoo.cv" and c["epochs"] == 20 for c in cv)
+    assert (final["run"], final["lr"], final["epochs"], final["val_rows"]) == ("zoo", *chosen, None)
+    pool, te = np.sort(np.concatenate(split[:2])), split[2]
+    assert np.array_equal(final["rows"], pool) and len(pool) == 40 and len(te) == 10
+    for c in cv:   # each fold: training and validation animals partition the non-test animals
+        assert not set(c["rows"]) & set(c["val_rows"]) and np.array_equal(np.union1d(c["rows"], c["val_rows"]), pool)
+    assert np.array_equal(np.sort(np.concatenate([c["val_rows"] for c in cv[:exp.CV_FOLDS]])), pool)
+    assert table["sizes"] == {"train+validation": 40, "validation": [8] * 5, "test": 10}
+    assert len(table["scores"]) == 20 and curves["zoo.cv_val_acc.lr0.01"] == pytest.approx(val_acc[0.01])
+
+
 # ---------------------------------------------------------------- smoke runs on the real data
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Smoke runs on the real data: seed 0 through the command line and again in this process, then seed 1."""
+    """Smoke runs on the real data: seed 0 through the command line and again in this process (recording every
+    training run's animals and every evaluation), then seed 1."""
     if {"zoo", "ds_salaries"} & set(data.missing_datasets()):
         pytest.skip("real zoo / ds_salaries data not found under DATA_DIR")
     threads, cli_dir = torch.get_num_threads(), tmp_path_factory.mktemp("r03a")
     out = {"a": (run_script(SCRIPT, "--smoke", "--seed", "0", results_dir=cli_dir)[1], cli_dir)}
+    trained, evaluated = [], []
+    train, evaluate, signature = exp.train, exp.evaluate, inspect.signature(exp.train)
+
+    def recording_train(*a, **kw):
+        named = signature.bind(*a, **kw).arguments
+        trained.append((named["seed"], named["run"], named["rows"], named["val_rows"]))
+        return train(*a, **kw)
+
+    def recording_evaluate(model, x, y, *a, **kw):
+        evaluated.append((x.detach().clone(), y.detach().clone()))
+        return evaluate(model, x, y, *a, **kw)
+
     for name, seed in (("b", "0"), ("c", "1")):
         d = tmp_path_factory.mktemp(f"r03{name}")
-        assert exp.main(["--smoke", "--seed", seed, "--results-dir", str(d)]) == 0
+        with pytest.MonkeyPatch.context() as mp:
+            if name == "b":
+                mp.setattr(exp, "train", recording_train)
+                mp.setattr(exp, "evaluate", recording_evaluate)
+            assert exp.main(["--smoke", "--seed", seed, "--results-dir", str(d)]) == 0
         out[name] = (json.loads((d / f"{SCRIPT}.json").read_text()), d)
+    out["trained"], out["evaluated"] = trained, evaluated
     torch.set_num_threads(threads)  # main() sets --threads (default 1); leave this process as it was
     return out
 
@@ -130,8 +191,10 @@ def test_json_has_the_figures(runs):
     assert all(lr in exp.GRID_LR and mom in exp.GRID_MOMENTUM for lr, mom in
                ((t["lr"], t["momentum"]) for t in trials["grid"]))
     assert all(1e-6 <= t["lr"] <= 1e-2 and 0.85 <= t["momentum"] <= 0.99 for t in trials["random"])
+    assert all("test_acc" not in t for t in trials["grid"] + trials["random"])   # only the best trial is tested
     assert all(isinstance(v, (int, float)) for v in m.values())
-    assert len(rec["history"]["zoo.val_acc"][0]) == 3  # smoke: 3 epochs
+    assert len(rec["history"]["zoo.cv_val_acc.lr0.01"][0]) == 3  # smoke: 3 epochs, validated every epoch
+    assert [len(h) for h in rec["history"]["zoo.train_loss"]] == rec["per_seed"]["zoo.epochs"]   # the chosen epochs
     assert rec["timings"]["train_s"] > 0 and rec["timings"]["train_samples_per_s"] > 0
     for png in ("zoo_classifier.png", "salary_regression_and_transfer.png",
                 "overfitting_and_regularisation.png", "search.png"):
@@ -151,7 +214,56 @@ def test_json_records_the_deviations_from_the_course(runs):
     assert "7 features, 3 types" in zoo["course"] and "16 features, 7 types" in zoo["here"]
     # each flag is an option that sets the course's value
     flags = {d["what"]: exp.parse(d["flag"].split()) for d in devs if "flag" in d}
-    assert flags["salary batch size"].salary_batch_size == 4 and flags["Zoo learning rate"].lr == 0.001
+    course_lr = flags["Zoo epochs and learning rate"]
+    assert flags["salary batch size"].salary_batch_size == 4 and course_lr.lr == 0.001 and course_lr.lrs == [0.001]
+
+
+@real_data("zoo")
+@real_data("ds_salaries")
+def test_selection_is_recorded_and_chosen_among_the_candidates(runs):
+    rec = runs["a"][0]
+    sel, m = rec["selection"], {k: v[0] for k, v in rec["per_seed"].items()}   # seed 0's figures
+    assert schema.check_selection(sel) and {"scores", "fixed"} <= set(sel)
+    assert sel["candidates"]["zoo.epochs"] == [1, 2, 3] and sel["candidates"]["zoo.lr"] == [0.01, 0.001]
+    assert sel["chosen"]["zoo.epochs"]["0"] in [1, 2, 3] and sel["chosen"]["zoo.lr"]["0"] in [0.01, 0.001]
+    assert (sel["chosen"]["zoo.epochs"]["0"], sel["chosen"]["zoo.lr"]["0"]) == (m["zoo.epochs"], m["zoo.lr"])
+    assert sel["chosen"]["search.grid.lr"]["0"] in exp.GRID_LR
+    assert sel["chosen"]["search.grid.momentum"]["0"] in exp.GRID_MOMENTUM
+    scores = sel["scores"]["zoo.cv_val_accuracy"]["0"]
+    assert len(scores) == 6 and max(scores.values()) == pytest.approx(m["zoo.cv_val_accuracy"])
+    chosen = f"lr {m['zoo.lr']:g}, {int(m['zoo.epochs'])} epochs"
+    assert scores[chosen] == max(scores.values())
+    # 101 animals: 21 test, the other 80 in 5 folds of 16
+    assert sel["validation"]["folds"] == 5 and sel["validation"]["sizes"] == {
+        "train+validation": 80, "validation": [16] * 5, "test": 21}
+    assert "salary" in sel["fixed"] and "no test split" in sel["fixed"]["salary"]
+    assert "ties" in sel["criterion"] and "retrained" in sel["final_model"]
+
+
+@real_data("zoo")
+@real_data("ds_salaries")
+def test_the_test_animals_are_read_only_by_the_final_models(runs):
+    """No training or validation run sees a test animal; each seed's test tensors are evaluated 6 times: by the final
+    classifier, the 3 fixed overfitting/regularisation models and the best trial of each search."""
+    x, y = exp.zoo_tensors(data.load_zoo()[0])
+    for seed in (0, 1):   # the smoke run's two seeds
+        tr, va, te = exp.zoo_split(y, seed=seed)
+        pool = np.sort(np.concatenate([tr, va]))
+        every = {run for s, run, _, _ in runs["trained"] if s == seed}
+        assert every == {"zoo.cv", "zoo", "overfit.plain", "overfit.dropout", "overfit.weight_decay", "search.grid",
+                         "search.random", "salary", "transfer.pretrain"}
+        trained = [t[1:] for t in runs["trained"] if t[0] == seed and not t[1].startswith(("salary", "transfer"))]
+        for run, rows, val_rows in trained:
+            seen = set(rows) | set(val_rows if val_rows is not None else [])
+            assert not seen & set(te) and seen <= set(pool), run
+        cv = [(rows, val_rows) for run, rows, val_rows in trained if run == "zoo.cv"]
+        assert len(cv) == 2 * exp.CV_FOLDS and all(len(v) == 16 and len(r) == 64 for r, v in cv)
+        assert np.array_equal(np.sort(np.concatenate([v for _, v in cv[:exp.CV_FOLDS]])), pool)
+        assert [rows.tolist() for run, rows, _ in trained if run == "zoo"] == [pool.tolist()]
+        on_test = [xe for xe, ye in runs["evaluated"] if xe.shape == x[te].shape and torch.equal(xe, x[te])
+                   and torch.equal(ye, y[te])]
+        assert len(on_test) == 6
+    assert runs["b"][0]["metrics"] == runs["a"][0]["metrics"]   # the recording changed nothing
 
 
 @real_data("zoo")
@@ -171,10 +283,10 @@ def test_synthetic_stand_in_is_labelled(tmp_path, one_thread):
 
 
 def test_huge_learning_rate_diverges_with_exit_3(tmp_path, one_thread):
-    code = exp.main(["--smoke", "--synthetic", "--lr", "1e30", "--results-dir", str(tmp_path)])
+    code = exp.main(["--smoke", "--synthetic", "--lrs", "1e30", "--results-dir", str(tmp_path)])
     rec = json.loads((tmp_path / f"{SCRIPT}.json").read_text())
-    assert code == 3 and rec["status"] == "diverged"
-    assert rec["diverged"][0]["run"] == "zoo" and rec["diverged"][0]["seed"] == 0
+    assert code == 3 and rec["status"] == "diverged" and rec["selection"] is None
+    assert rec["diverged"][0]["run"] == "zoo.cv" and rec["diverged"][0]["seed"] == 0
 
 
 def test_missing_data_is_a_clean_error(tmp_path, capsys, one_thread):
