@@ -1,10 +1,13 @@
 """04_clouds_cnn: transforms (train randomness, test determinism, 3x64x64, rotation range), models, per-class
-mapping, duplicates, benchmark cases, options, and smoke runs (real data: figures, plots, reproducibility;
-synthetic: deviations recorded; divergence)."""
+mapping, duplicates and the deduplicated test set, cross-validation folds and the epoch choice, benchmark cases,
+options, and smoke runs (real data: figures, plots, selection, reproducibility; synthetic: the test set read only
+by the final models, epochs given, deviations recorded; divergence in the selection and in a final model)."""
 from __future__ import annotations
 
 import importlib
+import json
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -12,7 +15,8 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from common import data
-from conftest import real_data, run_script
+from common.schema import check_selection
+from conftest import check_deviations, real_data, run_script, smoke_fixture
 
 m = importlib.import_module("experiments.04_clouds_cnn")
 SCRIPT = "04_clouds_cnn"
@@ -132,8 +136,45 @@ def test_real_duplicates_dedupe_and_class_to_idx():
     assert len(d["test_in_train"]) == 5
     _, deduped = m.run_splits(train, test, d["test_in_train"], smoke=False)
     assert len(deduped) == 481 and not set(deduped.file_sha256) & set(train.file_sha256)
+    assert len(m.run_splits(train, test, [], smoke=False)[1]) == 486      # --keep-duplicates: the course's set
     folder = data.clouds_image_folder("test")
     assert folder.class_to_idx == {c: i for i, c in enumerate(train.classes)}
+
+
+@real_data("clouds")
+def test_real_folds_carved_from_train_stratified_and_apart_from_test():
+    train, test, _ = data.load_clouds(size=64)
+    _, test = m.run_splits(train, test, m.find_duplicates(train, test)["test_in_train"], smoke=False)
+    folds = m.cv_folds(train, 3)
+    assert sorted(torch.cat([val for _, val in folds]).tolist()) == list(range(474))   # each validates once
+    total = torch.bincount(train.labels, minlength=7)
+
+    def hashes(idx):
+        return {train.file_sha256[i] for i in idx.tolist()}
+    for (fit, val), (fit2, val2) in zip(folds, m.cv_folds(train, 3)):
+        assert torch.equal(fit, fit2) and torch.equal(val, val2)                     # fixed split seed
+        assert (len(fit), len(val)) == (316, 158) and not set(fit.tolist()) & set(val.tolist())
+        assert not hashes(fit) & hashes(val)          # the 3 byte-identical training pairs stay in one fold
+        assert not hashes(val) & set(test.file_sha256)                              # nothing of the test set
+        share = torch.bincount(train.labels[val], minlength=7) / total               # stratified: ~1/3 a class
+        assert float(share.min()) > 0.25 and float(share.max()) < 0.4
+
+
+def test_select_epochs_picks_the_best_mean_and_fewer_on_ties(monkeypatch):
+    curves = iter([[0.5, 0.7, 0.7, 0.6], [0.5, 0.6, 0.6, 0.7]])   # means 0.5, 0.65, 0.65, 0.65
+    seen = []
+
+    def fake_train_one(spec, x, y, sizes, seed, device, prefix, eval_fn):
+        seen.append((spec["epochs"], len(x), seed))
+        return None, {"val_accuracy": next(curves)}, {}
+    monkeypatch.setattr(m, "train_one", fake_train_one)
+    spec = m.model_specs(m.DEFAULTS)["course"]
+    mdl = dict(spec=dict(spec, max_epochs=4), x_train=torch.zeros(10, 3, 64, 64, dtype=torch.uint8),
+               y_train=torch.zeros(10, dtype=torch.long), max_batches=None)
+    folds = [(torch.arange(6), torch.arange(6, 10)), (torch.arange(4, 10), torch.arange(4))]
+    pick = m.select_epochs("course", mdl, folds, seed=7, device="cpu")
+    assert pick["chosen"] == 2 and mdl["spec"]["epochs"] == 2 and pick["mean"] == pytest.approx([0.5, 0.65, 0.65, 0.65])
+    assert seen == [(4, 6, 7), (4, 6, 8)]      # max_epochs on each fold's fit part, fold k with seed + k
 
 
 def test_benchmark_cases_run_one_step():
@@ -152,20 +193,27 @@ def test_benchmark_cases_run_one_step():
         assert torch.isfinite(loss)
 
 
+def test_options_epochs_given_or_chosen():
+    specs = m.model_specs(m.DEFAULTS)
+    assert specs["course"]["epochs"] is None and specs["improved"]["epochs"] is None      # chosen by CV
+    assert (specs["course"]["max_epochs"], specs["improved"]["max_epochs"]) == (20, 20)
+    assert specs["course"]["one_cycle_epochs"] is None and specs["improved"]["one_cycle_epochs"] == 20
+    given = m.model_specs(vars(m.parse(["--epochs", "3", "--improved-epochs", "7"])))
+    assert given["course"]["epochs"] == 3 and given["improved"]["epochs"] == given["improved"]["one_cycle_epochs"] == 7
+    smoke = m.parse(["--smoke"])
+    assert (smoke.folds, smoke.max_epochs, smoke.improved_max_epochs, smoke.epochs) == (2, 2, 2, None)
+    for gone in ("--test-curve", "--dedupe"):                 # the test set per epoch; deduplication is the default
+        with pytest.raises(SystemExit):
+            m.parse([gone])
+
+
 # ------------------------------------------------------------------ smoke runs
-@pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory):
-    outs = []
-    for i in range(2):
-        d = tmp_path_factory.mktemp(f"smoke{i}")
-        _, record = run_script(SCRIPT, "--smoke", "--seed", "0", results_dir=d)
-        outs.append((d, record))
-    return outs
+smoke_runs = smoke_fixture(SCRIPT, {"seed0": ["--seed", "0"], "seed0_again": ["--seed", "0"]}, in_process=m)
 
 
 @real_data("clouds")
 def test_smoke_real_figures_and_plots(smoke_runs):
-    d, r = smoke_runs[0]
+    r, d = smoke_runs["seed0"]
     assert r["status"] == "ok" and r["data"]["source"] == "real" and r["seeds"] == [0, 1]
     met = r["metrics"]
     for model in ("course", "improved"):
@@ -176,22 +224,46 @@ def test_smoke_real_figures_and_plots(smoke_runs):
         for c in data.CLOUD_CLASSES:
             assert f"{model}.recall.{c}" in met and f"{model}.precision.{c}" in met
         assert f"{model}.obs.recall_macro_above_precision_macro" in met
+        # the final models train for the chosen epochs
+        assert len(r["history"][f"{model}.train_loss"]) == r["selection"]["chosen"][f"{model}.epochs"]
+        assert r["model_config"][model]["epochs"] == r["selection"]["chosen"][f"{model}.epochs"]
     assert met["data.duplicate_pairs_across_splits"] == 5 and met["data.duplicate_pairs_within_train"] == 3
     assert met["data.duplicate_pairs_within_test"] == 3
+    assert met["data.test_images_also_in_train"] == 5 and met["data.test_duplicates_dropped"] == 5
+    assert (met["data.train_size"], met["data.test_size"]) == (32, 42)   # smoke subsets of train / deduplicated test
     assert met["baseline.majority_accuracy"] == pytest.approx(1 / 7)   # smoke test set: 6 per class
     t = r["timings"]
     assert t["train_samples_per_s"] > 0 and t["model_only_samples_per_s"] > 0 and t["memory_format"] == "channels_last"
+    assert t["course.model_only_samples_per_s"] > 0 and t["selection_s"] > 0
     assert r["course_pipeline"]["sample_batch_shape"] == [1, 3, 64, 64] and r["course_pipeline"]["class_to_idx_matches"]
-    assert len(r["history"]["course.train_loss"]) == 1
     for name in ("augmentation_grid", "confusion_matrix", "per_class_recall", "headline_metrics",
-                 "training_train_loss"):
+                 "training_train_loss", "selection_validation_accuracy"):
         assert (d / SCRIPT / f"{name}.png").stat().st_size > 1000
+    assert not (d / SCRIPT / "training_test_accuracy.png").exists()
+
+
+@real_data("clouds")
+def test_smoke_selection_valid(smoke_runs):
+    sel = smoke_runs["seed0"][0]["selection"]
+    assert check_selection(sel) is sel
+    assert sel["candidates"] == {"course.epochs": [1, 2], "improved.epochs": [1, 2]}    # --smoke: 1..2
+    for key, chosen in sel["chosen"].items():
+        mean, folds = sel["scores"][key], sel["scores_per_fold"][key]
+        assert chosen in sel["candidates"][key] and len(folds) == 2
+        assert mean == pytest.approx([sum(v) / 2 for v in zip(*folds)])
+        assert mean[chosen - 1] == max(mean) and max(mean) not in mean[:chosen - 1]   # best, fewer on ties
+    v = sel["validation"]
+    assert v["folds"] == 2 and "StratifiedGroupKFold" in v["method"]
+    assert v["sizes"]["train"] == 32                                     # --smoke's training images, split in 2
+    assert [a + b for a, b in zip(v["sizes"]["fit"], v["sizes"]["validation"])] == [32, 32]
+    assert "test-set figures" in sel["fixed"]["improved.architecture, optimizer, schedule, batch_size, size"]
+    assert "fewer epochs" in sel["criterion"] and "retrained on all training images" in sel["final_model"]
 
 
 @real_data("clouds")
 def test_smoke_reproducible_and_seeds_differ(smoke_runs):
-    (_, a), (_, b) = smoke_runs
-    assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
+    a, b = smoke_runs["seed0"][0], smoke_runs["seed0_again"][0]
+    assert a["metrics"] == b["metrics"] and a["history"] == b["history"] and a["selection"] == b["selection"]
     losses = a["history"]["course.train_loss_per_seed"]
     assert losses[0] != losses[1]                     # seeds 0 and 1 train differently
     for name in ("course", "improved"):     # every seed's figure recorded, and the mean is theirs
@@ -206,38 +278,97 @@ def test_rotation_flag_reaches_the_specs():
     assert all(s["rotation_from_zero"] and not s["channels_last"] for s in specs.values())
 
 
+def _spied_main(argv: list[str], results_dir) -> tuple[int, dict | None, list, list]:
+    """``main(argv)`` in this process with every ``predict`` call's images and the loaded data recorded."""
+    calls, loaded = [], []
+    predict, load_data = m.predict, m.load_data
+
+    def spy_predict(model, images, *args, **kw):
+        calls.append(images.cpu().clone())
+        return predict(model, images, *args, **kw)
+
+    def spy_load(*args, **kw):
+        loaded.append(load_data(*args, **kw))
+        return loaded[-1]
+    with mock.patch.object(m, "predict", spy_predict), mock.patch.object(m, "load_data", spy_load):
+        rc = m.main([*argv, "--results-dir", str(results_dir)])
+    path = results_dir / f"{SCRIPT}.json"
+    return rc, (json.loads(path.read_text()) if path.exists() else None), calls, loaded
+
+
 @pytest.fixture(scope="module")
 def synthetic_run(tmp_path_factory):
-    _, r = run_script(SCRIPT, "--smoke", "--synthetic", "--model", "course", "--seeds", "1",
-                      results_dir=tmp_path_factory.mktemp("synthetic"))
-    return r
+    rc, r, calls, (clouds,) = _spied_main(["--smoke", "--synthetic", "--model", "course", "--seeds", "1"],
+                                          tmp_path_factory.mktemp("synthetic"))
+    assert rc == 0
+    return r, calls, clouds
 
 
 def test_smoke_synthetic(synthetic_run):
-    r = synthetic_run
+    r = synthetic_run[0]
     assert r["data"]["source"] == "synthetic" and r["status"] == "ok"
     assert "course.accuracy" in r["metrics"] and "improved.accuracy" not in r["metrics"]
-    assert r["headline"] == "course.f1_macro"
+    assert r["headline"] == "course.f1_macro" and list(r["selection"]["chosen"]) == ["course.epochs"]
+
+
+def test_test_set_read_only_by_the_final_model(synthetic_run):
+    r, calls, clouds = synthetic_run
+    train, test = clouds.splits[64]
+    rows = {name: {bytes(x.numpy()) for x in s.images} for name, s in (("train", train), ("test", test))}
+    is_test = [torch.equal(c, test.images) if c.shape == test.images.shape else False for c in calls]
+    # 2 folds x 2 epochs of validation accuracy, then the one final model (one seed) on the test set, once
+    assert is_test == [False] * 4 + [True]
+    val_sizes = r["selection"]["validation"]["sizes"]["validation"]
+    assert [len(c) for c in calls[:4]] == [n for n in val_sizes for _ in range(2)]     # fold by fold, epoch by epoch
+    for c in calls[:4]:     # validation images: training images, none of them a test image
+        assert all(bytes(x.numpy()) in rows["train"] and bytes(x.numpy()) not in rows["test"] for x in c)
+
+
+def test_epochs_given_skip_the_selection(tmp_path):
+    rc, r, calls, (clouds,) = _spied_main(["--smoke", "--synthetic", "--seeds", "1", "--epochs", "1",
+                                           "--improved-epochs", "2"], tmp_path)
+    assert rc == 0 and len(calls) == 2           # no validation: each model reads the test set once
+    sel = r["selection"]
+    assert sel["chosen"] == {} and sel["scores"] == {} and sel["validation"]["method"].startswith("none")
+    assert sel["validation"]["folds"] == 0 and sel["validation"]["sizes"]["validation"] == []
+    assert sel["fixed"]["course.epochs"].startswith("1,") and sel["fixed"]["improved.epochs"].startswith("2,")
+    assert len(r["history"]["improved.train_loss"]) == 2 and r["model_config"]["improved"]["one_cycle_epochs"] == 2
 
 
 def test_deviations_recorded(synthetic_run):
-    devs = {d["what"]: d for d in synthetic_run["deviations"]}
-    assert synthetic_run["deviations"] == m.DEVIATIONS
-    for d in devs.values():
-        assert all(isinstance(d[k], str) and d[k] for k in ("what", "course", "here", "why"))
+    r = synthetic_run[0]
+    assert r["deviations"] == m.DEVIATIONS
+    flags = check_deviations(r, ["rotation range", "image size", "data pipeline", "test set deduplicated",
+                                 "epochs, batch size, learning rate", "seeds", "memory format", "improved model"],
+                             parse=m.parse)
+    devs = {d["what"]: d for d in r["deviations"]}
     rotation, size = devs["rotation range"], devs["image size"]
     assert "0 and 45" in rotation["course"] and "[-45, 45]" in rotation["here"]
-    assert rotation["flag"] == "--rotation-from-zero"
+    assert flags["rotation range"].rotation_from_zero and flags["test set deduplicated"].keep_duplicates
     assert "128" in size["course"] and size["here"] == "64x64" and "64*16*16" in size["why"]
+    epochs = devs["epochs, batch size, learning rate"]
+    assert "cross-validation" in epochs["here"] and "test-curve" not in str(r["deviations"])
+    assert "486" in devs["test set deduplicated"]["course"] and "481" in devs["test set deduplicated"]["here"]
 
 
-def test_divergence_exits_3(results_dir):
+def test_divergence_in_the_selection_exits_3(results_dir):
     proc, r = run_script(SCRIPT, "--smoke", "--synthetic", "--model", "course", "--seeds", "1", "--lr", "1e30",
                          results_dir=results_dir, check=False)
     assert proc.returncode == 3, proc.stderr[-2000:]
     (d,) = r["diverged"]                      # where it happened (results.Diverged.to_json), no test figures
-    assert r["status"] == "diverged" and (d["run"], d["seed"], d["epoch"], d["value"]) == ("course", 0, 0, "nan")
+    # fold 1 fits 16 images: one batch an epoch, whose loss is finite; the step after the first update is not
+    assert r["status"] == "diverged" and (d["run"], d["seed"], d["epoch"], d["step"]) == ("course", 0, 1, 0)
+    assert d["phase"] == "cross-validation fold 1" and d["value"] == "nan" and r["selection"]["chosen"] == {}
     assert "course.accuracy" not in r["metrics"] and r["headline"] == "baseline.majority_accuracy"
+
+
+def test_divergence_of_a_final_model_exits_3(tmp_path):
+    rc, r, calls, _ = _spied_main(["--smoke", "--synthetic", "--model", "course", "--seeds", "1", "--epochs", "1",
+                                   "--lr", "1e30"], tmp_path)
+    (d,) = r["diverged"]
+    assert rc == 3 and r["status"] == "diverged" and calls == [] and "phase" not in d
+    assert (d["run"], d["seed"], d["epoch"], d["value"]) == ("course", 0, 0, "nan")
+    assert "course.accuracy" not in r["metrics"]
 
 
 def test_missing_data_exits_2(results_dir, tmp_path):
