@@ -6,6 +6,7 @@ import importlib
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -66,9 +67,9 @@ def test_fast_batches_equal_the_dataloader_batches_over_epochs():
     ds = exp.WaterDataset(df)
     X, y = exp.to_tensors(df, "cpu")
     loader = repro.make_loader(ds, 8, True, seed=3)
-    loaders = exp.index_loaders(50, 8, [3, 4], drop_last=False)  # seed 3 first, beside another seed
+    orders = exp.epoch_orders(50, 8, [3, 4], drop_last=False, device="cpu")  # seed 3 first, beside another seed
     for _ in range(3):
-        order = exp.epoch_order(loaders, "cpu")
+        order = next(orders)
         assert order.shape == (2, 50) and not torch.equal(order[0], order[1])
         fast = [(X[idx], y[idx]) for idx in order[0].split(8)]
         slow = list(loader)
@@ -178,10 +179,13 @@ def test_smoke_writes_every_figure_for_both_protocols(smoke):
             for layer in exp.LAYERS:
                 assert m[f"grad.{v}.grad_norm_{layer}_first_epoch"] > 0
                 assert len(r["history"][f"grad_norm.{v}.{layer}"]) == 1
-        assert m["grad.relu_default.test_accuracy"] == m["adam.test_accuracy"]  # the same runs
+        # the course's own path (plain Net, DataLoader over WaterDataset) gets seed 0's figure, to one test row
+        check = r["dataloader_check"]
+        assert check["test_accuracy_dataloader_path"] == pytest.approx(r["per_seed"]["adam.test_accuracy"][0],
+                                                                       abs=1.01 / r["data"]["sizes"]["test"])
         assert r["headline"] == "adam.test_accuracy"
         assert {row["config"] for row in r["comparison"]} == set(CONFIGS)
-        assert r["dataloader_check"]["max_abs_train_loss_diff"] < 1e-5
+        assert check["max_abs_train_loss_diff"] < 1e-5
         assert r["diverged"] == [] and r["timings"]["train_samples_per_s"] > 0
         for png in ("accuracy.png", "grad_norms.png", "train_loss.png", "test_accuracy_per_epoch.png"):
             assert (d / f"{SCRIPT}_{protocol}" / png).read_bytes()[:4] == b"\x89PNG"
@@ -190,7 +194,52 @@ def test_smoke_writes_every_figure_for_both_protocols(smoke):
     assert clean["metrics"]["baseline.majority_accuracy"] == pytest.approx(499 / 819)  # 320 of the 819 are potable
     assert course["protocol_notes"]["train_test_identical_feature_rows"] == 0
     assert clean["protocol_notes"]["train_test_shared_raw_rows"] == 0
-    assert "67%" in proc.stdout and "random forest" in proc.stdout
+    for r in (course, clean):   # the summary prints this run's figures
+        m = r["metrics"]
+        assert (f"logistic regression {m['baseline.logreg_accuracy']:.3f}, random forest "
+                f"{m['baseline.random_forest_accuracy']:.3f}") in proc.stdout
+
+
+@real_data("water_potability")
+def test_smoke_baselines_match_sklearn_fitted_here(smoke):
+    """The baselines, refitted here on the course files (the smoke run's first 256 training rows)."""
+    from sklearn.linear_model import LogisticRegression
+    root, f = data.data_dir() / "water_potability", data.WATER_FEATURES
+    train = pd.read_csv(root / "water_train.csv").iloc[:exp.DEFAULTS["smoke_rows"]]
+    test = pd.read_csv(root / "water_test.csv")
+    logreg = LogisticRegression(max_iter=1000).fit(train[f], train["Potability"])
+    m = _read(smoke["a"][1], "course")["metrics"]
+    assert m["baseline.logreg_accuracy"] == pytest.approx(logreg.score(test[f], test["Potability"]))
+    majority = train["Potability"].mode()[0]
+    assert m["baseline.majority_accuracy"] == pytest.approx((test["Potability"] == majority).mean())
+
+
+@real_data("water_potability")
+def test_smoke_records_the_deviations(smoke):
+    _, d = smoke["a"]
+    for protocol in exp.PROTOCOLS:
+        deviations = _read(d, protocol)["deviations"]
+        assert [x["what"] for x in deviations] == [x["what"] for x in exp.DEVIATIONS]
+        course_figure = [x for x in deviations if "67%" in x["course"] or "67%" in x["what"]]
+        assert len(course_figure) == 1
+        for key in ("what", "course", "here", "why", "flag"):
+            assert isinstance(course_figure[0][key], str) and course_figure[0][key].strip()
+    literal = exp.parse(course_figure[0]["flag"].split())   # the flag gives the course's loop: SGD at lr 0.01
+    assert literal.grad_optimizer == "sgd" and literal.lr_sgd == 0.01
+    for x in exp.DEVIATIONS:   # every flag is a real option
+        if "flag" in x:
+            exp.parse(x["flag"].split())
+
+
+@real_data("water_potability")
+def test_sgd_at_the_course_lr_stays_at_the_majority_answer():
+    """Why the headline is Adam's, not the course loop's SGD (DEVIATIONS): SGD at lr 0.01, batch 16, answers
+    the majority class on every test row, epoch after epoch (10 epochs here; 100 in the full runs)."""
+    split = exp.load_course()
+    (X, y), (Xte, yte) = exp.to_tensors(split.train, "cpu"), exp.to_tensors(split.test, "cpu")
+    runs, _ = exp.train_stack("sgd", "relu_default", exp.DEFAULTS["lr_sgd"], [0], X, y, Xte, yte, epochs=10,
+                              batch_size=exp.DEFAULTS["batch_size"])
+    assert runs[0]["test_acc"] == pytest.approx([297 / 503] * 10)
 
 
 @real_data("water_potability")
