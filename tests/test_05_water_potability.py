@@ -83,12 +83,12 @@ def test_seed_stack_matches_separate_nets():
     df, _ = data.synthetic_water(n=64, scaled=True)
     X, y = exp.to_tensors(df, "cpu")
     for variant in ("relu_default", "kaiming_elu_bn"):
-        runs, t = exp.train_stack("adam", variant, 1e-2, [0, 5], X, y, X, y, epochs=2, batch_size=16)
+        runs, t = exp.train_stack("adam", variant, 1e-2, [0, 5], X, y, epochs=2, batch_size=16)
         assert t["seen"] == 2 * 64 * 2
         ds = exp.WaterDataset(df)
         course = exp.train_course_path("adam", variant, 1e-2, ds, ds, 5, 2, 16, "cpu")
         assert np.allclose(course["losses"], runs[1]["losses"], atol=1e-6)
-        assert course["test_accuracy"] == pytest.approx(runs[1]["metrics"]["test_accuracy"])
+        assert course["accuracy"] == pytest.approx(runs[1]["metrics"]["train_accuracy"])
         copy, net = t["stack"].net(1), course["net"]
         # Tolerances: the two paths sum the same products in different orders (vmap's batched matmul over
         # the stacked weights vs addmm), so each gradient differs by float32 rounding (~1e-7 relative);
@@ -181,13 +181,13 @@ def test_smoke_writes_every_figure_for_both_protocols(smoke):
                 assert len(r["history"][f"grad_norm.{v}.{layer}"]) == 1
         # the course's own path (plain Net, DataLoader over WaterDataset) gets seed 0's figure, to one test row
         check = r["dataloader_check"]
-        assert check["test_accuracy_dataloader_path"] == pytest.approx(r["per_seed"]["adam.test_accuracy"][0],
-                                                                       abs=1.01 / r["data"]["sizes"]["test"])
+        assert check["train_accuracy_dataloader_path"] == pytest.approx(r["per_seed"]["adam.train_accuracy"][0],
+                                                                        abs=1.01 / r["data"]["sizes"]["train_used"])
         assert r["headline"] == "adam.test_accuracy"
         assert {row["config"] for row in r["comparison"]} == set(CONFIGS)
         assert check["max_abs_train_loss_diff"] < 1e-5
         assert r["diverged"] == [] and r["timings"]["train_samples_per_s"] > 0
-        for png in ("accuracy.png", "grad_norms.png", "train_loss.png", "test_accuracy_per_epoch.png"):
+        for png in ("accuracy.png", "grad_norms.png", "train_loss.png", "validation_accuracy_per_epoch.png"):
             assert (d / f"{SCRIPT}_{protocol}" / png).read_bytes()[:4] == b"\x89PNG"
     course, clean = _read(d, "course"), _read(d, "clean")
     assert course["metrics"]["baseline.majority_accuracy"] == pytest.approx(297 / 503)  # ~0.59
@@ -234,12 +234,15 @@ def test_smoke_records_the_deviations(smoke):
 @real_data("water_potability")
 def test_sgd_at_the_course_lr_stays_at_the_majority_answer():
     """Why the headline is Adam's, not the course loop's SGD (DEVIATIONS): SGD at lr 0.01, batch 16, answers
-    the majority class on every test row, epoch after epoch (10 epochs here; 100 in the full runs)."""
+    the majority class on every validation row, epoch after epoch (5 folds, 10 epochs here; 100 in the full runs)."""
+    from sklearn.model_selection import StratifiedKFold
     split = exp.load_course()
-    (X, y), (Xte, yte) = exp.to_tensors(split.train, "cpu"), exp.to_tensors(split.test, "cpu")
-    runs, _ = exp.train_stack("sgd", "relu_default", exp.DEFAULTS["lr_sgd"], [0], X, y, Xte, yte, epochs=10,
-                              batch_size=exp.DEFAULTS["batch_size"])
-    assert runs[0]["test_acc"] == pytest.approx([297 / 503] * 10)
+    X, y = exp.to_tensors(split.train, "cpu")
+    folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(y)), y.numpy()))
+    runs, _ = exp.train_stack("sgd", "relu_default", exp.DEFAULTS["lr_sgd"], [0] * 5, X, y, epochs=10,
+                              batch_size=exp.DEFAULTS["batch_size"], folds=folds)
+    for run, (_, val) in zip(runs, folds):
+        assert run["val_acc"] == pytest.approx([1 - y[val].mean().item()] * 10)   # the majority (0) share
 
 
 @real_data("water_potability")
@@ -284,3 +287,69 @@ def test_missing_data_is_one_message_and_exit_2(tmp_path):
                          check=False, env={"SYNTHETIC_FALLBACK": "0"})
     assert proc.returncode == 2 and proc.stderr.startswith("error: water_potability:")
     assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- selection on training data only
+@real_data("water_potability")
+def test_smoke_selection_is_valid(smoke):
+    from common import schema
+    _, d = smoke["a"]
+    for protocol in exp.PROTOCOLS:
+        r = _read(d, protocol)
+        sel = schema.check_selection(r["selection"])
+        assert sel["candidates"]["epochs"] == [1] and sel["chosen"]["epochs"] == 1   # smoke: --epochs 1
+        assert sel["chosen"]["epochs"] in sel["candidates"]["epochs"] and r["config"]["epochs_used"] == 1
+        v = sel["validation"]
+        assert v["folds"] == 5 and sum(v["sizes"]["validation"]) == 256    # every smoke training row once
+        assert all(t + w == 256 for t, w in zip(v["sizes"]["train"], v["sizes"]["validation"]))
+        assert len(sel["scores"]["epochs"]) == 1 and 0 <= sel["scores"]["epochs"][0] <= 1
+        assert "cross-validation" in [x for x in r["deviations"] if x["what"] == "epochs"][0]["here"]
+        for row in r["comparison"]:
+            assert set(row["vs"].values()) <= {"higher", "lower", "within noise"}
+
+
+def test_selection_picks_the_best_candidate_fewest_epochs_on_ties(monkeypatch):
+    curves = [[0.5, 0.6, 0.7, 0.7, 0.6], [0.5, 0.6, 0.7, 0.7, 0.6]]   # per fold, per epoch
+    monkeypatch.setattr(exp, "train_stack", lambda *a, **k: ([{"val_acc": c} for c in curves], {}))
+    args = exp.parse(["--epochs", "5", "--folds", "2"])
+    X, y = torch.rand(20, 9), torch.tensor([0.0, 1.0] * 10)
+    epochs, sel, curve = exp.cross_validate(args, 1e-3, 0, (X, y))
+    assert sel["candidates"]["epochs"] == [1, 2, 3, 4, 5] and epochs == 3 == sel["chosen"]["epochs"]
+    assert curve == pytest.approx([0.5, 0.6, 0.7, 0.7, 0.6])
+
+
+@real_data("water_potability")
+def test_folds_are_training_rows_and_the_test_set_is_read_once_per_configuration(monkeypatch, tmp_path):
+    """In-process smoke run of both protocols: every train_stack call gets the (smoke) training rows only,
+    the folds partition them, the clean folds' raw rows never meet the test rows, and evaluate_stack sees the
+    test tensors once per distinct configuration (7), after training."""
+    calls, tests = [], {}
+    real_train, real_eval = exp.train_stack, exp.evaluate_stack
+
+    def train_stack(opt, variant, lr, seeds, X, y, epochs, batch_size, folds=None):
+        calls.append((X.shape[0], folds))
+        return real_train(opt, variant, lr, seeds, X, y, epochs, batch_size, folds)
+
+    def evaluate_stack(stack, X, y):
+        tests[X.shape[0]] = tests.get(X.shape[0], 0) + 1
+        return real_eval(stack, X, y)
+
+    monkeypatch.setattr(exp, "train_stack", train_stack)
+    monkeypatch.setattr(exp, "evaluate_stack", evaluate_stack)
+    assert exp.main(["--smoke", "--results-dir", str(tmp_path)]) == 0
+    assert tests == {503: 7, 819: 7, 256: 14}   # test tensors: once per configuration; 256: training accuracy
+    n = exp.DEFAULTS["smoke_rows"]
+    assert [x for x, _ in calls] == [n] * 16      # 2 protocols x (1 cross-validation + 7 configurations)
+    cv = [f for _, f in calls if f is not None]
+    assert len(cv) == 2
+    for folds in cv:
+        assert len(folds) == 5
+        vals = np.concatenate([v for _, v in folds])
+        assert sorted(vals) == list(range(n))    # the validation parts partition the training rows
+        for tr, v in folds:
+            assert len(np.intersect1d(tr, v)) == 0 and len(tr) + len(v) == n
+    clean = exp.load_clean(split_seed=0)
+    raw_train = clean.raw_index["train"][:n]
+    for tr, v in cv[1]:
+        assert len(np.intersect1d(raw_train[v], clean.raw_index["test"])) == 0
+        assert len(np.intersect1d(raw_train[tr], clean.raw_index["test"])) == 0
