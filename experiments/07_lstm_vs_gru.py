@@ -4,17 +4,20 @@
 The course swaps the plain RNN of 06 for ``nn.LSTM`` (zero h0 and c0, passed as a tuple) and ``nn.GRU``
 (zero h0), same hidden size 32, 2 layers, batch_first, last time step -> ``nn.Linear(32, 1)``, and concludes
 that the GRU does as well as or slightly better than the LSTM at a lower cost. This script measures that
-claim properly: the three models are trained with the same epochs, batch, learning rate and seeds (each
-model seeded right before its initialisation, same shuffling order per seed), on the pipeline of 06
-(``experiments/electricity.py``, which both scripts import: time split verified, 96-reading windows,
+claim properly: the three models are trained with the same batch, learning rate, seeds (each model seeded
+right before its initialisation, same shuffling order per seed) and candidate epochs, each keeping its best
+epoch by validation MSE (Oct-Dec 2013, carved from the training years; the test year is read once, by that
+checkpoint), on the pipeline of 06 (``experiments/electricity.py``, which both scripts import: time and
+validation splits verified, 96-reading windows,
 ``TensorDataset`` + ``DataLoader``, torchmetrics MSE, the persistence / seasonal-naive / training-mean
 baselines on the same test windows). It records, per
-model, the test MSE mean ± std over the seeds (3 by default), the parameter count, the training time and
+model, the test MSE mean ± std over the seeds (3 by default), the epochs kept, the parameter count, the training time and
 throughput (windows/s) and the ratio to persistence, in one table (JSON + bar plot with error bars). The
 verdict (JSON ``verdict``, printed last) judges the course's claim on accuracy and on cost separately: test
 MSE (GRU lower, higher, or within noise: a difference no larger than the seeds' spread), parameters, and the
 measured training throughput, which on a CPU need not follow the parameter count. Training settings (batch
-512, lr 2e-3, 2 epochs, torch's default threads) are 06's; see its docstring for why, and ``DEVIATIONS``.
+512, lr 2e-3, up to 3 epochs chosen on validation, torch's default threads) are 06's; see its docstring for
+why, and ``DEVIATIONS``.
 """
 import sys
 from pathlib import Path
@@ -29,10 +32,10 @@ from experiments.electricity import UNITS, CourseRNN
 
 EXPERIMENT = "07_lstm_vs_gru"
 
-DEFAULTS = {"seeds": 3, "epochs": 2, "batch_size": 512, "lr": 2e-3}   # 06's settings: see its docstring
+DEFAULTS = {"seeds": 3, "max_epochs": 3, "batch_size": 512, "lr": 2e-3}   # 06's settings: see its docstring
 DEVIATIONS = electricity.DEVIATIONS   # 06's: the same pipeline and settings
-SMOKE = {"epochs": 1, "max_batches": 4,
-         "train_windows": 2048, "test_windows": 3 * 672}   # the last 2,048 training windows, the first three test weeks
+SMOKE = {"max_epochs": 2, "max_batches": 4,   # the last 2,048 training windows, the first validation week,
+         "train_windows": 2048, "val_windows": 672, "test_windows": 3 * 672}   # the first three test weeks
 
 
 class CourseLSTM(CourseRNN):
@@ -70,9 +73,11 @@ def gru_vs_lstm(mean: dict, per_seed: list[dict]) -> dict:
             "gru_vs_lstm.params_ratio": mean["gru.params"] / mean["lstm.params"]}
 
 
-def comparison_table(mean: dict, std: dict, timings: dict, params: dict) -> list[dict]:
-    """One row per model: test MSE mean ± std, ratio to persistence, parameters, training time and throughput."""
+def comparison_table(mean: dict, std: dict, timings: dict, params: dict, per_seed: dict) -> list[dict]:
+    """One row per model: test MSE mean ± std, ratio to persistence, the epochs kept per seed, parameters,
+    training time and throughput."""
     return [{"model": name, "test_mse_mean": mean.get(f"{name}.test_mse"), "test_mse_std": std.get(f"{name}.test_mse"),
+             "epochs": [int(e) for e in per_seed.get(f"{name}.epochs", [])],
              "mse_vs_persistence": mean.get(f"{name}.mse_vs_persistence"), "params": params.get(name),
              "train_s_mean": timings.get(f"{name}.train_s"),
              "train_windows_per_s": timings.get(f"{name}.train_windows_per_s")}
@@ -142,21 +147,26 @@ def make_plots(results_dir, table: list[dict], run: dict, prep: dict, seeds: lis
                               baselines={"persistence": base["baseline.persistence_mse"],
                                          "seasonal naive": base["baseline.seasonal_naive_mse"]})
     electricity.plot_loss_curves(pdir / "train_loss.png", run["history"],
-                                 "Training loss per epoch (MSE, z-scored units²)")
+                                 "Training loss and validation MSE per epoch (z-scored units²)")
     if run["preds"]:
         preds = {f"{k.upper()} (seed {seeds[0]})": v for k, v in run["preds"].items()}
         electricity.plot_week(pdir / "test_week.png", prep["t_test"], prep["y_test"], preds,
                               "One test week: next-15-minute forecasts vs truth", electricity.week_start(prep["t_test"]))
 
 
-def report(prep: dict, run: dict, table: list[dict], judged: dict, timings: dict, seeds: list[int]) -> None:
-    """The summary: one table row per model, the baselines, the verdict (accuracy, then cost), any divergence."""
+def report(prep: dict, run: dict, table: list[dict], judged: dict, timings: dict, seeds: list[int],
+           selection: dict) -> None:
+    """The summary: the epochs chosen on validation, one table row per model, the baselines, the verdict
+    (accuracy, then cost), any divergence."""
     print(f"\n{EXPERIMENT} ({prep['info'].source} data, {UNITS}), {len(seeds)} seed(s), {timings['wall_s']:.0f}s wall")
-    print(f"  {'model':5s} {'test MSE':>17s} {'x persistence':>13s} {'params':>7s} {'train s':>8s} {'windows/s':>10s}")
+    electricity.print_selection(selection)
+    print(f"  {'model':5s} {'test MSE':>17s} {'x persistence':>13s} {'epochs':>9s} {'params':>7s} {'train s':>8s} "
+          f"{'windows/s':>10s}")
     for r in table:
         if r["test_mse_mean"] is not None:
             print(f"  {r['model']:5s} {r['test_mse_mean']:.4f} ± {r['test_mse_std']:.4f} {r['mse_vs_persistence']:13.3f} "
-                  f"{r['params']:7d} {r['train_s_mean']:8.1f} {r['train_windows_per_s']:10,.0f}")
+                  f"{','.join(map(str, r['epochs'])):>9s} {r['params']:7d} {r['train_s_mean']:8.1f} "
+                  f"{r['train_windows_per_s']:10,.0f}")
     electricity.print_baselines(prep["baselines"])
     print("  GRU vs LSTM, judged against the course's claim:")
     for line in judged["summary"]:
@@ -181,16 +191,16 @@ def main(argv=None) -> int:
     mean, std = study.mean, study.std
     mean.update(gru_vs_lstm(mean, [r["metrics"] for r in study.per_seed]))
     timings = electricity.timings_of(study.run, study.per_seed)
-    table = comparison_table(mean, std, timings, study.run["params"])
+    table = comparison_table(mean, std, timings, study.run["params"], study.per_seed_metrics)
     if timings.get("gru.train_windows_per_s") and timings.get("lstm.train_windows_per_s"):
         timings["gru_vs_lstm.throughput_ratio"] = timings["gru.train_windows_per_s"] / timings["lstm.train_windows_per_s"]
     judged = verdict(mean, std, timings)
 
     make_plots(args.results_dir, table, study.run, study.prep, study.seeds)
-    electricity.write_study(EXPERIMENT, study, args, headline="gru.test_mse", timings=timings,
+    selection = electricity.write_study(EXPERIMENT, study, args, headline="gru.test_mse", timings=timings,
                             extra=extra_record(study.prep, study.run, table, judged), deviations=DEVIATIONS,
                             script=__file__)
-    report(study.prep, study.run, table, judged, timings, study.seeds)
+    report(study.prep, study.run, table, judged, timings, study.seeds, selection)
     return study.exit_code()
 
 

@@ -1,7 +1,9 @@
-"""06_electricity_rnn and its pipeline (experiments/electricity.py, shared with 07): time split, windows,
-baselines, the course's RNN, smoke runs (real and synthetic)."""
+"""06_electricity_rnn and its pipeline (experiments/electricity.py, shared with 07): time and validation
+splits, windows, baselines, the course's RNN, the best-epoch checkpoint, the test windows read once per model,
+smoke runs (real and synthetic)."""
 from __future__ import annotations
 
+import argparse
 import importlib
 
 import numpy as np
@@ -9,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from common import cli, data
+from common import cli, data, schema
 from conftest import check_deviations, real_data, run_script, smoke_fixture
 from experiments import electricity as pipe
 
@@ -76,10 +78,10 @@ def test_defaults_are_the_options_defaults_and_smoke_overrides_them(monkeypatch)
     monkeypatch.setattr(cli, "sigterm_as_interrupt", lambda: None)
     monkeypatch.setattr(cli.repro, "configure_numerics", lambda **kwargs: None)
     args = m.parse([])
-    assert (args.seeds, args.epochs, args.batch_size, args.lr) == tuple(
-        m.DEFAULTS[k] for k in ("seeds", "epochs", "batch_size", "lr"))
+    assert (args.seeds, args.max_epochs, args.batch_size, args.lr) == tuple(
+        m.DEFAULTS[k] for k in ("seeds", "max_epochs", "batch_size", "lr"))
     smoke = m.parse(["--smoke"])
-    assert smoke.epochs == m.SMOKE["epochs"] and smoke.batch_size == m.DEFAULTS["batch_size"]
+    assert smoke.max_epochs == m.SMOKE["max_epochs"] == 2 and smoke.batch_size == m.DEFAULTS["batch_size"]
 
 
 def test_device_batches_are_the_dataloaders_batches():
@@ -115,6 +117,87 @@ def test_real_split_and_windows():
     assert Xt.shape == (34_944, 96)
 
 
+def test_validation_check_refuses_overlap():
+    t = pd.date_range("2013-09-30 00:00", periods=300, freq="15min").to_numpy()
+    cutoff = t[200]
+    info = pipe.verify_validation(t[:200], t[200:250], t[250:], cutoff, 250)
+    assert info["no_lookahead"] and info["cutoff"] == str(pd.Timestamp(cutoff))
+    for fit, val, test, n in ((t[:201], t[200:250], t[250:], 251),    # a validation target trained on
+                              (t[:200], t[200:251], t[250:], 251),    # a validation target in the test period
+                              (t[:200], t[201:250], t[250:], 250)):   # a window in neither part
+        with pytest.raises(data.DataError, match="validation period"):
+            pipe.verify_validation(fit, val, test, cutoff, n)
+
+
+def test_validation_period_of_a_short_series_is_its_last_quarter():
+    train, test, _ = data.synthetic_electricity()   # 60 days: 3 months before the test would leave nothing
+    fit, val = pipe.carve_validation(train, test["timestamp"].min())
+    assert val["timestamp"].min() == pd.Timestamp("2013-12-16") and fit["timestamp"].max() < val["timestamp"].min()
+    assert len(fit) + len(val) == len(train)
+
+
+def fake_evaluations(monkeypatch, val_mse: list[float], seen: list):
+    """``pipe.evaluate`` replaced: ``val_mse`` in turn on the validation windows; each call's loader and a copy
+    of the model's weights go to ``seen``."""
+    scripted = iter(val_mse)
+
+    def evaluate(model, loader, device):
+        seen.append((loader, {k: v.clone() for k, v in model.state_dict().items()}))
+        return next(scripted), torch.zeros(len(loader.y)), 0.0
+
+    monkeypatch.setattr(pipe, "evaluate", evaluate)
+
+
+@pytest.mark.parametrize("val_mse,best", [([0.5, 0.3, 0.3], 2), ([0.2, 0.3, 0.4], 1), ([0.5, 0.4, 0.1], 3)])
+def test_training_keeps_the_weights_of_the_best_validation_epoch(monkeypatch, val_mse, best):
+    X, y, seen = torch.randn(64, pipe.SEQ_LEN), torch.randn(64), []
+    fake_evaluations(monkeypatch, val_mse, seen)
+    torch.manual_seed(0)
+    net, val = pipe.CourseRNN(), pipe.DeviceBatches(pipe.make_loader(X[:8], y[:8], 8, False), X[:8], y[:8])
+    h = pipe.train(net, pipe.make_loader(X, y, 16, True), 3, 1e-2, "cpu", val)
+    assert h["best_epoch"] == best and h["val_mse"] == val_mse and len(seen) == 3
+    assert all(loader is val for loader, _ in seen)                      # only the validation windows
+    kept = net.state_dict()
+    assert all(torch.equal(kept[k], seen[best - 1][1][k]) for k in kept)   # that epoch's weights, restored
+    assert not all(torch.equal(kept[k], seen[-1][1][k]) for k in kept) or best == 3
+
+
+def test_test_windows_are_read_once_per_model_after_the_selection(monkeypatch):
+    prep = pipe.prepare(None, synthetic=True, device="cpu", subset=(512, 256, 256))
+    calls, evaluate = [], pipe.evaluate
+
+    def counted(model, loader, device):
+        calls.append("test" if loader.X.data_ptr() == prep["test_batches"].X.data_ptr() else
+                     "val" if loader.X.data_ptr() == prep["val_batches"].X.data_ptr() else "other")
+        return evaluate(model, loader, device)
+
+    monkeypatch.setattr(pipe, "evaluate", counted)
+    args = argparse.Namespace(max_epochs=3, batch_size=128, lr=1e-3)
+    out = pipe.run_seed(0, m.MODELS, prep, args, "cpu", max_batches=2)
+    assert calls == ["val", "val", "val", "test"]          # 3 candidate epochs on validation, then the test once
+    assert out["metrics"]["rnn.epochs"] in (1, 2, 3)
+    assert out["metrics"]["rnn.val_mse"] == min(out["history"]["rnn.val_mse.seed0"])
+
+
+@real_data("electricity")
+def test_real_validation_windows_lie_between_the_training_and_test_targets():
+    train, _, _ = data.load_electricity()
+    prep = pipe.prepare(None, synthetic=False, device="cpu")
+    v, sizes = prep["split"]["validation"], prep["info"].sizes
+    assert v["cutoff"] == "2013-10-01 00:00:00" and v["train_last_target"] == "2013-09-30 23:45:00"
+    assert (v["validation_first"], v["validation_last"]) == ("2013-10-01 00:00:00", "2013-12-31 23:45:00")
+    assert (sizes["train_windows"], sizes["validation_windows"], sizes["test_windows"]) == (96_287, 8_832, 34_944)
+    assert sizes["train_windows_full"] == 105_119 == sizes["train_windows"] + sizes["validation_windows"]
+    # by position in the training file: the models' windows use readings before 2013-10-01 only (inputs and
+    # targets), the validation targets are exactly the readings of Oct-Dec 2013
+    vals = torch.from_numpy(train["consumption"].to_numpy(np.float32))
+    cut = int((train["timestamp"] < "2013-10-01").sum())
+    assert cut == 96_287 + 96 and torch.equal(prep["X_train"][-1], vals[cut - 97:cut - 1])
+    assert torch.equal(prep["y_train"], vals[96:cut]) and torch.equal(prep["val_batches"].y, vals[cut:])
+    assert torch.equal(prep["val_batches"].X[0], vals[cut - 96:cut])   # the first day's inputs: the end of September
+    assert prep["val_baselines"]["baseline.persistence_val_mse"] > 0
+
+
 runs = smoke_fixture(SCRIPT, {"seed0": ["--seeds", "2"], "seed0_again": ["--seeds", "2"]})
 
 
@@ -136,6 +219,28 @@ def test_smoke_real_json_plots_and_reproducibility(runs):
     assert r["metrics"] == r2["metrics"] and r["history"] == r2["history"]   # same seeds: identical
     a, b = r["per_seed"]["rnn.test_mse"]
     assert a != b                                                            # different seeds differ
+
+
+@pytest.mark.slow
+@real_data("electricity")
+def test_smoke_selection_is_valid_and_made_on_validation(runs):
+    r = runs["seed0"][0]
+    sel = r["selection"]
+    assert schema.check_selection(sel) is sel and sel["candidates"] == {"rnn.epochs": [1, 2]}
+    chosen = sel["chosen"]["rnn.epochs"]
+    assert len(chosen) == 2 and set(chosen) <= set(sel["candidates"]["rnn.epochs"])
+    for seed, epoch in enumerate(chosen):   # the epoch of lowest validation MSE, the earlier on a tie
+        curve = r["history"][f"rnn.val_mse.seed{seed}"]
+        assert len(curve) == 2 and epoch == int(np.argmin(curve)) + 1 and r["per_seed"]["rnn.epochs"][seed] == epoch
+        assert r["per_seed"]["rnn.val_mse"][seed] == min(curve)
+    curves = [r["history"][f"rnn.val_mse.seed{s}"] for s in (0, 1)]
+    assert sel["scores"]["rnn.val_mse"] == pytest.approx(np.mean(curves, axis=0))
+    assert sel["scores"]["baseline.persistence_val_mse"] == r["metrics"]["baseline.persistence_val_mse"] > 0
+    assert sel["validation"]["sizes"] == {"train": 2048, "validation": 672, "test": 2016}
+    v = r["split_check"]["validation"]
+    assert v["train_last_target"] < v["cutoff"] <= v["validation_first"] <= v["validation_last"] \
+        < r["split_check"]["cutoff"]
+    assert r["metrics"]["data.validation_windows"] == 672 and r["data"]["sizes"]["validation_windows_full"] == 8_832
 
 
 @pytest.mark.slow

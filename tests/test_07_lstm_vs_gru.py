@@ -1,12 +1,15 @@
-"""07_lstm_vs_gru: the course's LSTM and GRU (shapes, parameters), the comparison table, smoke runs."""
+"""07_lstm_vs_gru: the course's LSTM and GRU (shapes, parameters), the test windows read once per model, the
+comparison table, the epochs chosen on validation, smoke runs."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import statistics
 
 import pytest
 import torch
 
+from common import schema
 from conftest import check_deviations, real_data, run_script, smoke_fixture
 from experiments import electricity
 
@@ -75,6 +78,22 @@ def test_verdict_without_a_model():
     assert v["accuracy"] is None and v["throughput"] is None and v["summary"][0].startswith("not judged")
 
 
+def test_each_model_reads_the_test_windows_once_after_its_validation_epochs(monkeypatch):
+    prep = electricity.prepare(None, synthetic=True, device="cpu", subset=(256, 128, 128))
+    calls, evaluate = [], electricity.evaluate
+    test_ptr = prep["test_batches"].X.data_ptr()
+
+    def counted(model, loader, device):
+        calls.append((type(model).__name__, "test" if loader.X.data_ptr() == test_ptr else "val"))
+        return evaluate(model, loader, device)
+
+    monkeypatch.setattr(electricity, "evaluate", counted)
+    out = electricity.run_seed(1, m.MODELS, prep, argparse.Namespace(max_epochs=2, batch_size=128, lr=1e-3), "cpu",
+                               max_batches=1)
+    assert calls == [(cls.__name__, part) for cls in m.MODELS.values() for part in ("val", "val", "test")]
+    assert all(out["metrics"][f"{name}.epochs"] in (1, 2) for name in m.MODELS)
+
+
 runs = smoke_fixture(SCRIPT, {"seed0": ["--seeds", "2"], "seed0_again": ["--seeds", "2"]})
 
 
@@ -95,6 +114,12 @@ def test_smoke_real_table_plots_and_reproducibility(runs):
               "gru_vs_lstm.mse_ratio"):
         assert mt[k] > 0, k
     assert [row["model"] for row in r["table"]] == ["rnn", "lstm", "gru"]
+    sel = r["selection"]   # every model's epoch, per seed, chosen on the validation windows only
+    assert schema.check_selection(sel) is sel and set(sel["chosen"]) == {"rnn.epochs", "lstm.epochs", "gru.epochs"}
+    for row in r["table"]:
+        name, chosen = row["model"], sel["chosen"][f"{row['model']}.epochs"]
+        assert row["epochs"] == chosen and set(chosen) <= set(sel["candidates"][f"{name}.epochs"]) == {1, 2}
+        assert chosen == [min((1, 2), key=lambda e: r["history"][f"{name}.val_mse.seed{s}"][e - 1]) for s in (0, 1)]
     for png in ("test_mse.png", "train_loss.png", "test_week.png"):
         assert (d / SCRIPT / png).stat().st_size > 0
     assert r["metrics"] == r2["metrics"] and r["history"] == r2["history"]

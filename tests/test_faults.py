@@ -39,7 +39,7 @@ def test_interrupt_mid_epoch_keeps_previous_result_and_leaves_no_temporaries(res
     previous = results_dir / "06_electricity_rnn.json"
     previous.write_text('{"previous": "result"}\n')
     cmd = [sys.executable, str(REPO / "experiments" / "06_electricity_rnn.py"), "--results-dir", str(results_dir),
-           "--seeds", "1", "--epochs", "5"]
+           "--seeds", "1", "--max-epochs", "5"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     seen, deadline = [], time.monotonic() + 240
