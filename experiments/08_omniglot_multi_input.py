@@ -6,13 +6,15 @@ with PIL ``.convert("L")``, applies ``ToTensor`` and a 64x64 resize, and trains 
 subnet (Conv2d(1,16,3) -> MaxPool2d(2) -> ELU -> Flatten -> Linear(16*32*32, 128)) and an alphabet
 subnet (Linear(30, 8) -> ELU) whose outputs are joined with ``torch.cat`` and classified by
 Linear(136, 964) (CrossEntropyLoss, Adam). experiments/omniglot.py shows that Dataset, but training
-reads the images decoded once into a uint8 tensor (common.data caches it). It reports test character
-accuracy (torchmetrics) for the course model and an improved image subnet (conv blocks with batch norm)
-on two splits: ``clean`` (per character a seeded 15/5 split of its 20 drawings, disjoint) and ``course``
-(the course's lists, in which 7,269 of 12,149 test images are also training images, so its figures are
-inflated: the JSON marks it leaky and reports accuracy on the overlapping and the unseen test images
-separately). It also records training throughput. The data, splits, image subnets and training loop
-are shared with 09_omniglot_multi_output in experiments/omniglot.py.
+reads the images decoded once into a uint8 tensor (common.data caches it). One training drawing per
+character is held out as validation data; each model keeps the weights of the epoch with the highest
+validation character accuracy, and only that checkpoint reads the test images, once. It reports test
+character accuracy (torchmetrics, mean ± std over 3 seeds) for the course model and an improved image
+subnet (conv blocks with batch norm) on two splits: ``clean`` (per character a seeded 15/5 split of its
+20 drawings, disjoint) and ``course`` (the course's lists, in which 7,269 of 12,149 test images are also
+training images, so its figures are inflated: the JSON marks it leaky and reports accuracy on the
+overlapping and the unseen test images separately). It also records training throughput. The data,
+splits, image subnets and training loop are shared with 09_omniglot_multi_output in experiments/omniglot.py.
 """
 import sys
 from functools import partial
@@ -38,11 +40,13 @@ DEVIATIONS = omniglot.DEVIATIONS + [   # 09's too, and:
      "why": "the transcript neither names nor rules out an activation there; the script follows the image "
             "subnet, whose features pass through ELU"}]
 
-DEFAULTS = {"seeds": 1, "split": "both", "model": "both", "split_seed": 0,
+DEFAULTS = {"seeds": 3, "split": "both", "model": "both", "split_seed": 0,
             "epochs": 3, "batch_size": 64, "lr": 1e-3,                                # the course model
             "improved_epochs": 8, "improved_batch_size": 128, "improved_lr": 3e-3}    # the improved model
 SMOKE = {"epochs": 1, "improved_epochs": 1,
          "subset": 256}   # not an option: images kept on each side of each split (a few batches)
+CRITERION = ("validation character accuracy after each epoch (the hold-out drawings), highest; ties -> fewer epochs; "
+             "per run and seed")
 
 
 # ----------------------------------------------------------------------------- the model
@@ -69,10 +73,10 @@ def step_loss(om: omniglot.Omniglot, model, idx):
     return F.cross_entropy(model(*inputs(om, idx)), om.character[idx.to(om.device)])
 
 
-def epoch_test_accuracy(om: omniglot.Omniglot, test_idx, model) -> dict:
-    """The per-epoch curve: character accuracy on the test images."""
-    logits = omniglot.predict(model, partial(inputs, om), test_idx, om.device)
-    return {"test_accuracy": metrics.accuracy(logits, om.ds.character[test_idx], N_CHARACTERS)}
+def epoch_val_accuracy(om: omniglot.Omniglot, val_idx, model) -> dict:
+    """The per-epoch curve the epoch is chosen by: character accuracy on the validation drawings."""
+    logits = omniglot.predict(model, partial(inputs, om), val_idx, om.device)
+    return {"val_char_accuracy": metrics.accuracy(logits, om.ds.character[val_idx], N_CHARACTERS)}
 
 
 def alphabet_prior_accuracy(ds, test_idx):
@@ -86,18 +90,20 @@ def alphabet_prior_accuracy(ds, test_idx):
 
 # ----------------------------------------------------------------------------- runs
 def run_model(seed: int, split: str, name: str, om: omniglot.Omniglot, tally: omniglot.Tally) -> dict:
-    """Train model ``name`` on ``split`` with ``seed``; its test figures (empty if it diverged)."""
-    tr, te, split_info = om.splits[split]
+    """Train model ``name`` on ``split`` with ``seed``, keep its best epoch on validation; that checkpoint's
+    test figures and its epoch (empty if it diverged)."""
+    tr, val, te, split_info = om.splits[split]
     run = f"{split}.{name}"
-    print(f"seed {seed}  {run}: train {len(tr)}  test {len(te)}", flush=True)
+    print(f"seed {seed}  {run}: train {len(tr)}  validation {len(val)}  test {len(te)}", flush=True)
     repro.seed_everything(seed)
     model = TwoInputNet(name).to(om.device)
-    if tally.fit(run, seed, model, partial(step_loss, om), tr, om.settings[name], om.device,
-                 evaluate=partial(epoch_test_accuracy, om, te)) is None:
+    chosen = tally.fit(run, seed, model, partial(step_loss, om), tr, om.settings[name], om.device,
+                       partial(epoch_val_accuracy, om, val), "val_char_accuracy")
+    if chosen is None:
         return {}
     logits = tally.predict(model, partial(inputs, om), te, om.device)
     y_test = om.ds.character[te]
-    m = {f"{run}.char_accuracy": metrics.accuracy(logits, y_test, N_CHARACTERS),
+    m = {**chosen, f"{run}.char_accuracy": metrics.accuracy(logits, y_test, N_CHARACTERS),
          f"{run}.test_cross_entropy": float(F.cross_entropy(logits, y_test)),
          f"{run}.train_accuracy": metrics.accuracy(omniglot.predict(model, partial(inputs, om), tr, om.device),
                                                    om.ds.character[tr], N_CHARACTERS)}
@@ -110,7 +116,7 @@ def run_model(seed: int, split: str, name: str, om: omniglot.Omniglot, tally: om
 def run_seed(seed: int, om: omniglot.Omniglot, tally: omniglot.Tally) -> dict:
     """Every split's baselines and models for one training seed: one flat dict of figures."""
     m = {}
-    for split, (_, te, _) in om.splits.items():
+    for split, (_, _, te, _) in om.splits.items():
         m[f"baseline.{split}.majority_accuracy"] = omniglot.majority_accuracy(om.ds.character[te])
         m[f"baseline.{split}.alphabet_prior_accuracy"] = alphabet_prior_accuracy(om.ds, te)
         for name in om.models:
@@ -142,15 +148,23 @@ def make_plots(out: Path, done: list, mean: dict, std: dict, history: dict) -> N
                           "Omniglot character accuracy (964 classes), two-input models", "test accuracy",
                           baselines={"alphabet prior (clean)": mean.get("baseline.clean.alphabet_prior_accuracy",
                                                                         mean.get("baseline.course.alphabet_prior_accuracy"))})
-    plots.plot_curves({r: history[f"{r}.test_accuracy"] for r in done if f"{r}.test_accuracy" in history},
-                      out / "test_accuracy_curves.png", "test character accuracy per epoch", ylabel="accuracy")
+    plots.plot_curves({r: history[f"{r}.val_char_accuracy"] for r in done if f"{r}.val_char_accuracy" in history},
+                      out / "val_accuracy_curves.png", "validation character accuracy per epoch (first seed)",
+                      ylabel="accuracy")
     plots.plot_curves({r: history[f"{r}.train_loss"] for r in done if f"{r}.train_loss" in history},
                       out / "train_loss_curves.png", "training loss per epoch", ylabel="cross-entropy")
 
 
-def extra_record(om: omniglot.Omniglot, tally: omniglot.Tally) -> dict:
+def comparisons(om: omniglot.Omniglot, out: omniglot.Outcome) -> dict:
+    """Per split: the improved model's test character accuracy against the course model's."""
+    return omniglot.comparisons(out, [(f"{s}.improved.char_accuracy", f"{s}.course_model.char_accuracy")
+                                      for s in om.splits])
+
+
+def extra_record(om: omniglot.Omniglot, out: omniglot.Outcome) -> dict:
     """The result JSON's fields beyond the common schema."""
-    return {"splits": {s: v[2] for s, v in om.splits.items()}, "diverged": tally.diverged, "training": om.settings,
+    return {"splits": {s: sp.info for s, sp in om.splits.items()}, "diverged": out.tally.diverged,
+            "training": om.settings, "comparisons": comparisons(om, out),
             "course_reference": {"note": "the course reports 31% alphabet / 24% character accuracy for its "
                                          "two-output model (09), on a split it does not describe; it gives no "
                                          "figure for this two-input model"},
@@ -160,21 +174,26 @@ def extra_record(om: omniglot.Omniglot, tally: omniglot.Tally) -> dict:
                       "uint8 tensor, not from the PIL Dataset"]}
 
 
-def report(om, done, mean, std, tally, n_seeds, wall_s) -> None:
-    print(f"\n{EXPERIMENT} ({om.info.source} data, {n_seeds} seed(s), {wall_s:.0f}s wall)")
-    for r in done:
+def report(om, out: omniglot.Outcome, wall_s) -> None:
+    mean, std = out.mean, out.std
+    print(f"\n{EXPERIMENT} ({om.info.source} data, {len(out.seeds)} seed(s), {wall_s:.0f}s wall; test figures of "
+          "each run's best epoch on validation)")
+    for r in out.done:
         leak = ""
         if f"{r}.char_accuracy_unseen" in mean:
-            leak = (f"  [LEAKY split: {mean[f'{r}.char_accuracy_overlap']:.3f} on the {om.splits['course'][2]['overlap']}"
+            leak = (f"  [LEAKY split: {mean[f'{r}.char_accuracy_overlap']:.3f} on the {om.splits['course'].info['overlap']}"
                     f" test images also in train, {mean[f'{r}.char_accuracy_unseen']:.3f} on the unseen ones]")
         print(f"  {r:22s} character accuracy {mean[f'{r}.char_accuracy']:.3f} ± {std[f'{r}.char_accuracy']:.3f}"
-              f"  ({tally.throughput.get(f'{r}.train_samples_per_s', 0):.0f} train samples/s){leak}")
+              f"  (epochs {out.tally.selected[r]['epochs']}; validation {mean[f'{r}.val_char_accuracy']:.3f}; "
+              f"{out.tally.throughput.get(f'{r}.train_samples_per_s', 0):.0f} train samples/s){leak}")
     for s in om.splits:
         print(f"  baseline {s}: alphabet prior {mean[f'baseline.{s}.alphabet_prior_accuracy']:.3f}, "
               f"majority {mean[f'baseline.{s}.majority_accuracy']:.4f}")
+    for k, v in comparisons(om, out).items():
+        print(f"  {k}: {v}")
     print("  (the course gives no figure for this model; its two-output model reaches 31% alphabet / 24% character)")
-    if tally.diverged:
-        print(f"  DIVERGED: {tally.diverged}")
+    if out.tally.diverged:
+        print(f"  DIVERGED: {out.tally.diverged}")
 
 
 # ----------------------------------------------------------------------------- main
@@ -193,8 +212,9 @@ def main(argv=None) -> int:
     out = omniglot.run_seeds(args, om, lambda seed, tally: run_seed(seed, om, tally))
     make_plots(plots.plot_dir(args.results_dir, EXPERIMENT), out.done, out.mean, out.std, out.tally.history)
     wall_s = omniglot.write_result(EXPERIMENT, args, start, out, data=om.info, script=__file__,
-                                   extra=extra_record(om, out.tally), deviations=DEVIATIONS)
-    report(om, out.done, out.mean, out.std, out.tally, len(out.seeds), wall_s)
+                                   extra=extra_record(om, out), deviations=DEVIATIONS,
+                                   selection=omniglot.selection_record(om, out.tally, CRITERION, {}))
+    report(om, out, wall_s)
     return 3 if out.tally.diverged else 0
 
 

@@ -2,17 +2,18 @@
 """09_omniglot_multi_output: the course's two-output Omniglot model, loss weighting and loss scaling (transcript lines 815-860): one image -> alphabet (30) and character (964).
 
 The image subnet is the one of 08 (experiments/omniglot.py holds it, with the data, split and training
-code both scripts share); two linear heads predict the alphabet and the character, and the total
-loss is the sum of the two cross-entropies. Test accuracy of each head (torchmetrics) is reported for
-the course model and the improved image subnet on the ``clean`` split and on the course's leaky split
-(the course reports 31% alphabet vs 24% character). Loss weighting: equal sum, character loss x2 and
-weights summing to one (0.33/0.67), same seeds and epochs, course model. Loss scaling, the course's
-house-price example made real on the DS salaries table: a two-output network predicting
-``salary_in_usd`` (MSE in dollars, i.e. billions) and ``experience_level`` (cross-entropy, 4 classes),
-trained with the plain sum of the two losses and with each loss divided by its batch maximum.
+code both scripts share); two linear heads predict the alphabet and the character, and the total loss is
+the sum of the two cross-entropies. Each model keeps the weights of its epoch with the best mean of the two
+heads' accuracies on validation drawings (one training drawing per character), and only that checkpoint
+reads the test images. Test accuracy of each head (torchmetrics, mean ± std over 3 seeds) is reported for
+the course model and the improved image subnet on the ``clean`` split and on the course's leaky split (the
+course reports 31% alphabet vs 24% character). Loss weighting (course model): equal sum, character loss x2
+and weights summing to one (0.33/0.67), each against the equal sum. Loss scaling, the course's house-price
+example made real on the DS salaries table: a two-output network predicting ``salary_in_usd`` (MSE in
+dollars, i.e. billions) and ``experience_level`` (cross-entropy, 4 classes), trained with the plain sum of
+the two losses and with each loss divided by its batch maximum.
 """
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -55,12 +56,14 @@ DEVIATIONS = omniglot.DEVIATIONS + [   # 08's too, and:
      "why": "a mean-reduced loss is one number: divided by its own maximum it is the constant 1 (and, with the "
             "maximum differentiated, has zero gradient); the per-sample losses are what has a batch maximum"}]
 
-DEFAULTS = {"seeds": 1, "split": "both", "model": "both", "split_seed": 0,
+DEFAULTS = {"seeds": 3, "split": "both", "model": "both", "split_seed": 0,
             "epochs": 3, "batch_size": 64, "lr": 1e-3,                                # the course model
             "improved_epochs": 8, "improved_batch_size": 128, "improved_lr": 3e-3,    # the improved model
             "scaling_epochs": 20, "scaling_batch_size": 64, "scaling_lr": 1e-3}       # the salary network
 SMOKE = {"epochs": 1, "improved_epochs": 1, "scaling_epochs": 1,
          "subset": 256}   # not an option: images kept on each side of each split (a few batches)
+CRITERION = ("mean of the alphabet and the character validation accuracy after each epoch (the hold-out drawings), "
+             "highest; ties -> fewer epochs; per run and seed")
 
 
 # ----------------------------------------------------------------------------- the two-output model
@@ -98,9 +101,10 @@ def head_accuracy(ds, out_alpha, out_char, rows) -> dict:
             "char_accuracy": metrics.accuracy(out_char, ds.character[rows], N_CHARACTERS)}
 
 
-def epoch_head_accuracy(om: omniglot.Omniglot, test_idx, model) -> dict:
-    """The per-epoch curves: each head's accuracy on the test images."""
-    return head_accuracy(om.ds, *omniglot.predict(model, partial(inputs, om), test_idx, om.device), test_idx)
+def epoch_val_accuracy(om: omniglot.Omniglot, val_idx, model) -> dict:
+    """The per-epoch curves on the validation drawings: each head's accuracy and their mean (the epoch's score)."""
+    acc = head_accuracy(om.ds, *omniglot.predict(model, partial(inputs, om), val_idx, om.device), val_idx)
+    return {**{f"val_{k}": v for k, v in acc.items()}, "val_accuracy": sum(acc.values()) / 2}   # the two heads' mean
 
 
 def omniglot_runs(om: omniglot.Omniglot) -> list[tuple]:
@@ -113,19 +117,22 @@ def omniglot_runs(om: omniglot.Omniglot) -> list[tuple]:
 
 
 def run_model(seed, split, name, weighting, om: omniglot.Omniglot, tally: omniglot.Tally) -> dict:
-    """Train one two-output model; both heads' test figures (empty if it diverged)."""
-    tr, te, split_info = om.splits[split]
+    """Train one two-output model, keep its best epoch on validation; that checkpoint's test figures for both
+    heads and its epoch (empty if it diverged)."""
+    tr, val, te, split_info = om.splits[split]
     weights = WEIGHTINGS[weighting]
     run = f"{split}.{name}" if weighting == "equal" else f"weighting.{weighting}"
-    print(f"seed {seed}  {split}.{name} weights {weights[0]}/{weights[1]}: train {len(tr)}  test {len(te)}", flush=True)
+    print(f"seed {seed}  {split}.{name} weights {weights[0]}/{weights[1]}: train {len(tr)}  validation {len(val)}  "
+          f"test {len(te)}", flush=True)
     repro.seed_everything(seed)
     model = TwoOutputNet(name).to(om.device)
-    if tally.fit(run, seed, model, partial(step_loss, om, weights), tr, om.settings[name], om.device,
-                 evaluate=partial(epoch_head_accuracy, om, te)) is None:
+    chosen = tally.fit(run, seed, model, partial(step_loss, om, weights), tr, om.settings[name], om.device,
+                       partial(epoch_val_accuracy, om, val), "val_accuracy")
+    if chosen is None:
         return {}
     out_alpha, out_char = tally.predict(model, partial(inputs, om), te, om.device)
     acc = head_accuracy(om.ds, out_alpha, out_char, te)
-    m = {f"{run}.{k}": v for k, v in acc.items()}
+    m = {**chosen, **{f"{run}.{k}": v for k, v in acc.items()}}
     if weighting == "equal" and split == next(iter(om.splits)) and name == "course_model":
         m.update({f"weighting.equal.{k}": v for k, v in acc.items()})   # the weighting study's reference row
     if split_info["leaky"] and weighting == "equal":  # accuracy on the test images that are (not) training images
@@ -263,34 +270,25 @@ def run_scaling(seed, sal: Salaries, args, device):
     return out, hist
 
 
-@contextmanager
-def one_torch_thread():
-    """A 64-wide MLP trains faster on one thread, and far faster on a busy machine; the omniglot runs
-    (and the result's recorded environment) keep the thread count of --threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- one seed
 def run_seed(seed, om: omniglot.Omniglot, sal: Salaries, args, tally: omniglot.Tally) -> dict:
     """Baselines, every omniglot run and the loss-scaling study for one training seed: one flat dict."""
     m = {}
-    for split, (_, te, _) in om.splits.items():
+    for split, (_, _, te, _) in om.splits.items():
         m[f"baseline.{split}.alphabet_majority_accuracy"] = omniglot.majority_accuracy(om.ds.alphabet[te])
         m[f"baseline.{split}.char_majority_accuracy"] = omniglot.majority_accuracy(om.ds.character[te])
     for split, name, weighting in omniglot_runs(om):
         m.update(run_model(seed, split, name, weighting, om, tally))
     print(f"seed {seed}  loss scaling on the DS salaries table", flush=True)
+    threads = torch.get_num_threads()   # a 64-wide MLP trains faster on one thread (far faster on a busy machine);
+    torch.set_num_threads(1)            # the omniglot runs and the recorded environment keep --threads
     try:
-        with one_torch_thread():
-            scaling, scaling_hist = run_scaling(seed, sal, args, om.device)
+        scaling, scaling_hist = run_scaling(seed, sal, args, om.device)
     except results.Diverged as e:
         tally.diverged.append({"run": "scaling", "seed": seed, **e.to_json()})
         return m
+    finally:
+        torch.set_num_threads(threads)
     if seed == tally.first_seed:
         tally.history.update(scaling_hist)
     return {**m, **scaling}
@@ -312,30 +310,22 @@ def benchmark_cases() -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- tables, plots, record, summary
+def comparisons(om: omniglot.Omniglot, out: omniglot.Outcome) -> dict:
+    """Mean ± std and the finding (omniglot.comparisons): the improved model against the course model (each split
+    and head), each loss weighting against the equal sum, scaled against unscaled losses."""
+    heads = ("alphabet_accuracy", "char_accuracy")
+    pairs = [(f"{s}.improved.{k}", f"{s}.course_model.{k}") for s in om.splits for k in heads]
+    pairs += [(f"weighting.{w}.{k}", f"weighting.equal.{k}") for w in ("char_x2", "sum_to_1") for k in heads]
+    return omniglot.comparisons(out, pairs + [(f"scaling.scaled.{k}", f"scaling.unscaled.{k}")
+                                              for k in ("experience_accuracy", "salary_rmse_usd")])
+
+
 def weighting_table(mean: dict, std: dict, om: omniglot.Omniglot) -> list[dict]:
-    """One row per loss weighting that ran: weights, split, each head's accuracy and its std."""
+    """One row per loss weighting that ran: weights, split, each head's test accuracy and its std."""
     return [{"config": w, "w_alpha": WEIGHTINGS[w][0], "w_char": WEIGHTINGS[w][1], "split": next(iter(om.splits)),
              **{k + sfx: (mean if sfx == "" else std).get(f"weighting.{w}.{k}")
                 for k in ("alphabet_accuracy", "char_accuracy") for sfx in ("", "_std")}}
             for w in WEIGHTINGS if f"weighting.{w}.char_accuracy" in mean]
-
-
-def weighting_figure(rows, path):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    x = np.arange(len(rows))
-    for k, (key, label) in enumerate((("alphabet_accuracy", "alphabet (30)"), ("char_accuracy", "character (964)"))):
-        vals = [r[key] for r in rows]
-        ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, yerr=[r[key + "_std"] for r in rows], capsize=3, label=label)
-        for xi, v in zip(x + (k - 0.5) * 0.38, vals):
-            ax.annotate(f"{v:.3f}", (xi, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(x, [f"{r['config']}\nalphabet x{r['w_alpha']}, char x{r['w_char']}" for r in rows])
-    ax.set(title="Loss weighting, course two-output model", ylabel="test accuracy")
-    ax.set_ylim(0, 1.3 * max(max(r["alphabet_accuracy"], r["char_accuracy"]) for r in rows))
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper right", ncol=2)
-    return plots.save_figure(fig, path)
 
 
 def scaling_done(mean: dict) -> bool:
@@ -350,11 +340,14 @@ def make_plots(out: Path, done, mean, std, history, weighting_rows) -> None:
         plots.bar_with_errors(labels, [mean[k] for k in keys], [std[k] for k in keys], out / "head_accuracy.png",
                               "Two-output model: test accuracy per head", "test accuracy",
                               baselines={"course: alphabet 31%": 0.31, "course: character 24%": 0.24})
-        plots.plot_curves({f"{r} {head}": history[f"{r}.{head}_accuracy"] for r, head in heads
-                           if f"{r}.{head}_accuracy" in history},
-                          out / "test_accuracy_curves.png", "test accuracy per epoch", ylabel="accuracy")
+        plots.plot_curves({f"{r} {head}": history[f"{r}.val_{head}_accuracy"] for r, head in heads
+                           if f"{r}.val_{head}_accuracy" in history}, out / "val_accuracy_curves.png",
+                          "validation accuracy per epoch (first seed)", ylabel="accuracy")
     if weighting_rows:
-        weighting_figure(weighting_rows, out / "loss_weighting.png")
+        bars = [(r, k) for r in weighting_rows for k in ("alphabet_accuracy", "char_accuracy")]
+        plots.bar_with_errors([f"{r['config']} ({r['w_alpha']}/{r['w_char']}) {k[:-9]}" for r, k in bars],
+                              [r[k] for r, k in bars], [r[k + "_std"] for r, k in bars], out / "loss_weighting.png",
+                              "Loss weighting (alphabet/character), course two-output model", "test accuracy")
     if scaling_done(mean):
         keys = [f"scaling.{v}.experience_accuracy" for v in SCALING_VARIANTS]
         plots.bar_with_errors(["unscaled sum", "each / batch max", "classification only"], [mean[k] for k in keys],
@@ -366,6 +359,13 @@ def make_plots(out: Path, done, mean, std, history, weighting_rows) -> None:
                           "Salaries: training loss (unscaled is in dollars^2)", logy=True)
 
 
+def fixed(args) -> dict:
+    """What is not chosen on this data beyond the shared models' settings (omniglot.fixed_settings)."""
+    return {"weighting": f"the weights {list(WEIGHTINGS.values())} (alphabet, character): the course's, compared",
+            "scaling": f"Adam lr {args.scaling_lr:g}, batch {args.scaling_batch_size}, {args.scaling_epochs} epochs: "
+                       "project settings; nothing is chosen on the salary data; each variant reads its test rows once"}
+
+
 def data_record(om: omniglot.Omniglot, sal: Salaries) -> dict:
     """The omniglot data's record, with the salary table as a part."""
     record = om.info.to_json()
@@ -373,9 +373,10 @@ def data_record(om: omniglot.Omniglot, sal: Salaries) -> dict:
     return record
 
 
-def extra_record(om: omniglot.Omniglot, tally: omniglot.Tally, weighting_rows) -> dict:
+def extra_record(om: omniglot.Omniglot, out: omniglot.Outcome, weighting_rows) -> dict:
     """The result JSON's fields beyond the common schema."""
-    return {"splits": {s: v[2] for s, v in om.splits.items()}, "diverged": tally.diverged, "training": om.settings,
+    return {"splits": {s: sp.info for s, sp in om.splits.items()}, "diverged": out.tally.diverged,
+            "training": om.settings, "comparisons": comparisons(om, out),
             "course_reference": {"alphabet_accuracy": 0.31, "char_accuracy": 0.24,
                                  "split": "not described; that it is the 'course' lists is a guess (deviations)"},
             "loss_weighting": weighting_rows,
@@ -389,20 +390,19 @@ def extra_record(om: omniglot.Omniglot, tally: omniglot.Tally, weighting_rows) -
                       "per-parameter normalisation nearly cancels: expect near-identical results"]}
 
 
-def report(om, done, mean, tally, weighting_rows, n_seeds, wall_s) -> None:
-    print(f"\n{EXPERIMENT} ({om.info.source} data, {n_seeds} seed(s), {wall_s:.0f}s wall)")
+def report(om, out: omniglot.Outcome, weighting_rows, wall_s) -> None:
+    mean, tally = out.mean, out.tally
+    print(f"\n{EXPERIMENT} ({om.info.source} data, {len(out.seeds)} seed(s), {wall_s:.0f}s wall; best epochs kept)")
     print("  course: alphabet 0.31, character 0.24 (its split is not described; the 'course' lists are a guess at it)")
-    for r in done:
+    for r in out.done:
         leak = " [LEAKY split]" if r.startswith("course.") else ""
         print(f"  {r:22s} alphabet {mean[f'{r}.alphabet_accuracy']:.3f}  character {mean[f'{r}.char_accuracy']:.3f}"
-              f"  ({tally.throughput.get(f'{r}.train_samples_per_s', 0):.0f} train samples/s){leak}")
+              f"  (epochs {tally.selected[r]['epochs']}; {tally.throughput.get(f'{r}.train_samples_per_s', 0):.0f} "
+              f"train samples/s){leak}")
         if f"{r}.char_accuracy_unseen" in mean:
             print(f"  {'':22s} on the test images also in train: alphabet {mean[f'{r}.alphabet_accuracy_overlap']:.3f} "
                   f"character {mean[f'{r}.char_accuracy_overlap']:.3f}; on the unseen ones: alphabet "
                   f"{mean[f'{r}.alphabet_accuracy_unseen']:.3f} character {mean[f'{r}.char_accuracy_unseen']:.3f}")
-    for row in weighting_rows:
-        print(f"  weighting {row['config']:9s} ({row['w_alpha']}/{row['w_char']}) on {row['split']}: "
-              f"alphabet {row['alphabet_accuracy']:.3f}  character {row['char_accuracy']:.3f}")
     if scaling_done(mean):
         print(f"  loss scaling (salaries): majority {mean['baseline.scaling.majority_accuracy']:.3f}, "
               f"predict-the-mean RMSE ${mean['baseline.scaling.mean_rmse_usd']:,.0f}")
@@ -411,6 +411,8 @@ def report(om, done, mean, tally, weighting_rows, n_seeds, wall_s) -> None:
                   f"salary RMSE ${mean[f'scaling.{v}.salary_rmse_usd']:,.0f}  (classification's share of the "
                   f"trunk gradient at init {mean[f'scaling.{v}.trunk_grad_share_ce']:.2g})")
         print(f"    ce_only   experience accuracy {mean['scaling.ce_only.experience_accuracy']:.3f}")
+    for k, v in comparisons(om, out).items():
+        print(f"  {k}: {v}")
     if tally.diverged:
         print(f"  DIVERGED: {tally.diverged}")
 
@@ -438,8 +440,9 @@ def main(argv=None) -> int:
     make_plots(plots.plot_dir(args.results_dir, EXPERIMENT), out.done, out.mean, out.std, out.tally.history,
                weighting_rows)
     wall_s = omniglot.write_result(EXPERIMENT, args, start, out, data=data_record(om, sal), script=__file__,
-                                   extra=extra_record(om, out.tally, weighting_rows), deviations=DEVIATIONS)
-    report(om, out.done, out.mean, out.tally, weighting_rows, len(out.seeds), wall_s)
+                                   extra=extra_record(om, out, weighting_rows), deviations=DEVIATIONS,
+                                   selection=omniglot.selection_record(om, out.tally, CRITERION, fixed(args)))
+    report(om, out, weighting_rows, wall_s)
     return 3 if out.tally.diverged else 0
 
 

@@ -1,15 +1,18 @@
 """Omniglot pieces shared by 08_omniglot_multi_input and 09_omniglot_multi_output (not an experiment itself).
 
-The course's Dataset (image path, alphabet, character), the ``clean`` and the course's (leaky) splits,
-the two image subnets (the course's and an improved one), their command-line options, and the training
-and prediction loops over seeded index batches of the images decoded once into a uint8 tensor
-(common.data caches it), the seeds' runs (``run_seeds``) and the result JSON (``write_result``), and
-``DEVIATIONS``, where both scripts depart from the course transcript. Imported as
-``from experiments import omniglot``.
+The course's Dataset (image path, alphabet, character), the ``clean`` and the course's (leaky) splits
+with one training drawing per character held out for validation, the two image subnets (the course's
+and an improved one), their command-line options, the training and prediction loops over seeded index
+batches of the images decoded once into a uint8 tensor (common.data caches it; a run keeps the weights
+of its best epoch on validation), the seeds' runs (``run_seeds``), the result JSON (``write_result``)
+and its ``selection_record``, and ``DEVIATIONS``, where both scripts depart from the course
+transcript. Imported as ``from experiments import omniglot``.
 """
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,7 +39,8 @@ DEVIATIONS = [
             "course's exercise code, which the transcript does not show"},
     {"what": "training settings of the course model",
      "course": "Adam ('we will use it throughout the course'); no epochs, batch size or learning rate given",
-     "here": "3 epochs, batch 64, Adam lr 0.001",
+     "here": "up to 3 epochs (the best epoch's checkpoint on the validation drawings is kept), batch 64, "
+             "Adam lr 0.001",
      "why": "not in the transcript: lr 1e-3 is the default the course names in its first chapter; 3 epochs at "
             "batch 64 train the course model in under a minute on the reference 2-core CPU"},
     {"what": "how images reach the model",
@@ -56,11 +60,25 @@ DEVIATIONS = [
      "flag": "--split course"},
     {"what": "improved model and headline",
      "course": "only the course's model",
-     "here": "also an improved image subnet (three conv blocks with batch norm, dropout, OneCycle lr; 8 epochs, "
-             "batch 128); the headline is its character accuracy on the clean split",
+     "here": "also an improved image subnet (three conv blocks with batch norm, dropout, OneCycle lr over 8 "
+             "epochs, batch 128; the best epoch's checkpoint on validation kept); the headline is its character "
+             "accuracy on the clean split",
      "why": "to show what the same data allows beyond the course's tiny subnet; the course model's figures "
             "are reported beside it",
      "flag": "--model course"},
+    {"what": "validation drawings and checkpoint selection",
+     "course": "a training loop (no epoch count given), then accuracy over the test data loader; no "
+               "validation data",
+     "here": "one training drawing per character (964, seeded by --split-seed, never a test image) held out as "
+             "validation data; each model is evaluated on it after every epoch and the best epoch's weights are "
+             "kept (ties -> fewer epochs); the test images are read once, by that checkpoint",
+     "why": "the epochs are a choice, and a choice may only look at data carved from the training data; the "
+            "scripts used to record test accuracy after every epoch"},
+    {"what": "seeds",
+     "course": "one run of each model",
+     "here": "3 training seeds per figure (mean ± std; the splits and validation drawings fixed); a comparison "
+             "is 'within noise' where the means differ by at most the larger std",
+     "why": "one seed cannot tell a difference from seed noise"},
 ]
 
 
@@ -126,9 +144,32 @@ def course_split(ds: data.OmniglotSet, train_rel: list, test_rel: list):
     return torch.tensor([where[p] for p in train_rel]), torch.tensor([where[p] for p in test_rel])
 
 
-def make_splits(ds, names, split_seed, data_dir_, synthetic, subset=None):
-    """{name: (train_idx, test_idx, info)}; ``course`` is marked leaky with its overlap count.
-    ``subset``: keep a seeded subset of that many images on each side (--smoke: a few batches)."""
+def carve_validation(train_idx, test_idx, character, seed: int):
+    """One seeded drawing per character from ``train_idx`` that is not a test image (the course lists share
+    images) held out as validation data: (the rest of ``train_idx``, the validation drawings), sorted."""
+    pool = train_idx[~torch.from_numpy(np.isin(train_idx.numpy(), test_idx.numpy()))]
+    key = torch.rand(len(pool), generator=repro.make_generator(seed))
+    order = np.lexsort((key.numpy(), character[pool].numpy()))        # by character, then random key
+    chars = character[pool][order].numpy()
+    val = pool[order[np.r_[True, chars[1:] != chars[:-1]]]].sort().values   # the first of each character
+    assert not np.intersect1d(val.numpy(), test_idx.numpy()).size, "a validation drawing is a test image"
+    return train_idx[~torch.from_numpy(np.isin(train_idx.numpy(), val.numpy()))], val
+
+
+class Split(NamedTuple):
+    """A split's rows: ``train`` (what the models train on: the training side less ``val``), ``val`` (one
+    training drawing per character, for the choice of epoch), ``test`` (read once per final model), and
+    ``info`` (sizes, leak)."""
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    info: dict
+
+
+def make_splits(ds, names, split_seed, data_dir_, synthetic, subset=None) -> dict:
+    """{name: Split}; ``course`` is marked leaky with its overlap count. The validation drawings are carved
+    from the training side with ``split_seed`` (fixed across training seeds). ``subset``: keep a seeded
+    subset of that many images of each part (--smoke: a few batches)."""
     out = {}
     for name in names:
         if name == "clean":
@@ -142,13 +183,13 @@ def make_splits(ds, names, split_seed, data_dir_, synthetic, subset=None):
             tr, te = course_split(ds, *data.load_omniglot_course_split(data_dir_))
             info = {"leaky": True, "overlap": None,
                     "note": "the course's lists overlap: figures on this split are inflated"}
+        fit, val = carve_validation(tr, te, ds.character, split_seed + 2)
         overlap = int(np.intersect1d(tr.numpy(), te.numpy()).size)
-        info.update(overlap=overlap, train=len(tr), test=len(te))
+        info.update(overlap=overlap, train=len(tr), validation=len(val), trained_on=len(fit), test=len(te))
         if subset:
             g = repro.make_generator(split_seed + 1)
-            tr = tr[torch.randperm(len(tr), generator=g)[:subset]]
-            te = te[torch.randperm(len(te), generator=g)[:subset]]
-        out[name] = (tr, te, info)
+            fit, val, te = (t[torch.randperm(len(t), generator=g)[:subset]] for t in (fit, val, te))
+        out[name] = Split(fit, val, te, info)
     return out
 
 
@@ -216,12 +257,14 @@ def add_options(p, defaults: dict) -> None:
     p.add_argument("--model", choices=("course", "improved", "both"), default=defaults["model"],
                    help="course: the course's tiny image subnet; improved: conv blocks with batch norm")
     p.add_argument("--split-seed", type=int, default=defaults["split_seed"],
-                   help="seed of the clean split (fixed across training seeds)")
-    p.add_argument("--epochs", type=cli.positive_int, default=defaults["epochs"], help="epochs of the course model")
+                   help="seed of the clean split and of the validation drawings (fixed across training seeds)")
+    p.add_argument("--epochs", type=cli.positive_int, default=defaults["epochs"],
+                   help="most epochs of the course model (the best epoch on validation is kept)")
     p.add_argument("--batch-size", type=cli.positive_int, default=defaults["batch_size"],
                    help="batch size of the course model")
     p.add_argument("--lr", type=cli.positive_float, default=defaults["lr"], help="Adam learning rate of the course model")
-    p.add_argument("--improved-epochs", type=cli.positive_int, default=defaults["improved_epochs"])
+    p.add_argument("--improved-epochs", type=cli.positive_int, default=defaults["improved_epochs"],
+                   help="epochs of the improved model's OneCycle schedule (the best epoch on validation is kept)")
     p.add_argument("--improved-batch-size", type=cli.positive_int, default=defaults["improved_batch_size"])
     p.add_argument("--improved-lr", type=cli.positive_float, default=defaults["improved_lr"], help="OneCycle peak lr (Adam)")
 
@@ -229,7 +272,7 @@ def add_options(p, defaults: dict) -> None:
 @dataclass
 class Omniglot:
     """What every run reads: the images and labels (on the device, where batches are gathered), the
-    splits ({name: (train_idx, test_idx, info)}), the models to train and each one's training settings."""
+    splits ({name: Split}), the models to train and each one's training settings."""
     ds: data.OmniglotSet
     info: data.DataInfo
     splits: dict
@@ -255,7 +298,8 @@ def load(args, device, subset=None) -> Omniglot:
                 "improved": dict(epochs=args.improved_epochs, batch_size=args.improved_batch_size,
                                  lr=args.improved_lr, onecycle=True)}
     splits = make_splits(ds, names, args.split_seed, args.data_dir, info.source == "synthetic", subset)
-    info.sizes.update({f"{s}.{side}": v[2][side] for s, v in splits.items() for side in ("train", "test")})
+    info.sizes.update({f"{s}.{side}": sp.info[side] for s, sp in splits.items()
+                       for side in ("train", "validation", "test")})
     images = ds.images.to(device) if device.type != "cpu" else ds.images
     return Omniglot(ds, info, splits, models, {n: settings[n] for n in models}, device, images,
                     ds.alphabet.to(device), F.one_hot(ds.alphabet, N_ALPHABETS).float().to(device),
@@ -271,9 +315,11 @@ def finished_runs(mean: dict, om: Omniglot):
 
 # ----------------------------------------------------------------------------- training
 def train_run(model, step_loss, train_idx, *, epochs, batch_size, lr, seed, device, onecycle=False,
-              evaluate=None, label="", print_every=1):
+              evaluate=None, select=None, label="", print_every=1):
     """Adam over ``epochs`` of seeded index batches. ``step_loss(model, idx) -> loss``; ``evaluate(model)
     -> dict`` after each epoch (history). OneCycle learning rate when ``onecycle`` (improved model).
+    ``select``: a key of ``evaluate``'s dict (a validation figure); the model ends with the weights of the
+    epoch where it was highest (the first such epoch: ties -> fewer epochs), not those of the last.
     Returns (history dict of lists, train seconds, samples seen); raises results.Diverged (the losses
     stay on the device and are checked once per epoch). The epoch's index order goes to ``device``
     once, so ``step_loss`` gets device indices (no per-step copy of CPU indices into GPU tensors)."""
@@ -283,6 +329,7 @@ def train_run(model, step_loss, train_idx, *, epochs, batch_size, lr, seed, devi
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
              if onecycle else None)
     history, train_s, seen, t0 = {"train_loss": []}, 0.0, 0, time.perf_counter()
+    best = None
     for epoch in range(1, epochs + 1):
         model.train()
         synchronize(device)
@@ -308,9 +355,13 @@ def train_run(model, step_loss, train_idx, *, epochs, batch_size, lr, seed, devi
         history["train_loss"].append(float(total) / n)
         for k, v in (evaluate(model) if evaluate else {}).items():
             history.setdefault(k, []).append(v)
+        if select and (best is None or history[select][-1] > best[0]):
+            best = history[select][-1], {k: v.detach().clone() for k, v in model.state_dict().items()}
         shown = "  ".join(f"{k} {v[-1]:.4g}" for k, v in history.items())
         if epoch % print_every == 0 or epoch == epochs:
             print(f"  {label} epoch {epoch}/{epochs}  {shown}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+    if best is not None:
+        model.load_state_dict(best[1])
     return history, train_s, seen
 
 
@@ -331,21 +382,25 @@ def predict(model, inputs, idx, device, batch_size=1024):
 
 @dataclass
 class Tally:
-    """What the runs leave besides their figures: the first seed's curves, the training and evaluation
-    times, each run's throughput (its last seed), and the runs that diverged."""
+    """What the runs leave besides their figures: the first seed's curves, each run's epoch choice (its
+    candidates, and per seed the chosen epoch and the validation curve), the training and evaluation times,
+    each run's throughput (its last seed), and the runs that diverged."""
     first_seed: int
     history: dict = field(default_factory=dict)
+    selected: dict = field(default_factory=dict)
     diverged: list = field(default_factory=list)
     throughput: dict = field(default_factory=dict)
     train_s: float = 0.0
     eval_s: float = 0.0
     seen: int = 0
 
-    def fit(self, run, seed, model, step_loss, train_idx, settings, device, evaluate=None):
-        """``train_run`` under the name ``run``; the history, or None if it diverged (noted, not raised)."""
+    def fit(self, run, seed, model, step_loss, train_idx, settings, device, evaluate, select):
+        """``train_run`` under the name ``run``, ending with the weights of the epoch whose validation figure
+        ``select`` (a key of ``evaluate``'s dict) was highest; {run.best_epoch, run.<select> there}, or None if
+        it diverged (noted, not raised)."""
         try:
-            h, train_s, seen = train_run(model, step_loss, train_idx, seed=seed, device=device, evaluate=evaluate,
-                                         label=run, **settings)
+            h, train_s, seen = train_run(model, step_loss, train_idx, seed=seed, device=device,
+                                         evaluate=partial(self.timed, evaluate), select=select, label=run, **settings)
         except results.Diverged as e:
             print(f"  {run} diverged: {e}", flush=True)
             self.diverged.append({"run": run, "seed": seed, **e.to_json()})
@@ -355,14 +410,21 @@ class Tally:
         self.throughput[f"{run}.train_samples_per_s"] = seen / train_s
         if seed == self.first_seed:
             self.history.update({f"{run}.{k}": v for k, v in h.items()})
-        return h
+        best = int(np.argmax(h[select]))   # the first maximum, as train_run keeps it: ties -> fewer epochs
+        sel = self.selected.setdefault(run, {"select": select, "candidates": list(range(1, settings["epochs"] + 1)),
+                                             "epochs": {}, "scores": {}})
+        sel["epochs"][str(seed)], sel["scores"][str(seed)] = best + 1, h[select]
+        return {f"{run}.best_epoch": best + 1, f"{run}.{select}": h[select][best]}
 
-    def predict(self, model, inputs, idx, device):
-        """``predict``, its time counted as evaluation."""
+    def timed(self, fn, *args):
+        """``fn(*args)``, its time counted as evaluation."""
         t = time.perf_counter()
-        out = predict(model, inputs, idx, device)
+        out = fn(*args)
         self.eval_s += time.perf_counter() - t
         return out
+
+    def predict(self, model, inputs, idx, device):
+        return self.timed(predict, model, inputs, idx, device)
 
     def timings(self, wall_s: float) -> dict:
         return {"wall_s": wall_s, "train_s": self.train_s,
@@ -410,3 +472,47 @@ def write_result(experiment: str, args, start: cli.Start, out: Outcome, **fields
         per_seed=out.per_seed, headline=out.headline, history=out.tally.history, timings=out.tally.timings(wall_s),
         device=start.device, **fields)
     return wall_s
+
+
+# ----------------------------------------------------------------------------- selection and comparisons
+FIXED = {"course_model": "Adam lr {lr:g} (the course's default), batch {batch_size}, epochs <= {epochs}: project "
+                         "settings (deviations)",
+         "improved": "OneCycle peak lr {lr:g} (Adam), batch {batch_size}, epochs <= {epochs}, width 16-32-64, dropout "
+                     "0.2, a 256-wide embedding of 32x32 average-pooled images: set by earlier sessions of this project, "
+                     "partly after seeing test figures of these splits (the scripts recorded test accuracy after every "
+                     "epoch then); not selected on validation data"}   # the settings no validation data chose
+
+
+def selection_record(om: Omniglot, tally: Tally, criterion: str, fixed: dict) -> dict | None:
+    """The result's ``selection``: every run's epoch, chosen per seed on the validation drawings."""
+    if not tally.selected:
+        return None
+    return {"validation": {"method": "hold-out: one drawing per character of each split's training side (seeded by "
+                                     "--split-seed, the same for every training seed; never a test image), left out "
+                                     "of training; one hold-out, no folds",
+                           "folds": None,
+                           "sizes": {k: {s: len(getattr(sp, part)) for s, sp in om.splits.items()}
+                                     for k, part in (("validation", "val"), ("trained_on", "train"), ("test", "test"))}},
+            "chosen": {f"{run}.epochs": sel["epochs"] for run, sel in tally.selected.items()},
+            "candidates": {f"{run}.epochs": sel["candidates"] for run, sel in tally.selected.items()},
+            "scores": {f"{run}.{sel['select']}": sel["scores"] for run, sel in tally.selected.items()},
+            "criterion": criterion + "; a run's candidates are its checkpoints after each epoch of one training run "
+                                     "(the improved model's OneCycle schedule spans all its epochs)",
+            "final_model": "kept: best-epoch checkpoint by validation accuracy of the model trained without the "
+                           "held-out drawings, read once on the test images",
+            "fixed": {**{n: FIXED[n].format(**st) for n, st in om.settings.items()}, **fixed}}
+
+
+def comparisons(out: Outcome, pairs) -> dict:
+    """{"a vs b": "mean ± std vs mean ± std: <finding>"} for the metric pairs (a, b) that both ran; the finding
+    is "within noise" where the means differ by at most the larger std (tools/report.py's rule), else which
+    is higher."""
+    m, sd, found = out.mean, out.std, {}
+    for a, b in pairs:
+        if m.get(a) is None or m.get(b) is None:
+            continue
+        one_seed = " (one seed: no spread to judge noise by)" if len(out.seeds) < 2 else ""
+        finding = ("within noise" if abs(m[a] - m[b]) <= max(sd[a], sd[b])
+                   else ("higher" if m[a] > m[b] else "lower") + one_seed)
+        found[f"{a} vs {b}"] = f"{m[a]:.4g} ± {sd[a]:.2g} vs {m[b]:.4g} ± {sd[b]:.2g}: {finding}"
+    return found

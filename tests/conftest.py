@@ -96,3 +96,66 @@ def check_seeds(runs: dict, *differ: str) -> None:
     assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
     for key in differ:
         assert a["per_seed"][key] != other["per_seed"][key], key
+
+
+def omniglot_reads(monkeypatch, script, argv: list[str]) -> tuple[dict, list]:
+    """Run ``script.main(argv)`` (08 or 09, in this process) recording every Omniglot prediction: returns the
+    splits it made ({name: Split}) and, per ``omniglot.predict`` call on the script's image inputs, (called
+    during training?, the set of rows it read)."""
+    import functools
+
+    import torch
+
+    from common import cli
+    from experiments import omniglot
+
+    monkeypatch.setattr(cli, "sigterm_as_interrupt", lambda: None)   # main's parse() would install them in pytest
+    monkeypatch.setattr(cli.repro, "configure_numerics", lambda **kwargs: None)
+    splits, calls, training = {}, [], [False]
+    predict, train_run, make_splits = omniglot.predict, omniglot.train_run, omniglot.make_splits
+
+    def recording_predict(model, inputs, idx, device, **kwargs):
+        if isinstance(inputs, functools.partial) and inputs.func is script.inputs:   # not the salary table's rows
+            calls.append((training[0], frozenset(idx.tolist())))
+        return predict(model, inputs, idx, device, **kwargs)
+
+    def flagged_train_run(*args, **kwargs):
+        training[0] = True
+        try:
+            return train_run(*args, **kwargs)
+        finally:
+            training[0] = False
+
+    monkeypatch.setattr(omniglot, "predict", recording_predict)
+    monkeypatch.setattr(omniglot, "train_run", flagged_train_run)
+    monkeypatch.setattr(omniglot, "make_splits", lambda *a, **kw: splits.update(make_splits(*a, **kw)) or dict(splits))
+    threads = torch.get_num_threads()
+    try:
+        assert script.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return splits, calls
+
+
+def check_omniglot_selection(r: dict, select: str, epochs: dict) -> None:
+    """08/09 smoke result ``r`` has a valid ``selection``: per run (``epochs``: run -> its epochs) and seed, the
+    chosen epoch is a candidate (1..the run's epochs), the first maximum of that seed's validation curve ``select``, and the run's
+    ``best_epoch`` figure; validation sizes are the smoke's (256 a part at most)."""
+    from common import schema
+
+    sel = schema.check_selection(r["selection"])
+    assert sel["validation"]["sizes"]["validation"] == {s: min(256, r["splits"][s]["validation"]) for s in r["splits"]}
+    assert sel["final_model"].startswith("kept: best-epoch checkpoint by validation accuracy")
+    if any(run.endswith(".improved") for run in epochs):   # its settings: not chosen here, and said so
+        assert "earlier sessions" in sel["fixed"]["improved"] and "test figures" in sel["fixed"]["improved"]
+    assert set(sel["chosen"]) == set(sel["candidates"]) == {f"{run}.epochs" for run in epochs}
+    for run, n_epochs in epochs.items():
+        candidates, chosen = sel["candidates"][f"{run}.epochs"], sel["chosen"][f"{run}.epochs"]
+        assert candidates == list(range(1, n_epochs + 1))
+        assert set(chosen) == {str(s) for s in r["seeds"]}
+        for seed, epoch in chosen.items():
+            curve = sel["scores"][f"{run}.{select}"][seed]
+            assert epoch in candidates and len(curve) == len(candidates) and epoch == 1 + curve.index(max(curve))
+        assert r["per_seed"][f"{run}.best_epoch"] == [chosen[str(s)] for s in r["seeds"]]
+        assert r["per_seed"][f"{run}.{select}"] == [sel["scores"][f"{run}.{select}"][str(s)][chosen[str(s)] - 1]
+                                                    for s in r["seeds"]]

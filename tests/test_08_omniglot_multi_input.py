@@ -1,6 +1,7 @@
 """08_omniglot_multi_input and the Omniglot pieces it shares with 09 (experiments/omniglot.py): the course's
-Dataset items, the clean and course splits, the two-input models, benchmark cases, defaults, and smoke runs (real data: figures, leak marking, plots, reproducibility; synthetic;
-divergence)."""
+Dataset items, the clean and course splits and their validation drawings, the best-epoch checkpoint, the
+two-input models, benchmark cases, defaults, and smoke runs (real data: figures, leak marking, plots,
+selection, reproducibility; synthetic: the test images read only by the final models; divergence)."""
 from __future__ import annotations
 
 import importlib
@@ -8,8 +9,9 @@ import importlib
 import pytest
 import torch
 
-from common import cli, data
-from conftest import check_deviations, real_data, run_script, smoke_fixture
+from common import cli, data, schema
+from conftest import (check_deviations, check_omniglot_selection, omniglot_reads, real_data, run_script,
+                      smoke_fixture)
 from experiments import omniglot
 
 m = importlib.import_module("experiments.08_omniglot_multi_input")
@@ -64,11 +66,67 @@ def test_clean_split_synthetic_3_1():
 def test_course_split_is_leaky():
     ds, info = data.load_omniglot(size=64)
     splits = omniglot.make_splits(ds, ["course"], 0, None, synthetic=False)
-    tr, te, sinfo = splits["course"]
-    assert (len(tr), len(te)) == (14_400, 12_149)
+    tr, val, te, sinfo = splits["course"]
+    assert (len(tr) + len(val), len(te)) == (14_400, 12_149) == (sinfo["train"], sinfo["test"])
     assert sinfo["leaky"] is True and sinfo["overlap"] == 7_269 == omniglot.COURSE_OVERLAP
     with pytest.raises(data.DataError, match="not in the images"):
         omniglot.course_split(ds, ["Nope/character01/x.png"], [])
+
+
+def check_validation(ds, split: omniglot.Split, train_side, test, n_characters=964):
+    """``split.val``: one drawing of every character, all from the training side, none a test image; the
+    models train on the rest of the training side."""
+    val, train, test_set = set(split.val.tolist()), set(split.train.tolist()), set(test.tolist())
+    assert len(val) == len(split.val) == n_characters == split.info["validation"]
+    assert torch.bincount(ds.character[split.val], minlength=n_characters).tolist() == [1] * n_characters
+    assert val <= set(train_side.tolist()) and not val & test_set and not val & train
+    assert train | val == set(train_side.tolist()) and len(train) == split.info["trained_on"]
+    assert torch.equal(split.test, test)
+
+
+@real_data("omniglot")
+def test_validation_drawings_real_one_per_character_from_training_never_test():
+    ds, _ = data.load_omniglot(size=64)
+    splits = omniglot.make_splits(ds, ["clean", "course"], 0, None, synthetic=False)
+    check_validation(ds, splits["clean"], *omniglot.clean_split(ds.character, 0.25, seed=0))
+    assert torch.bincount(ds.character[splits["clean"].train], minlength=964).tolist() == [14] * 964
+    course_train, course_test = omniglot.course_split(ds, *data.load_omniglot_course_split())
+    check_validation(ds, splits["course"], course_train, course_test)
+    assert not set(splits["clean"].train.tolist()) & set(splits["clean"].test.tolist())
+    # seeded by --split-seed: the same drawings again, others with another seed
+    again = omniglot.make_splits(ds, ["clean"], 0, None, synthetic=False)["clean"].val
+    assert torch.equal(again, splits["clean"].val)
+    tr, te = omniglot.clean_split(ds.character, 0.25, seed=0)
+    assert not torch.equal(omniglot.carve_validation(tr, te, ds.character, 5)[1],
+                           omniglot.carve_validation(tr, te, ds.character, 6)[1])
+
+
+def test_validation_drawings_synthetic():
+    ds, _ = data.synthetic_omniglot()
+    splits = omniglot.make_splits(ds, ["clean", "course"], 0, None, synthetic=True)
+    tr, te = omniglot.clean_split(ds.character, 0.25, seed=0)
+    check_validation(ds, splits["clean"], tr, te)
+    check_validation(ds, splits["course"], tr, splits["course"].test)   # the leaky stand-in: half of tr in test
+    assert splits["course"].info["overlap"] == len(set(tr.tolist()) & set(splits["course"].test.tolist())) > 0
+
+
+def test_best_epoch_checkpoint_is_kept():
+    """``train_run(select=...)`` ends with the weights of the first epoch with the highest validation figure."""
+    torch.manual_seed(0)
+    model, snapshots = torch.nn.Linear(3, 2), []
+    x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    scores = iter([0.2, 0.7, 0.7, 0.5])   # best at epochs 2 and 3: the tie goes to epoch 2
+
+    def evaluate(model):
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"val_score": next(scores)}
+
+    h, _, _ = omniglot.train_run(model, lambda mdl, idx: torch.nn.functional.cross_entropy(mdl(x[idx]), y[idx]),
+                                 torch.arange(40), epochs=4, batch_size=8, lr=0.1, seed=0, device=torch.device("cpu"),
+                                 evaluate=evaluate, select="val_score")
+    assert h["val_score"] == [0.2, 0.7, 0.7, 0.5] and len(h["train_loss"]) == 4
+    assert all(torch.equal(v, snapshots[1][k]) for k, v in model.state_dict().items())
+    assert not torch.equal(snapshots[1]["weight"], snapshots[3]["weight"])
 
 
 def test_alphabet_prior_accuracy():
@@ -116,46 +174,55 @@ def test_defaults_are_the_options_defaults_and_smoke_overrides_them(monkeypatch)
 
 
 # ------------------------------------------------------------------ smoke runs
-SMALL = ("--split", "clean", "--model", "course")
+SMALL = ("--split", "clean", "--model", "course", "--seeds", "1")
+RUNS = [f"{split}.{model}" for split in ("clean", "course") for model in ("course_model", "improved")]
 
 
-# the full smoke (both splits, both models), then a cheap one twice (seed 0) and once with seed 1
+# the full smoke (both splits, both models, two seeds), then a cheap one twice (seed 0) and once with seed 1
 smoke_runs = smoke_fixture(SCRIPT, {"full": [], "small": SMALL, "small_again": SMALL,
                                     "small_seed1": [*SMALL, "--seed", "1"]})
 
 
 @real_data("omniglot")
-def test_smoke_real_figures_leak_and_plots(smoke_runs):
+def test_smoke_real_figures_leak_selection_and_plots(smoke_runs):
     r, d = smoke_runs["full"]
-    assert r["status"] == "ok" and r["data"]["source"] == "real" and r["seeds"] == [0]
+    assert r["status"] == "ok" and r["data"]["source"] == "real" and r["seeds"] == [0, 1]   # the smoke rule: 2 seeds
     met = r["metrics"]
     for split in ("clean", "course"):
         for model in ("course_model", "improved"):
             assert 0.0 <= met[f"{split}.{model}.char_accuracy"] <= 1.0
             assert met[f"{split}.{model}.test_cross_entropy"] > 0
+            assert len(r["per_seed"][f"{split}.{model}.char_accuracy"]) == 2
             assert r["timings"][f"{split}.{model}.train_samples_per_s"] > 0
-            assert len(r["history"][f"{split}.{model}.test_accuracy"]) == 1
+            assert len(r["history"][f"{split}.{model}.val_char_accuracy"]) == 1
+            assert not any("test" in k for k in r["history"])   # no per-epoch test curve
         assert met[f"baseline.{split}.alphabet_prior_accuracy"] == pytest.approx(0.031, abs=0.003)
     for model in ("course_model", "improved"):
         assert f"course.{model}.char_accuracy_overlap" in met and f"course.{model}.char_accuracy_unseen" in met
     assert r["splits"]["course"]["leaky"] is True and r["splits"]["course"]["overlap"] == 7_269
     assert r["splits"]["clean"]["leaky"] is False and r["splits"]["clean"]["overlap"] == 0
     assert r["data"]["sizes"]["clean.train"] == 14_460 and r["data"]["sizes"]["course.test"] == 12_149
+    assert r["data"]["sizes"]["clean.validation"] == r["data"]["sizes"]["course.validation"] == 964
+    assert r["splits"]["clean"]["trained_on"] == 14_460 - 964 and r["splits"]["course"]["trained_on"] == 14_400 - 964
     assert r["headline"] == "clean.improved.char_accuracy" and r["timings"]["train_samples_per_s"] > 0
-    for name in ("char_accuracy", "test_accuracy_curves", "train_loss_curves"):
+    check_omniglot_selection(r, "val_char_accuracy", {run: 1 for run in RUNS})
+    assert set(r["comparisons"]) == {f"{s}.improved.char_accuracy vs {s}.course_model.char_accuracy"
+                                     for s in ("clean", "course")}
+    for name in ("char_accuracy", "val_accuracy_curves", "train_loss_curves"):
         assert (d / SCRIPT / f"{name}.png").stat().st_size > 1000
 
 
 @real_data("omniglot")
 def test_smoke_reproducible_and_seeds_differ(smoke_runs):
     full, a, b, other = (smoke_runs[name][0] for name in ("full", "small", "small_again", "small_seed1"))
-    assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
-    assert a["headline"] == "clean.course_model.char_accuracy"
+    assert a["metrics"] == b["metrics"] and a["history"] == b["history"] and a["selection"] == b["selection"]
+    assert a["headline"] == "clean.course_model.char_accuracy" and a["seeds"] == [0]
     run = "clean.course_model"
     assert set(a["metrics"]) == {"baseline.clean.majority_accuracy", "baseline.clean.alphabet_prior_accuracy",
-                                 f"{run}.char_accuracy", f"{run}.train_accuracy", f"{run}.test_cross_entropy"}
+                                 f"{run}.char_accuracy", f"{run}.train_accuracy", f"{run}.test_cross_entropy",
+                                 f"{run}.best_epoch", f"{run}.val_char_accuracy"}
     # a run does not depend on which other runs share the invocation
-    assert full["metrics"][f"{run}.test_cross_entropy"] == a["metrics"][f"{run}.test_cross_entropy"]
+    assert full["per_seed"][f"{run}.test_cross_entropy"][0] == a["metrics"][f"{run}.test_cross_entropy"]
     assert other["per_seed"][f"{run}.test_cross_entropy"] != a["per_seed"][f"{run}.test_cross_entropy"]
     assert other["history"][f"{run}.train_loss"] != a["history"][f"{run}.train_loss"]
 
@@ -165,14 +232,36 @@ def test_smoke_records_the_deviations(smoke_runs):
     r = smoke_runs["full"][0]
     flags = check_deviations(r, ["image subnet sizes and image size", "training settings of the course model",
                                  "how images reach the model", "train/test split", "improved model and headline",
-                                 "alphabet subnet"], m.parse)
-    assert r["deviations"][:5] == omniglot.DEVIATIONS          # shared with 09: one list, in experiments/omniglot.py
+                                 "validation drawings and checkpoint selection", "seeds", "alphabet subnet"], m.parse)
+    n = len(omniglot.DEVIATIONS)
+    assert r["deviations"][:n] == omniglot.DEVIATIONS          # shared with 09: one list, in experiments/omniglot.py
     assert flags["train/test split"].split == "course" and flags["improved model and headline"].model == "course"
     # what the entries say is what the script does
-    d = m.DEFAULTS
-    assert f"{d['epochs']} epochs, batch {d['batch_size']}, Adam lr {d['lr']:g}" in r["deviations"][1]["here"]
+    d, here = m.DEFAULTS, {e["what"]: e["here"] for e in r["deviations"]}
+    assert f"up to {d['epochs']} epochs" in here["training settings of the course model"]
+    assert f"batch {d['batch_size']}, Adam lr {d['lr']:g}" in here["training settings of the course model"]
+    assert f"over {d['improved_epochs']} epochs, batch {d['improved_batch_size']}" in (
+        here["improved model and headline"])
+    assert f"{d['seeds']} training seeds" in here["seeds"] and f"{r['data']['sizes']['clean.validation']}," in (
+        here["validation drawings and checkpoint selection"])
     assert isinstance(m.TwoInputNet().alphabet_layer[-1], torch.nn.ELU)
-    assert f"{omniglot.COURSE_OVERLAP:,} of its {r['splits']['course']['test']:,} test" in r["deviations"][3]["here"]
+    assert f"{omniglot.COURSE_OVERLAP:,} of its {r['splits']['course']['test']:,} test" in here["train/test split"]
+
+
+def test_test_images_read_only_by_the_final_models(monkeypatch, tmp_path):
+    """During training only the validation drawings are read (once per epoch); each final model reads the
+    whole test split once; nothing else reads a test image. Two epochs: the choice is a real one."""
+    splits, calls = omniglot_reads(monkeypatch, m, ["--smoke", "--synthetic", "--split", "clean", "--epochs", "2",
+                                                    "--results-dir", str(tmp_path)])
+    sp, r = splits["clean"], schema.read_result(tmp_path / f"{SCRIPT}.json")
+    test, val = frozenset(sp.test.tolist()), frozenset(sp.val.tolist())
+    assert not test & val and not test & set(sp.train.tolist()) and not val & set(sp.train.tolist())
+    during = [rows for in_training, rows in calls if in_training]
+    assert len(during) == 2 * (2 + 1) and all(rows == val for rows in during)   # 2 seeds x (2 + 1 epochs)
+    after = [rows for in_training, rows in calls if not in_training]
+    assert sum(rows == test for rows in after) == 2 * 2   # 2 seeds x 2 models, each once
+    assert all(rows == test or not rows & test for rows in after)
+    check_omniglot_selection(r, "val_char_accuracy", {"clean.course_model": 2, "clean.improved": 1})
 
 
 def test_smoke_synthetic(results_dir):
@@ -180,7 +269,9 @@ def test_smoke_synthetic(results_dir):
     assert r["data"]["source"] == "synthetic" and r["status"] == "ok"
     assert "clean.improved.char_accuracy" in r["metrics"] and "clean.course_model.char_accuracy" not in r["metrics"]
     assert r["splits"]["clean"]["train"] == 2_892 and r["splits"]["clean"]["test"] == 964
+    assert r["splits"]["clean"]["validation"] == 964 and r["splits"]["clean"]["trained_on"] == 2_892 - 964
     assert r["splits"]["course"]["leaky"] is True
+    check_omniglot_selection(r, "val_char_accuracy", {"clean.improved": 1, "course.improved": 1})
 
 
 def test_divergence_exits_3(results_dir):

@@ -1,16 +1,19 @@
 """09_omniglot_multi_output: the two-output models, the weighted loss, the salary loss-scaling pieces,
-benchmark cases, and smoke runs (real data: per-head figures, weighting table, scaling result, leak
-marking, plots, reproducibility; synthetic; divergence)."""
+benchmark cases, and smoke runs (real data: per-head figures, weighting table and comparisons, scaling
+result, leak marking, selection, plots, reproducibility; synthetic: the test images read only by the final
+models; divergence)."""
 from __future__ import annotations
 
 import importlib
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from common import cli, data
-from conftest import check_deviations, real_data, run_script, smoke_fixture
+from conftest import (check_deviations, check_omniglot_selection, omniglot_reads, real_data, run_script,
+                      smoke_fixture)
 from experiments import omniglot
 
 m = importlib.import_module("experiments.09_omniglot_multi_output")
@@ -88,7 +91,8 @@ def test_smoke_shortens_every_training(monkeypatch):
 
 
 # ------------------------------------------------------------------ smoke runs
-SMALL = ("--split", "clean", "--model", "improved")
+SMALL = ("--split", "clean", "--model", "improved", "--seeds", "1")
+RUNS = [f"{split}.{model}" for split in ("clean", "course") for model in ("course_model", "improved")]
 
 
 # the full smoke (both splits, both models, weighting, scaling), then a cheap one twice and with seed 1
@@ -101,12 +105,16 @@ smoke_runs = smoke_fixture(SCRIPT, {"full": [], "small": SMALL, "small_again": S
 def test_smoke_real_figures_and_plots(smoke_runs):
     r, d = smoke_runs["full"]
     met = r["metrics"]
-    assert r["status"] == "ok" and r["data"]["source"] == "real" and r["seeds"] == [0]
+    assert r["status"] == "ok" and r["data"]["source"] == "real" and r["seeds"] == [0, 1]   # the smoke rule: 2 seeds
+    assert not any("test" in k for k in r["history"])   # no per-epoch test curve
     for split in ("clean", "course"):
         for model in ("course_model", "improved"):
             for head in ("alphabet", "char"):
                 assert 0.0 <= met[f"{split}.{model}.{head}_accuracy"] <= 1.0
-                assert len(r["history"][f"{split}.{model}.{head}_accuracy"]) == 1
+                assert len(r["history"][f"{split}.{model}.val_{head}_accuracy"]) == 1
+            assert r["history"][f"{split}.{model}.val_accuracy"] == [
+                (r["history"][f"{split}.{model}.val_alphabet_accuracy"][0]
+                 + r["history"][f"{split}.{model}.val_char_accuracy"][0]) / 2]   # the two heads' mean chooses
             assert r["timings"][f"{split}.{model}.train_samples_per_s"] > 0
             assert f"course.{model}.char_accuracy_unseen" in met and f"course.{model}.alphabet_accuracy_overlap" in met
     assert r["splits"]["course"]["leaky"] is True and r["splits"]["course"]["overlap"] == 7_269
@@ -129,7 +137,17 @@ def test_smoke_real_figures_and_plots(smoke_runs):
                                                                     met[f"weighting.{w}.char_accuracy"])
     # the course's caveat, measured: unscaled, the dollar loss drowns the classification's gradient; scaled, it does not
     assert met["scaling.unscaled.trunk_grad_share_ce"] < 1e-6 < 0.1 < met["scaling.scaled.trunk_grad_share_ce"]
-    for name in ("head_accuracy", "test_accuracy_curves", "loss_weighting", "loss_scaling", "loss_scaling_train_loss"):
+    check_omniglot_selection(r, "val_accuracy", {run: 1 for run in RUNS + ["weighting.char_x2", "weighting.sum_to_1"]})
+    assert "weighting" in r["selection"]["fixed"] and "scaling" in r["selection"]["fixed"]
+    # every comparison: mean ± std of both and a finding, "within noise" where |difference| <= the larger std
+    assert len(r["comparisons"]) == 4 + 4 + 2
+    for w in ("char_x2", "sum_to_1"):
+        for head in ("alphabet", "char"):
+            a, b = f"weighting.{w}.{head}_accuracy", f"weighting.equal.{head}_accuracy"
+            noise = abs(met[a] - met[b]) <= max(r["std"][a], r["std"][b])
+            said = r["comparisons"][f"{a} vs {b}"]
+            assert said.startswith(f"{met[a]:.4g} ± ") and said.endswith("within noise") == noise
+    for name in ("head_accuracy", "val_accuracy_curves", "loss_weighting", "loss_scaling", "loss_scaling_train_loss"):
         assert (d / SCRIPT / f"{name}.png").stat().st_size > 1000
 
 
@@ -151,11 +169,13 @@ def test_smoke_records_the_deviations(smoke_runs):
     r = smoke_runs["full"][0]
     ours = ["loss-scaling example", "dividing each loss by its batch maximum"]
     flags = check_deviations(r, [d["what"] for d in omniglot.DEVIATIONS] + ours, m.parse)   # 08 names the shared ones
-    assert r["deviations"][:5] == omniglot.DEVIATIONS and flags["train/test split"].split == "course"
+    n = len(omniglot.DEVIATIONS)
+    assert r["deviations"][:n] == omniglot.DEVIATIONS and flags["train/test split"].split == "course"
     # what the entries say is what the script does
     d = m.DEFAULTS
     assert f"{d['scaling_epochs']} epochs, batch {d['scaling_batch_size']}, Adam lr {d['scaling_lr']:g}" in (
-        r["deviations"][5]["here"])
+        r["deviations"][n]["here"])
+    assert f"{d['seeds']} training seeds" in r["deviations"][n - 1]["here"] and r["deviations"][n - 1]["what"] == "seeds"
     assert r["data"]["parts"]["ds_salaries"]["sizes"] == {"train": 3_004, "test": 751}   # the seeded 80/20 split
 
 
@@ -165,11 +185,30 @@ def test_smoke_synthetic(results_dir):
     assert r["data"]["parts"]["ds_salaries"]["source"] == "synthetic"
     assert [row["config"] for row in r["loss_weighting"]] == ["equal", "char_x2", "sum_to_1"]
     assert "clean.course_model.alphabet_accuracy" in r["metrics"] and "course.course_model.char_accuracy" not in r["metrics"]
+    check_omniglot_selection(r, "val_accuracy", {run: 1 for run in ("clean.course_model", "weighting.char_x2",
+                                                                     "weighting.sum_to_1")})
+
+
+def test_test_images_read_only_by_the_final_models(monkeypatch, tmp_path):
+    """During training only the validation drawings are read (once per epoch); each final model (the course
+    model and the two other weightings, per seed) reads the whole test split once; nothing else reads a test
+    image. Two epochs: the choice is a real one."""
+    splits, calls = omniglot_reads(monkeypatch, m, ["--smoke", "--synthetic", "--split", "clean", "--model", "course",
+                                                    "--epochs", "2", "--results-dir", str(tmp_path)])
+    sp, r = splits["clean"], json.loads((tmp_path / f"{SCRIPT}.json").read_text())
+    test, val = frozenset(sp.test.tolist()), frozenset(sp.val.tolist())
+    assert not test & val and not test & set(sp.train.tolist()) and not val & set(sp.train.tolist())
+    during = [rows for in_training, rows in calls if in_training]
+    assert len(during) == 2 * 3 * 2 and all(rows == val for rows in during)   # 2 seeds x 3 weightings x 2 epochs
+    after = [rows for in_training, rows in calls if not in_training]
+    assert len(after) == 2 * 3 and all(rows == test for rows in after)       # each final model once, nothing else
+    check_omniglot_selection(r, "val_accuracy", {run: 2 for run in ("clean.course_model", "weighting.char_x2",
+                                                                     "weighting.sum_to_1")})
 
 
 def test_divergence_exits_3(results_dir):
     proc, r = run_script(SCRIPT, "--smoke", "--synthetic", "--split", "clean", "--model", "course", "--lr", "1e30",
-                         results_dir=results_dir, check=False)
+                         "--seeds", "1", results_dir=results_dir, check=False)
     assert proc.returncode == 3, proc.stderr[-2000:]
     # every run of the course model (--lr is its lr) diverges: step 0's loss comes before any update, and one
     # Adam step with lr 1e30 already gives NaN at step 1; the salary network (--scaling-lr) does not
