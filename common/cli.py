@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 from . import repro
 from .device import DEVICE_CHOICES
 from .results import sigterm_as_interrupt
+from .schema import load_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMOKE_SEEDS = 2   # the smoke rule: a --smoke run keeps at most this many seeds (two, so seeds can differ)
@@ -90,14 +90,17 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None,
     if args.rerun:
         path = Path(args.rerun)
         try:
-            record = json.loads(path.read_text())
-            config = record["config"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            config = load_json(path)["config"]
+        except (ValueError, KeyError, TypeError) as e:
             parser.error(f"--rerun {path}: not a readable result JSON with a config ({e})")
         if config.get("experiment") != parser.get_default("experiment"):
             parser.error(f"--rerun {path}: that result was made by {config.get('experiment')!r}, "
                          f"not {parser.get_default('experiment')!r}")
         known = {a.dest for a in parser._actions}
+        unknown = sorted(k for k in config if k not in known)
+        if unknown:   # options renamed or removed since that result was made: the rerun is not exact
+            print(f"warning: --rerun {path}: this version has no option(s) {unknown}; they take today's defaults, "
+                  f"so the rerun is not that result's exact configuration", file=sys.stderr)
         parser.set_defaults(**{k: v for k, v in config.items() if k in known and k != "rerun"})
         args = parser.parse_args(argv)
     if smoke and args.smoke:

@@ -233,7 +233,8 @@ def write_result(experiment: str, *, results_dir: str | os.PathLike, status: str
     ``deviations``: every place the script departs from the course transcript, each a dict with
     ``what`` (the setting), ``course`` (what the transcript says), ``here`` (what the script does) and
     ``why``, and optionally ``flag`` (the option that restores the course's literal setting); written
-    as the top-level ``deviations`` list (empty when the script follows the transcript throughout).
+    as the top-level ``deviations`` list (empty when the script follows the transcript throughout; null
+    when the caller states nothing, which readers show as "not recorded").
     ``selection``: how anything chosen (epochs, learning rate, ...) was chosen on validation data
     (see ``schema.SELECTION_KEYS``); top-level ``selection``, null when the script chooses nothing.
     """
@@ -252,7 +253,7 @@ def write_result(experiment: str, *, results_dir: str | os.PathLike, status: str
         "std": std or {k: 0.0 for k in metrics}, "per_seed": per_seed or {k: [v] for k, v in metrics.items()},
         "history": history or {}, "timings": timings, "environment": environment(device, script, compute_device),
     }
-    record["deviations"] = check_deviations(deviations or [])
+    record["deviations"] = None if deviations is None else check_deviations(deviations)   # None: not stated
     record["selection"] = check_selection(selection)
     for k, v in (extra or {}).items():
         if k in record:

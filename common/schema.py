@@ -30,9 +30,11 @@ def check_deviations(deviations) -> list[dict]:
     if not isinstance(deviations, list):
         raise ValueError(f"deviations must be a list, got {type(deviations).__name__}")
     for i, d in enumerate(deviations):
-        missing = [k for k in DEVIATION_KEYS if not (isinstance(d, dict) and isinstance(d.get(k), str) and d[k])]
+        missing = [k for k in DEVIATION_KEYS if not (isinstance(d, dict) and isinstance(d.get(k), str) and d[k].strip())]
         if missing:
             raise ValueError(f"deviations[{i}] lacks non-empty string(s) {missing}: {d!r}")
+        if "flag" in d and not (isinstance(d["flag"], str) and d["flag"].strip()):
+            raise ValueError(f"deviations[{i}]: 'flag' must be an option string, got {d['flag']!r}")
     return deviations
 
 
@@ -60,6 +62,21 @@ def check_result(record, where: str = "<result>") -> dict:
     if missing:
         raise ValueError(f"{where}: result JSON lacks keys {missing}")
     return record
+
+
+NOISE_TOLERANCE = 1e-6   # equal figures computed in float32 and float64 differ by less; never a real difference
+
+
+def compare_means(a: float, sd_a: float, b: float, sd_b: float, n_seeds: int | None = None) -> str:
+    """The suite's one noise rule, used by every script's comparisons and by tools.report: ``"within noise"``
+    when |a - b| <= max(sd_a, sd_b) (the larger spread over seeds, plus ``NOISE_TOLERANCE``), else ``"higher"``
+    or ``"lower"`` (a against b). With fewer than two seeds there is no spread to judge by, and a higher/lower
+    finding says so: ``"higher (one seed: no spread to judge noise by)"``.
+    """
+    if abs(a - b) <= max(sd_a or 0.0, sd_b or 0.0) + NOISE_TOLERANCE:
+        return "within noise"
+    finding = "higher" if a > b else "lower"
+    return finding + (" (one seed: no spread to judge noise by)" if n_seeds is not None and n_seeds < 2 else "")
 
 
 def load_json(path: str | os.PathLike, if_missing: str = "no such file"):

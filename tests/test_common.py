@@ -225,3 +225,16 @@ def test_cli_rerun_restores_recorded_config(tmp_path):
     p3 = cli.base_parser("98_other", "test")
     with pytest.raises(SystemExit):
         cli.parse_args(p3, ["--rerun", str(rec)])
+
+
+def test_cli_rerun_of_a_result_with_options_since_renamed_says_it_is_not_exact(tmp_path, capsys):
+    p = cli.base_parser("99_test", "test")
+    p.add_argument("--max-epochs", type=int, default=3)
+    rec = tmp_path / "old.json"
+    config = {**cli.config_of(cli.parse_args(p, [])), "epochs": 2, "test_curve": True}   # renamed / removed since
+    rec.write_text(json.dumps({"experiment": "99_test", "config": config}))
+    p2 = cli.base_parser("99_test", "test")
+    p2.add_argument("--max-epochs", type=int, default=3)
+    args = cli.parse_args(p2, ["--rerun", str(rec)])
+    err = capsys.readouterr().err
+    assert args.max_epochs == 3 and "no option(s) ['epochs', 'test_curve']" in err and "not that result's exact" in err

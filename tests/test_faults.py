@@ -73,9 +73,11 @@ def test_bad_cli_values_are_refused(name, capsys):
     assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         mod.parse(["--help"])
-    if "--epochs" in capsys.readouterr().out:
+    help_text = capsys.readouterr().out
+    epoch_options = [o for o in ("--epochs", "--max-epochs") if f"{o} " in help_text or f"{o}\n" in help_text]
+    for option in epoch_options:
         with pytest.raises(SystemExit) as e:
-            mod.parse(["--epochs", "-3"])
+            mod.parse([option, "-3"])
         assert e.value.code == 2 and "must be >= 1, got -3" in capsys.readouterr().err
 
 

@@ -49,8 +49,12 @@ def test_every_figure_in_the_readme_table_is_a_reference_metric():
             for key, text in zip(keys, values):
                 shown = float(text.split(" ± ")[0].replace(",", ""))
                 true = RECORDS[name]["metrics"][key]
-                decimals = len(text.split(" ± ")[0].split(".")[1]) if "." in text.split(" ± ")[0] else 0
-                assert abs(shown - true) <= 0.5 * 10 ** -decimals + 1e-12 or \
+                mean_text = text.split(" ± ")[0].replace(",", "")
+                if "." in mean_text:      # the last digit shown: its half is the rounding allowed
+                    unit = 10.0 ** -len(mean_text.split(".")[1])
+                else:
+                    unit = 10.0 ** (len(mean_text) - len(mean_text.rstrip("0"))) if " ± " in text else 1.0
+                assert abs(shown - true) <= 0.5 * unit + 1e-12 or \
                     abs(shown - true) <= 5e-4 * abs(true), (name, key, shown, true)
                 checked += 1
     assert checked >= 20
@@ -127,3 +131,14 @@ def test_the_report_lists_each_runs_deviations_with_an_anchor_the_readme_links_t
         assert f'<a id="deviations-{name.replace("_", "-")}"></a>' in text
     for anchor in re.findall(r"REPORT\.md#(deviations-[a-z0-9-]+)", BLOCK[1]):
         assert f'id="{anchor}"' in text
+
+
+def test_mean_sd_formatting_follows_the_spread():
+    def shown(v, sd, seeds=3):
+        return report._mean_sd({"metrics": {"k": v}, "std": {"k": sd}, "seeds": list(range(seeds))}, "k")
+    assert shown(0.5791, 0.0902) == "0.579 ± 0.090"
+    assert shown(0.040621, 0.00026) == "0.04062 ± 0.00026"
+    assert shown(48855.2, 2175.4) == "48,900 ± 2,200"   # std >= 100: both rounded to its two digits
+    assert shown(0.2, 3.4e-17) == "0.2"            # a std that is float round-off is no spread
+    assert shown(0.8979, 0.0, 1) == "0.8979"
+    assert shown(None, None) == "n/a"

@@ -142,8 +142,9 @@ def test_missing_data_is_announced_loudly(scratch, tmp_path):
 
 
 def test_real_data_runs_without_the_fallback_even_if_the_old_environment_switch_is_set(scratch, tmp_path):
-    if not (Path(os.environ.get("DATA_DIR", REPO / "data")) / "omniglot-py").exists():
-        pytest.skip("needs the real data (DATA_DIR)")
+    from common.data import missing_datasets
+    if missing_datasets(os.environ.get("DATA_DIR", str(REPO / "data"))):
+        pytest.skip("needs every real dataset in DATA_DIR")
     p = run(scratch, "--only", "01", "--results-dir", str(tmp_path), env_extra={"SYNTHETIC_FALLBACK": "1"})
     assert p.returncode == 0, p.stdout + p.stderr
     assert "--synthetic-if-missing" not in p.stdout and "ran 01_first full seeds 1 real-only" in p.stdout

@@ -380,9 +380,9 @@ def noise(paths: list[Path], write: bool, repo: Path) -> int:
     worst_by = {}
     for p in paths:
         try:
-            rec = json.loads(Path(p).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ABError(f"{p}: not an A/B result JSON ({e})") from None
+            rec = load_json(p)
+        except ValueError as e:
+            raise ABError(f"{e} (expected an A/B result JSON)") from None
         if rec.get("tool") != "tools.bench_ab":
             raise ABError(f"{p}: not an A/B result JSON (written by python -m tools.bench_ab --json)")
         for r in rec["results"]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -32,7 +31,8 @@ from pathlib import Path
 
 from common.schema import SCHEMA_VERSION, check_result, load_json
 
-IGNORED_CONFIG = {"results_dir", "data_dir", "device", "threads", "rerun", "experiment"}  # machine settings, not the experiment
+IGNORED_CONFIG = {"results_dir", "data_dir", "device", "threads", "rerun", "experiment",   # machine settings,
+                  "synthetic_if_missing"}   # not the experiment (the data's source is compared on its own)
 PATHLIKE_SUFFIXES = ("_dir", "_path", "_file", "_root", "_out", "_json", "_cache")
 TIMING_ROWS = ("wall_s", "train_s", "train_samples_per_s")
 MAX_METRICS = 16

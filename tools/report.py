@@ -22,6 +22,8 @@ import re
 import sys
 from pathlib import Path
 
+from common.schema import compare_means
+
 from .compare import CompareError, classify
 
 # What the course reports (transcript line numbers in /work/shared/course/transcript.txt). Each entry applies
@@ -195,14 +197,18 @@ def experiment_section(path: Path, r: dict, out_dir: Path) -> list[str]:
 
 
 def _mean_sd(r: dict, key: str) -> str:
-    """``mean ± std`` with the std to two significant digits (and the mean to as many decimals; at least
-    three below 1); a figure without spread (one seed, or exact) to four significant digits."""
+    """``mean ± std`` with the std to two significant digits and the mean to the same place (at least three
+    decimals below 1; large figures rounded to the std's tens, hundreds, ...); a figure without spread (one
+    seed, exact, or a std that is only float round-off) to four significant digits."""
     v, sd = r["metrics"].get(key), r["std"].get(key)
     if v is None or isinstance(v, bool):
         return "n/a" if v is None else str(v)
-    if not sd:
+    if not sd or sd <= 1e-9 * max(1.0, abs(v)):
         return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
-    decimals = max(3 if abs(v) < 1 else 0, 1 - math.floor(math.log10(sd)))
+    place = 1 - math.floor(math.log10(sd))                  # the std's second significant digit
+    decimals = max(3 if abs(v) < 1 else 0, place)
+    if decimals <= 0:
+        return f"{round(v, place):,.0f} ± {round(sd, place):,.0f}"
     return f"{v:,.{decimals}f} ± {sd:,.{decimals}f}"
 
 
@@ -211,12 +217,12 @@ def comparison_sentence(r: dict, a_label: str, a: str, b_label: str, b: str, low
     m, sd = r["metrics"], r["std"]
     if m.get(a) is None or m.get(b) is None:
         return None
-    diff = (m[b] - m[a]) if lower_is_better else (m[a] - m[b])
-    spread = max(sd.get(a) or 0.0, sd.get(b) or 0.0)
-    one_seed = " (one seed: no spread to judge noise by)" if len(r["seeds"]) < 2 else ""
-    if abs(diff) <= spread:
+    finding = compare_means(m[a], sd.get(a), m[b], sd.get(b), len(r["seeds"]))
+    if finding == "within noise":
         return f"{a_label} and {b_label}: within noise"
-    return f"{a_label} {'beats' if diff > 0 else 'does not beat'} {b_label}{one_seed}"
+    better = finding.startswith("lower" if lower_is_better else "higher")
+    caveat = finding.split(" ", 1)[1] if " " in finding else ""
+    return f"{a_label} {'beats' if better else 'does not beat'} {b_label}" + (f" {caveat}" if caveat else "")
 
 
 def readme_table(records: list[dict], report_link: str) -> str:
@@ -243,7 +249,7 @@ def readme_table(records: list[dict], report_link: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-README_MARKERS = re.compile(r"<!-- results-table: generated from (\S+) by [^\n]*-->\n(.*?)" + re.escape(README_END), re.S)
+README_MARKERS = re.compile(r"<!-- results-table: generated from (.+?) by [^\n]*-->\n(.*?)" + re.escape(README_END), re.S)
 
 
 def readme_block(text: str) -> tuple[str, str] | None:
@@ -267,21 +273,24 @@ def deviations_section(r: dict) -> list[str]:
     lines = [f'<a id="deviations-{name.replace("_", "-")}"></a>', "", f"### Deviations from the course: {name}", ""]
     devs = r.get("deviations")
     if not isinstance(devs, list):
-        return lines + ["Not recorded (this result predates the `deviations` field).", ""]
-    if not devs:
-        return lines + ["None: the script follows the transcript.", ""]
-    lines += ["| what | the course | here | why | course setting |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {d['what']} | {d['course']} | {d['here']} | {d['why']} | {('`' + d['flag'] + '`') if d.get('flag') else ''} |"
-              for d in devs]
+        lines.append("Not recorded (this result predates the `deviations` field).")
+    elif not devs:
+        lines.append("None: the script follows the transcript.")
+    else:
+        lines += ["| what | the course | here | why | course setting |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {d['what']} | {d['course']} | {d['here']} | {d['why']} | "
+                  f"{('`' + d['flag'] + '`') if d.get('flag') else ''} |" for d in devs]
     sel = r.get("selection")
     if sel:
-        lines += ["", f"Selection on validation data: chosen {sel.get('chosen')} by {sel.get('criterion')} "
-                      f"({sel.get('validation')}); final model: {sel.get('final_model')}."]
+        chosen = ", ".join(f"{k} = {v}" for k, v in sel["chosen"].items()) if isinstance(sel.get("chosen"), dict) \
+            else sel.get("chosen")
+        lines += ["", f"**Chosen on validation data**: {chosen}; criterion: {sel.get('criterion')}; "
+                      f"final model: {sel.get('final_model')}. (The JSON's `selection` has the split, the "
+                      f"candidates and their scores.)"]
     return lines + [""]
 
 
-def build_report(results_dir: Path, out: Path) -> str:
-    loaded = load_results(results_dir)
+def build_report(results_dir: Path, out: Path, loaded: list[tuple[Path, dict]]) -> str:
     if not loaded:
         raise CompareError(f"{results_dir}: no result JSONs (NN_*.json, schema_version 1) here")
     records = [r for _, r in loaded]
@@ -319,9 +328,10 @@ def main(argv=None) -> int:
     try:
         if not a.results_dir.is_dir():
             raise CompareError(f"{a.results_dir}: not a directory")
-        text = build_report(a.results_dir, a.out.resolve())
+        loaded = load_results(a.results_dir)
+        text = build_report(a.results_dir, a.out.resolve(), loaded)
         if a.readme:
-            records = [r for _, r in load_results(a.results_dir)]
+            records = [r for _, r in loaded]
             link = Path(os.path.relpath(a.out.resolve(), a.readme.resolve().parent)).as_posix()
             source = Path(os.path.relpath(a.results_dir.resolve(), a.readme.resolve().parent)).as_posix()
             rewrite_readme(a.readme, readme_table(records, link), source)
