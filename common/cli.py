@@ -96,7 +96,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None,
         if config.get("experiment") != parser.get_default("experiment"):
             parser.error(f"--rerun {path}: that result was made by {config.get('experiment')!r}, "
                          f"not {parser.get_default('experiment')!r}")
-        known = {a.dest for a in parser._actions}
+        known = {a.dest for a in parser._actions} | set(parser._defaults)   # experiment: a set_defaults key
         unknown = sorted(k for k in config if k not in known)
         if unknown:   # options renamed or removed since that result was made: the rerun is not exact
             print(f"warning: --rerun {path}: this version has no option(s) {unknown}; they take today's defaults, "
