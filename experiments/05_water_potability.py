@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils.data import DataLoader, Dataset
 
-from common import cli, data, metrics, plots, repro, results
+from common import cli, data, metrics, plots, repro, results, schema
 from common.device import DeviceError, synchronize
 
 EXPERIMENT = "05_water_potability"
@@ -224,14 +224,19 @@ def to_tensors(df: pd.DataFrame, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- train and evaluate
-def epoch_orders(n, batch_size: int, seeds: list[int], drop_last: bool, device):
-    """Each epoch's row numbers, (S, rows used), batch i = [:, i*B:(i+1)*B]: per seed, a shuffling DataLoader
-    over 0..n-1 with that seed's generator, i.e. the order of the course's DataLoader with that seed. ``n`` may
-    be one size per copy (cross-validation folds): each copy's order is then cut to the smallest size."""
-    ns = [n] * len(seeds) if isinstance(n, int) else n
-    loaders = [repro.make_loader(range(k), batch_size, True, seed, drop_last=drop_last) for k, seed in zip(ns, seeds)]
+def epoch_orders(n, batch_size: int, seeds: list[int], device, stop: int | None = None):
+    """Each epoch's row numbers, (S, stop), batch i = [:, i*B:(i+1)*B]: per seed, a shuffling DataLoader over
+    0..n-1 with that seed's generator, i.e. the order of the course's DataLoader with that seed (its shuffled
+    permutation does not depend on drop_last, so none is passed: the caller's ``stop`` drops rows instead).
+    ``n`` may be one size per copy (cross-validation folds); every copy's order is cut to ``stop``, the rows the
+    caller uses per epoch (default: the smallest size)."""
+    ns = [n] * len(seeds) if isinstance(n, int) else list(n)
+    stop = min(ns) if stop is None else stop
+    if stop > min(ns):
+        raise ValueError(f"stop {stop} exceeds the smallest size {min(ns)}")
+    loaders = [repro.make_loader(range(k), batch_size, True, seed) for k, seed in zip(ns, seeds)]
     while True:
-        yield torch.stack([torch.cat(list(loader))[:min(ns)] for loader in loaders]).to(device)
+        yield torch.stack([torch.cat(list(loader))[:stop] for loader in loaders]).to(device)
 
 
 @dataclass
@@ -291,11 +296,11 @@ def train_stack(opt_name, variant, lr, seeds, X, y, epochs, batch_size, folds=No
     stack = SeedNets.build(variant, seeds, X.device)
     optimizer = make_optimizer(opt_name, stack.params.values(), lr)
     S = len(seeds)
-    rows = [torch.as_tensor(tr, device=X.device) for tr, _ in folds] if folds else [torch.arange(len(y))] * S
+    rows = ([torch.as_tensor(tr, device=X.device) for tr, _ in folds] if folds
+            else [torch.arange(len(y), device=X.device)] * S)
     n = min(len(r) for r in rows)
-    drop_last = n % batch_size == 1  # BatchNorm cannot train on a batch of one
-    orders = epoch_orders([len(r) for r in rows], batch_size, seeds, drop_last, X.device)
-    stop, rows = n - (n % batch_size if drop_last else 0), [r.to(X.device) for r in rows]
+    stop = n - 1 if n % batch_size == 1 else n   # BatchNorm cannot train on a batch of one: drop that row
+    orders = epoch_orders([len(r) for r in rows], batch_size, seeds, X.device, stop=stop)
     val = torch.zeros(S, len(y), dtype=torch.bool, device=X.device)
     for s, (_, v) in enumerate(folds or []):
         val[s, torch.as_tensor(v)] = True
@@ -374,7 +379,9 @@ def train_course_path(opt_name, variant, lr, ds_train, ds_eval, seed, epochs, ba
 def cross_validate(args, lr: float, seed: int, train: tuple) -> tuple[int, dict, list]:
     """The epoch count, chosen by stratified k-fold cross-validation on the training rows only: one copy of
     --grad-optimizer's default Net per fold (seed, seed+1, ...), stacked; criterion: mean validation accuracy
-    over the folds at each candidate epoch, highest, ties -> fewer epochs. -> (epochs, selection, fold curves)."""
+    over the folds at each candidate epoch (rounded to 9 decimals: float noise is no difference), highest, ties ->
+    fewer epochs. If the cross-validation diverges there is nothing to choose with: --epochs, recorded as such
+    (selection["diverged"]). -> (epochs, selection, mean validation curve over the folds)."""
     from sklearn.model_selection import StratifiedKFold
     X, y = train
     kfold = StratifiedKFold(args.folds, shuffle=True, random_state=args.split_seed)
@@ -382,29 +389,37 @@ def cross_validate(args, lr: float, seed: int, train: tuple) -> tuple[int, dict,
     step = max(1, args.epochs // 10)
     candidates = sorted({*range(step, args.epochs + 1, step), args.epochs})
     t0 = time.perf_counter()
+    criterion = (f"mean validation accuracy over {args.folds} folds, highest (rounded to 9 decimals); ties -> fewer "
+                 f"epochs; one choice shared by every configuration, made with {args.grad_optimizer}/relu_default "
+                 f"(the headline)")
+    diverged = None
     try:
         runs, _ = train_stack(args.grad_optimizer, "relu_default", lr, [seed + f for f in range(args.folds)], X, y,
                               args.epochs, args.batch_size, folds)
-    except results.Diverged as e:   # nothing to choose with: the largest candidate, recorded as such
-        print(f"  cross-validation DIVERGED ({e}): epochs {args.epochs}", flush=True)
-        runs = [{"val_acc": [[0.0]] * args.epochs}]
-    curves = np.array([r["val_acc"] for r in runs])      # (folds, epochs)
-    scores = {e: float(curves[:, e - 1].mean()) for e in candidates}
-    chosen = max(candidates, key=lambda e: (scores[e], e if len(runs) == 1 else -e))
+    except results.Diverged as e:   # nothing to choose with: --epochs, recorded as such
+        print(f"  cross-validation DIVERGED at epoch {e.epoch}, step {e.step} ({e}): epochs {args.epochs}", flush=True)
+        diverged, chosen, criterion = e.to_json(), args.epochs, "fallback: --epochs (cross-validation diverged)"
+        curve, scores = [float("nan")] * args.epochs, {c: float("nan") for c in candidates}   # NaN -> null in JSON
+    else:
+        curves = np.array([r["val_acc"] for r in runs])      # (folds, epochs)
+        curve = curves.mean(0).tolist()
+        scores = {e: float(curves[:, e - 1].mean()) for e in candidates}
+        chosen = max(candidates, key=lambda e: (round(scores[e], 9), -e))
     selection = {
         "validation": {"method": f"stratified {args.folds}-fold cross-validation of the training rows "
                                  f"(StratifiedKFold, shuffle, random_state={args.split_seed})", "folds": args.folds,
                        "sizes": {"train": [len(t) for t, _ in folds], "validation": [len(v) for _, v in folds]}},
         "chosen": {"epochs": chosen}, "candidates": {"epochs": candidates},
-        "criterion": f"mean validation accuracy over {args.folds} folds, highest; ties -> fewer epochs; one choice "
-                     f"shared by every configuration, made with {args.grad_optimizer}/relu_default (the headline)",
+        "criterion": criterion,
         "final_model": "retrained on all training rows for the chosen epochs, then the test set read once",
         "scores": {"epochs": [scores[e] for e in candidates]},
         "fixed": {"batch_size, learning rates, architecture": "the transcript and torch's defaults (DEVIATIONS)"},
         "cost_s": round(time.perf_counter() - t0, 1)}
+    if diverged is not None:
+        selection["diverged"] = diverged
     print(f"  {args.folds}-fold CV ({args.grad_optimizer}/relu_default): epochs {chosen} (mean validation accuracy "
           f"{scores[chosen]:.4f}; {selection['cost_s']:.1f}s)", flush=True)
-    return chosen, selection, curves.mean(0).tolist()
+    return chosen, selection, curve
 
 
 def train_all(configs: dict, lrs: dict, seeds: list[int], train: tuple, test: tuple, epochs: int, batch_size: int):
@@ -429,22 +444,36 @@ def train_all(configs: dict, lrs: dict, seeds: list[int], train: tuple, test: tu
     return trained, diverged
 
 
-def run_seed(i: int, seed: int, configs: dict, trained: dict, split: Split, trees: int) -> dict:
-    """Seed ``seeds[i]``'s flat metrics: each configuration's (diverged: test_accuracy None), the baselines'
-    (majority class, logistic regression, random forest on the same split), each configuration's margins."""
-    from sklearn.ensemble import RandomForestClassifier
+def split_arrays(split: Split) -> tuple:
+    """(train features, train labels, test features, test labels) as numpy arrays, for the baselines."""
+    f = data.WATER_FEATURES
+    return (split.train[f].to_numpy(), split.train[LABEL].to_numpy().astype(int),
+            split.test[f].to_numpy(), split.test[LABEL].to_numpy().astype(int))
+
+
+def fixed_baselines(split: Split) -> dict:
+    """The baselines that do not depend on the seed, fitted once per protocol: majority class and logistic
+    regression (lbfgs, deterministic) on the same split."""
     from sklearn.linear_model import LogisticRegression
+
+    Xtr, ytr, Xte, yte = split_arrays(split)
+    return {"baseline.majority_accuracy": float(np.mean(yte == np.bincount(ytr).argmax())),
+            "baseline.logreg_accuracy": float(LogisticRegression(max_iter=1000).fit(Xtr, ytr).score(Xte, yte))}
+
+
+def run_seed(i: int, seed: int, configs: dict, trained: dict, split: Split, trees: int, fixed: dict) -> dict:
+    """Seed ``seeds[i]``'s flat metrics: each configuration's (diverged: test_accuracy None), the baselines'
+    (``fixed``: majority class and logistic regression, the same for every seed; a random forest with this
+    seed, on the same split), each configuration's margins."""
+    from sklearn.ensemble import RandomForestClassifier
 
     m = {}
     for key, cfg in configs.items():
         m.update({f"{key}.{k}": v for k, v in trained[cfg][0][i]["metrics"].items()} if cfg in trained
                  else {f"{key}.test_accuracy": None})
-    f = data.WATER_FEATURES
-    Xtr, ytr = split.train[f].to_numpy(), split.train[LABEL].to_numpy().astype(int)
-    Xte, yte = split.test[f].to_numpy(), split.test[LABEL].to_numpy().astype(int)
+    Xtr, ytr, Xte, yte = split_arrays(split)
     forest = RandomForestClassifier(n_estimators=trees, random_state=seed, n_jobs=1).fit(Xtr, ytr)
-    m["baseline.majority_accuracy"] = float(np.mean(yte == np.bincount(ytr).argmax()))
-    m["baseline.logreg_accuracy"] = float(LogisticRegression(max_iter=1000).fit(Xtr, ytr).score(Xte, yte))
+    m.update(fixed)
     m["baseline.random_forest_accuracy"] = float(forest.score(Xte, yte))
     for key in configs:
         if m.get(f"{key}.test_accuracy") is not None:
@@ -522,7 +551,7 @@ def make_plots(pdir: Path, protocol: str, configs: dict, mean: dict, std: dict, 
 
 
 def extra_record(split: Split, args, configs: dict, lrs: dict, mean: dict, std: dict, base: dict,
-                 loader_check: dict, diverged: list, epochs: int) -> dict:
+                 loader_check: dict, diverged: list, epochs: int, n_seeds: int) -> dict:
     """The JSON's extra keys: each configuration against the others of its group (optimizers; ablation variants)
     and the baselines (vs: higher / lower / within noise), the protocol's notes, the settings the transcript
     leaves open (why: deviations), the DataLoader check."""
@@ -531,13 +560,16 @@ def extra_record(split: Split, args, configs: dict, lrs: dict, mean: dict, std: 
     table = [{"config": key, "optimizer": opt, "variant": variant, "lr": lrs[opt],
               "test_accuracy_mean": acc[key][0], "test_accuracy_std": acc[key][1],
               **{f"beats_{b}": (acc[key][0] is not None and acc[key][0] > v) for b, v in base.items()},
-              "vs": {o: verdict(acc[key], acc[o]) for o in [*configs, *base]
+              "vs": {o: verdict(acc[key], acc[o], n_seeds) for o in [*configs, *base]
                      if o != key and (o in base or ("." in o) == ("." in key))}}
              for key, (opt, variant) in configs.items()]
     g = args.grad_optimizer
     return {"protocol": split.protocol, "protocol_notes": split.notes, "comparison": table,
             "course_reference": {"test_accuracy": COURSE_ACCURACY, "says": "over 67%"},
-            "comparison_rule": "mean ± std over seeds; 'within noise' where |difference of means| <= the larger std",
+            "comparison_rule": "common.schema.compare_means, the suite's one noise rule: mean ± std over seeds; "
+                               f"'within noise' where |difference of means| <= the larger std + "
+                               f"{schema.NOISE_TOLERANCE:g}, else higher/lower (with one seed: no spread, said so); "
+                               "n/a where a run diverged",
             "choices": {"epochs": f"{epochs}, chosen by cross-validation (selection; the transcript states none)",
                         "batch_size": f"{args.batch_size} (the transcript's DataLoader demo uses 2)",
                         "lr": "SGD 0.01 as in the course; Adagrad/RMSprop/Adam at torch's defaults",
@@ -546,13 +578,11 @@ def extra_record(split: Split, args, configs: dict, lrs: dict, mean: dict, std: 
             "dataloader_check": loader_check, "diverged": diverged}
 
 
-def verdict(a: tuple, b: tuple) -> str:
-    """(mean, std) a against b: 'within noise' where |mean difference| <= the larger std (+1e-6: float32
-    rounding of equal accuracies), else higher/lower."""
+def verdict(a: tuple, b: tuple, n_seeds: int) -> str:
+    """(mean, std) a against b by the suite's noise rule (common.schema.compare_means); n/a if either diverged."""
     if a[0] is None or b[0] is None:
         return "n/a"
-    return "within noise" if abs(a[0] - b[0]) <= max(a[1] or 0.0, b[1] or 0.0) + 1e-6 else \
-        ("higher" if a[0] > b[0] else "lower")
+    return schema.compare_means(a[0], a[1], b[0], b[1], n_seeds)
 
 
 def report(protocol: str, table: list, base: dict, start: cli.Start) -> None:
@@ -607,9 +637,13 @@ def main(argv=None) -> int:
               flush=True)
         epochs, selection, cv_curve = cross_validate(args, lrs[args.grad_optimizer], seeds[0], train)
         trained, diverged = train_all(configs, lrs, seeds, train, test, epochs, args.batch_size)
+        if "diverged" in selection:   # the epoch count is a fallback: the run is not "ok"
+            diverged.insert(0, {"run": f"cross-validation/{args.grad_optimizer}/relu_default", "seed": seeds[0],
+                                **selection["diverged"]})
         loader_check = dataloader_check(split, args, trained, lrs, seeds[0], train, epochs, device)
         t0 = time.perf_counter()
-        per_seed = [run_seed(i, seed, configs, trained, split, trees) for i, seed in enumerate(seeds)]
+        fixed = fixed_baselines(split)
+        per_seed = [run_seed(i, seed, configs, trained, split, trees, fixed) for i, seed in enumerate(seeds)]
         baselines_s = time.perf_counter() - t0
 
         mean, std, per_seed = results.aggregate_seeds(per_seed)
@@ -621,7 +655,7 @@ def main(argv=None) -> int:
         timings = {"wall_s": start.wall_s(), "train_s": train_s, "baselines_s": baselines_s,
                    "train_samples_per_s": sum(t["seen"] for _, t in trained.values()) / train_s if train_s else None,
                    "eval_s": sum(t["eval_s"] for _, t in trained.values())}
-        extra = extra_record(split, args, configs, lrs, mean, std, base, loader_check, diverged, epochs)
+        extra = extra_record(split, args, configs, lrs, mean, std, base, loader_check, diverged, epochs, len(seeds))
         results.write_result(
             name, results_dir=args.results_dir, status="diverged" if diverged else "ok", started_at=start.started_at,
             config={**cli.config_of(args), "protocol": protocol, "epochs_used": epochs, "lr_used": lrs},

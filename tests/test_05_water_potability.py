@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import real_data, run_script
+from conftest import check_deviations, real_data, run_script
 from common import data, repro
 
 exp = importlib.import_module("experiments.05_water_potability")
@@ -67,7 +67,7 @@ def test_fast_batches_equal_the_dataloader_batches_over_epochs():
     ds = exp.WaterDataset(df)
     X, y = exp.to_tensors(df, "cpu")
     loader = repro.make_loader(ds, 8, True, seed=3)
-    orders = exp.epoch_orders(50, 8, [3, 4], drop_last=False, device="cpu")  # seed 3 first, beside another seed
+    orders = exp.epoch_orders(50, 8, [3, 4], device="cpu")  # seed 3 first, beside another seed
     for _ in range(3):
         order = next(orders)
         assert order.shape == (2, 50) and not torch.equal(order[0], order[1])
@@ -218,17 +218,14 @@ def test_smoke_baselines_match_sklearn_fitted_here(smoke):
 def test_smoke_records_the_deviations(smoke):
     _, d = smoke["a"]
     for protocol in exp.PROTOCOLS:
-        deviations = _read(d, protocol)["deviations"]
-        assert [x["what"] for x in deviations] == [x["what"] for x in exp.DEVIATIONS]
-        course_figure = [x for x in deviations if "67%" in x["course"] or "67%" in x["what"]]
+        record = _read(d, protocol)
+        # the entries, in order, with non-empty what/course/here/why; every flag a real option of the script
+        parsed = check_deviations(record, [x["what"] for x in exp.DEVIATIONS], exp.parse)
+        course_figure = [x for x in record["deviations"] if "67%" in x["course"] or "67%" in x["what"]]
         assert len(course_figure) == 1
-        for key in ("what", "course", "here", "why", "flag"):
-            assert isinstance(course_figure[0][key], str) and course_figure[0][key].strip()
-    literal = exp.parse(course_figure[0]["flag"].split())   # the flag gives the course's loop: SGD at lr 0.01
-    assert literal.grad_optimizer == "sgd" and literal.lr_sgd == 0.01
-    for x in exp.DEVIATIONS:   # every flag is a real option
-        if "flag" in x:
-            exp.parse(x["flag"].split())
+        assert isinstance(course_figure[0].get("flag"), str) and course_figure[0]["flag"].strip()
+        literal = parsed[course_figure[0]["what"]]   # the flag gives the course's loop: SGD at lr 0.01
+        assert literal.grad_optimizer == "sgd" and literal.lr_sgd == 0.01
 
 
 @real_data("water_potability")
@@ -272,6 +269,13 @@ def test_huge_lr_is_recorded_as_divergence(tmp_path):
     r = _read(tmp_path, "course")
     assert r["status"] == "diverged" and r["diverged"]
     assert {d["run"] for d in r["diverged"]} >= {"sgd/relu_default"}
+    # --lr reaches the cross-validation's optimizer too: it diverges, and the fallback is recorded as such
+    sel = r["selection"]
+    assert sel["criterion"] == "fallback: --epochs (cross-validation diverged)"
+    assert sel["chosen"]["epochs"] == r["config"]["epochs_used"] == r["config"]["epochs"]
+    assert {"epoch", "step", "value"} <= set(sel["diverged"])
+    assert r["diverged"][0] == {"run": "cross-validation/adam/relu_default", "seed": r["seeds"][0], **sel["diverged"]}
+    assert all(v is None for v in sel["scores"]["epochs"])
 
 
 def test_synthetic_smoke(tmp_path):
@@ -284,7 +288,7 @@ def test_synthetic_smoke(tmp_path):
 
 def test_missing_data_is_one_message_and_exit_2(tmp_path):
     proc, _ = run_script(SCRIPT, "--smoke", "--data-dir", str(tmp_path / "nowhere"), results_dir=tmp_path,
-                         check=False, env={"SYNTHETIC_FALLBACK": "0"})
+                         check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: water_potability:")
     assert "Traceback" not in proc.stderr
 
@@ -316,6 +320,52 @@ def test_selection_picks_the_best_candidate_fewest_epochs_on_ties(monkeypatch):
     epochs, sel, curve = exp.cross_validate(args, 1e-3, 0, (X, y))
     assert sel["candidates"]["epochs"] == [1, 2, 3, 4, 5] and epochs == 3 == sel["chosen"]["epochs"]
     assert curve == pytest.approx([0.5, 0.6, 0.7, 0.7, 0.6])
+
+
+def test_selection_ties_ignore_float_noise(monkeypatch):
+    """Fold means one ulp apart are a tie: the fewer epochs win."""
+    curves = [[0.0, 0.1, 0.6], [0.0, 0.6, 0.6], [0.0, 0.6, 0.1]]   # per fold, per epoch
+    means = np.array(curves).mean(0)
+    assert means[2] > means[1] and means[2] - means[1] < 1e-15   # the summation order: one ulp apart
+    monkeypatch.setattr(exp, "train_stack", lambda *a, **k: ([{"val_acc": c} for c in curves], {}))
+    args = exp.parse(["--epochs", "3", "--folds", "3"])
+    epochs, sel, _ = exp.cross_validate(args, 1e-3, 0, (torch.rand(30, 9), torch.tensor([0.0, 1.0] * 15)))
+    assert epochs == 2 == sel["chosen"]["epochs"] and "diverged" not in sel
+
+
+def test_cross_validation_divergence_falls_back_to_epochs(monkeypatch):
+    from common import results
+
+    def diverge(*a, **k):
+        raise results.Diverged(0, 3, float("nan"))
+    monkeypatch.setattr(exp, "train_stack", diverge)
+    args = exp.parse(["--epochs", "20", "--folds", "2"])
+    epochs, sel, curve = exp.cross_validate(args, 1e-3, 0, (torch.rand(20, 9), torch.tensor([0.0, 1.0] * 10)))
+    assert epochs == 20 == sel["chosen"]["epochs"]
+    assert sel["criterion"] == "fallback: --epochs (cross-validation diverged)"
+    assert sel["diverged"] == {"epoch": 0, "step": 3, "value": "nan"}
+    assert len(curve) == 20 and np.isnan(curve).all()
+
+
+def test_train_stack_folds_of_unequal_size_with_batch_2():
+    """Folds of 9 and 10 training rows, batch 2: each copy trains on 8 rows per epoch (the 9th would be a batch
+    of one), so the orders stack."""
+    torch.manual_seed(0)
+    X, y = torch.rand(12, 9), torch.tensor([0.0, 1.0] * 6)
+    folds = [(np.arange(9), np.arange(9, 12)), (np.arange(2, 12), np.arange(2))]
+    runs, t = exp.train_stack("adam", "kaiming_elu_bn", 1e-3, [0, 1], X, y, epochs=2, batch_size=2, folds=folds)
+    assert t["seen"] == 2 * 8 * 2 and all(len(r["val_acc"]) == 2 and len(r["losses"]) == 2 for r in runs)
+    orders = exp.epoch_orders([9, 10], 2, [0, 1], "cpu", stop=8)
+    order = next(orders)
+    assert order.shape == (2, 8) and len(set(order[1].tolist())) == 8
+
+
+def test_comparison_uses_the_suites_noise_rule():
+    from common import schema
+    assert exp.verdict((0.70, 0.01), (0.69, 0.02), 3) == schema.compare_means(0.70, 0.01, 0.69, 0.02, 3)
+    assert exp.verdict((0.70, 0.0), (0.60, 0.0), 1) == "higher (one seed: no spread to judge noise by)"
+    assert exp.verdict((0.70, 0.0), (0.70 + 5e-7, 0.0), 2) == "within noise"
+    assert exp.verdict((None, None), (0.6, 0.0), 2) == "n/a"
 
 
 @real_data("water_potability")
