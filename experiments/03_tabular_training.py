@@ -28,7 +28,7 @@ from sklearn.model_selection import StratifiedKFold
 from torch.utils.data import TensorDataset
 from torchmetrics import Accuracy
 
-from common import cli, data, metrics, plots, repro, results
+from common import cli, data, metrics, plots, repro, results, schema
 from common.device import DeviceError, synchronize
 
 EXPERIMENT = "03_tabular_training"
@@ -412,8 +412,8 @@ def transfer(x, y_raw, is_us, args, seed, clock) -> tuple[dict, dict]:
     for name, model, lr in (("finetune", finetune, args.finetune_lr), ("frozen", frozen, args.finetune_lr),
                             ("scratch", scratch, args.salary_lr)):
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
-        h = fit(model, opt, mse, b_train, b_val, epochs=args.finetune_epochs,
-                batch_size=args.salary_batch_size, seed=seed, clock=clock, run=f"transfer.{name}")
+        h = fit(model, opt, mse, b_train, b_val, epochs=args.finetune_epochs, batch_size=args.salary_batch_size,
+                seed=seed, clock=clock, run=f"transfer.{name}", track_train=False)   # only the validation loss is read
         m[f"transfer.{name}_val_mse"], m[f"transfer.{name}_lr"] = h["val_loss"][-1], lr
         curves[f"transfer.{name}.val_loss"] = h["val_loss"]
         if model is frozen:
@@ -497,6 +497,22 @@ def regularisation(x, y, split, args, seed, clock) -> tuple[dict, dict]:
     return m, curves
 
 
+def run_search(trials, run_trial) -> tuple[list[dict], list[float], dict | None, object, int]:
+    """Run each (lr, momentum) trial: ``run_trial(lr, momentum)`` -> (row with "val_acc" and "val_loss", model).
+    The best trial has the highest validation accuracy, ties broken by the lower validation loss (an exact tie on
+    both: the earlier trial). Returns the rows, the best validation accuracy after each trial, the best row, its
+    model and its trial number (1-based: the trial that was chosen, not the first to reach its accuracy)."""
+    key = lambda r: (r["val_acc"], -r["val_loss"])
+    rows, best_so_far, best, best_model, best_trial = [], [], None, None, 0
+    for lr, mom in trials:
+        row, model = run_trial(lr, mom)
+        rows.append(row)
+        if best is None or key(row) > key(best):
+            best, best_model, best_trial = row, model, len(rows)
+        best_so_far.append(best["val_acc"])
+    return rows, best_so_far, best, best_model, best_trial
+
+
 def search(x, y, split, args, seed, clock) -> tuple[dict, dict, dict]:
     """Grid vs random search, as many trials each, ranked on the validation split; the best one reads the test."""
     tr, va, te = split
@@ -505,25 +521,20 @@ def search(x, y, split, args, seed, clock) -> tuple[dict, dict, dict]:
     grid = [grid[i] for i in rng.permutation(len(grid))][:args.search_trials]
     rand = [(10 ** -rng.uniform(2, 6), rng.uniform(0.85, 0.99)) for _ in range(args.search_trials)]
     m, curves, tables, make = {}, {}, {}, lambda: zoo_classifier(args.hidden)
-    key = lambda r: (r["val_acc"], -r["val_loss"])   # ties broken by the lower validation loss
     for kind, trials in (("grid", grid), ("random", rand)):
-        rows, best_so_far, best, best_model = [], [], None, None
-        for lr, mom in trials:
+        def run_trial(lr, mom, kind=kind):
             try:
                 model, h = train(make, x, y, tr, va, lr, mom, args.search_epochs, args.batch_size, seed, clock,
                                  f"search.{kind}", track_train=False)
-                row = {"lr": lr, "momentum": mom, "val_acc": h["val_acc"][-1], "val_loss": h["val_loss"][-1]}
+                return {"lr": lr, "momentum": mom, "val_acc": h["val_acc"][-1], "val_loss": h["val_loss"][-1]}, model
             except results.Diverged:  # a trial that blows up scores zero; the search goes on
-                row, model = {"lr": lr, "momentum": mom, "val_acc": 0.0, "val_loss": float("inf")}, None
-            if best is None or key(row) > key(best):
-                best, best_model = row, model
-            rows.append(row)
-            best_so_far.append(best["val_acc"])
+                return {"lr": lr, "momentum": mom, "val_acc": 0.0, "val_loss": float("inf")}, None
+        rows, best_so_far, best, best_model, best_trial = run_search(trials, run_trial)
         s = f"search.{kind}"
         test_acc = zoo_accuracy(best_model, x[te], y[te], clock) if best_model is not None else 0.0
         m.update({f"{s}.best_val_accuracy": best["val_acc"], f"{s}.best_test_accuracy": test_acc,
                   f"{s}.best_lr": best["lr"], f"{s}.best_momentum": best["momentum"],
-                  f"{s}.trials_to_best": best_so_far.index(best["val_acc"]) + 1, f"{s}.trials": len(rows),
+                  f"{s}.trials_to_best": best_trial, f"{s}.trials": len(rows),
                   f"{s}.learning_trials": sum(r["val_acc"] > 0.5 for r in rows)})
         m.update({f"{s}.best_after_{t}": best_so_far[t - 1] for t in (1, 5, 10) if t <= len(rows)})
         curves[f"{s}.best_so_far"], tables[kind] = best_so_far, rows
@@ -624,12 +635,13 @@ def make_plots(hist: dict, m: dict, results_dir) -> None:
 
 # --------------------------------------------------------------------------- reporting
 def report(mean: dict, std: dict, n_seeds: int, wall_s: float) -> None:
-    """Mean ± std over the seeds; a comparison is "within noise" where the means differ by at most the larger std."""
+    """Mean ± std over the seeds; each comparison with the suite's noise rule (common.schema.compare_means)."""
     f = lambda k: f"{mean[k]:.3f} ± {std[k]:.3f}" if mean.get(k) is not None else "n/a"
 
     def vs(a: str, b: str) -> str:
-        noise = None not in (mean.get(a), mean.get(b)) and abs(mean[a] - mean[b]) <= max(std[a], std[b])
-        return f"{f(a)} vs {f(b)}{' (within noise)' if noise else ''}"
+        if None in (mean.get(a), mean.get(b)):
+            return f"{f(a)} vs {f(b)}"
+        return f"{f(a)} vs {f(b)} ({schema.compare_means(mean[a], std[a], mean[b], std[b], n_seeds)})"
     batches = [int(mean[f"toy.batch{i}_size"]) for i in range(1, int(mean["toy.n_batches"]) + 1)]
     print(f"03 ({n_seeds} seeds, {wall_s:.0f}s): toy batches {batches} (course: 2, 2, 1); Zoo test accuracy vs the "
           f"majority class {vs('zoo.test_accuracy', 'baseline.majority_test_accuracy')} (course: 0.406 on all 101); "

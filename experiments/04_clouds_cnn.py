@@ -413,7 +413,9 @@ def cv_folds(train: data.ImageSet, folds: int) -> list[tuple[torch.Tensor, torch
 def select_epochs(name: str, mdl: dict, folds: list, seed: int, device) -> dict:
     """Cross-validate one model's epochs: on every fold (fold k with seed ``seed + k``) train on the fit part for
     max_epochs with the validation accuracy after each epoch; choose the epoch count with the highest mean over
-    the folds (ties -> fewer), set in the model's spec. {"chosen", "mean", "per_fold"}, or {"diverged": where}."""
+    the folds (ties -> fewer; the means compared rounded to 9 decimals, so a one-ulp difference in summation does
+    not break a real tie). {"chosen", "mean", "per_fold"}, or {"diverged": where}; the model's spec is left as it
+    is (``with_chosen_epochs`` sets the choice)."""
     spec, curves = dict(mdl["spec"], epochs=mdl["spec"]["max_epochs"]), []
     for k, (fit, val) in enumerate(folds):
         def val_accuracy(model, x=mdl["x_train"][val], y=mdl["y_train"][val].cpu()):
@@ -428,9 +430,19 @@ def select_epochs(name: str, mdl: dict, folds: list, seed: int, device) -> dict:
                                  **e.to_json()}}
         curves.append(hist["val_accuracy"])
     mean = [sum(v) / len(v) for v in zip(*curves)]
-    chosen = mdl["spec"]["epochs"] = max(range(1, len(mean) + 1), key=lambda e: (mean[e - 1], -e))
+    chosen = max(range(1, len(mean) + 1), key=lambda e: (round(mean[e - 1], 9), -e))
     print(f"[{name}] epochs chosen: {chosen} (mean validation accuracy {mean[chosen - 1]:.3f})", flush=True)
     return {"chosen": chosen, "mean": mean, "per_fold": curves}
+
+
+def with_chosen_epochs(models: dict, picks: dict) -> dict:
+    """Set each cross-validated model's spec["epochs"] to its pick's choice (in place: the spec is also the record's
+    model_config); return the models to train: those with given epochs and those with a choice (not the ones that
+    diverged in cross-validation)."""
+    for name, pick in picks.items():
+        if "chosen" in pick:
+            models[name]["spec"]["epochs"] = pick["chosen"]
+    return {name: mdl for name, mdl in models.items() if name not in picks or "chosen" in picks[name]}
 
 
 def run_seed(seed: int, models: dict, device, class_to_idx: dict) -> dict:
@@ -681,7 +693,7 @@ def main(argv=None) -> int:
     t0, folds = time.perf_counter(), cv_folds(train, args.folds)
     picks = {name: select_epochs(name, mdl, folds, args.seed, device)   # on the training images only
              for name, mdl in models.items() if not mdl["spec"]["epochs"]}
-    models = {name: mdl for name, mdl in models.items() if mdl["spec"]["epochs"]}   # not: diverged in selection
+    models = with_chosen_epochs(models, picks)   # not: those that diverged in cross-validation
     selection_s = time.perf_counter() - t0
     runs = [run_seed(seed, models, device, clouds.class_to_idx) for seed in seeds]   # the only test-set reads
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from common import data, schema
-from conftest import real_data, run_script
+from conftest import check_deviations, real_data, run_script
 
 SCRIPT = "03_tabular_training"
 exp = importlib.import_module(f"experiments.{SCRIPT}")
@@ -130,6 +130,20 @@ def test_cross_validation_chooses_on_mean_validation_accuracy_and_retrains_on_al
     assert len(table["scores"]) == 20 and curves["zoo.cv_val_acc.lr0.01"] == pytest.approx(val_acc[0.01])
 
 
+def test_search_records_the_chosen_trial_not_the_first_to_reach_its_accuracy():
+    """A later trial that ties on validation accuracy and wins on loss is the best one: its number is recorded."""
+    scores = [(0.5, 1.0), (0.8, 0.9), (0.7, 0.1), (0.8, 0.4), (0.8, 0.4), (0.8, 0.6)]   # (val_acc, val_loss)
+    trials = [(i, 0.9) for i in range(len(scores))]   # (lr, momentum): lr = the trial's position
+
+    def run_trial(lr, mom):
+        acc, loss = scores[lr]
+        return {"lr": lr, "momentum": mom, "val_acc": acc, "val_loss": loss}, f"model {lr}"
+    rows, best_so_far, best, model, trial = exp.run_search(trials, run_trial)
+    assert [r["lr"] for r in rows] == list(range(6)) and best_so_far == [0.5, 0.8, 0.8, 0.8, 0.8, 0.8]
+    assert (best["lr"], model, trial) == (3, "model 3", 4)   # not trial 2 (first at 0.8), nor 5 (an exact tie)
+    assert exp.run_search([], run_trial) == ([], [], None, None, 0)
+
+
 # ---------------------------------------------------------------- smoke runs on the real data
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -206,14 +220,17 @@ def test_json_has_the_figures(runs):
 def test_json_records_the_deviations_from_the_course(runs):
     devs = runs["a"][0]["deviations"]
     assert devs == exp.DEVIATIONS and len(devs) >= 10
-    assert all(isinstance(d[k], str) and d[k] for d in devs for k in ("what", "course", "here", "why"))
+    # each entry's strings, and each flag an option of the script (parsed to what it sets)
+    flags = check_deviations(runs["a"][0], [
+        "Zoo classifier data", "Zoo 'legs' feature", "Zoo epochs and learning rate", "salary regression features",
+        "salary target", "salary batch size", "salary splits", "training batches", "validation loss and accuracy",
+        "transfer task B", "saving and loading", "frozen layer", "grid search order"], exp.parse)
     by_what = {d["what"]: d for d in devs}
     salary, zoo = by_what["salary regression features"], by_what["Zoo classifier data"]
     assert "4 input features" in salary["course"] and f"{exp.SALARY_FEATURES_REAL} one-hot" in salary["here"]
     assert len(runs["a"][0]["salary_feature_columns"]) == exp.SALARY_FEATURES_REAL   # smoke rows keep every column
     assert "7 features, 3 types" in zoo["course"] and "16 features, 7 types" in zoo["here"]
-    # each flag is an option that sets the course's value
-    flags = {d["what"]: exp.parse(d["flag"].split()) for d in devs if "flag" in d}
+    # each flag sets the course's value
     course_lr = flags["Zoo epochs and learning rate"]
     assert flags["salary batch size"].salary_batch_size == 4 and course_lr.lr == 0.001 and course_lr.lrs == [0.001]
 

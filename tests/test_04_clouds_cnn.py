@@ -173,8 +173,26 @@ def test_select_epochs_picks_the_best_mean_and_fewer_on_ties(monkeypatch):
                y_train=torch.zeros(10, dtype=torch.long), max_batches=None)
     folds = [(torch.arange(6), torch.arange(6, 10)), (torch.arange(4, 10), torch.arange(4))]
     pick = m.select_epochs("course", mdl, folds, seed=7, device="cpu")
+    assert mdl["spec"]["epochs"] == spec["epochs"]   # select_epochs only picks; main sets the choice
+    assert m.with_chosen_epochs({"course": mdl}, {"course": pick}) == {"course": mdl}
     assert pick["chosen"] == 2 and mdl["spec"]["epochs"] == 2 and pick["mean"] == pytest.approx([0.5, 0.65, 0.65, 0.65])
     assert seen == [(4, 6, 7), (4, 6, 8)]      # max_epochs on each fold's fit part, fold k with seed + k
+
+
+def test_select_epochs_ties_survive_one_ulp_and_diverged_models_are_not_trained(monkeypatch):
+    # mean accuracy after 1 epoch (0.3 + 0.0) / 2 is one ulp below that after 2, (0.1 + 0.2) / 2: a tie -> 1 epoch
+    curves = iter([[0.3, 0.1], [0.0, 0.2]])
+    monkeypatch.setattr(m, "train_one", lambda *a: (None, {"val_accuracy": next(curves)}, {}))
+    spec = m.model_specs(m.DEFAULTS)["course"]
+    mdl = dict(spec=dict(spec, max_epochs=2), x_train=torch.zeros(4, 3, 64, 64, dtype=torch.uint8),
+               y_train=torch.zeros(4, dtype=torch.long), max_batches=None)
+    pick = m.select_epochs("course", mdl, [(torch.arange(2), torch.arange(2, 4))] * 2, seed=0, device="cpu")
+    assert pick["mean"][0] < pick["mean"][1] and pick["chosen"] == 1
+    other = dict(spec=dict(spec, epochs=None))
+    given = dict(spec=dict(spec, epochs=5))
+    kept = m.with_chosen_epochs({"course": mdl, "improved": other, "given": given},
+                                {"course": pick, "improved": {"diverged": {"run": "improved"}}})
+    assert kept == {"course": mdl, "given": given} and mdl["spec"]["epochs"] == 1 and other["spec"]["epochs"] is None
 
 
 def test_benchmark_cases_run_one_step():
@@ -373,5 +391,5 @@ def test_divergence_of_a_final_model_exits_3(tmp_path):
 
 def test_missing_data_exits_2(results_dir, tmp_path):
     proc, r = run_script(SCRIPT, "--smoke", "--data-dir", str(tmp_path / "nowhere"), results_dir=results_dir,
-                         check=False, env={"SYNTHETIC_FALLBACK": "0"})
+                         check=False)
     assert proc.returncode == 2 and "clouds" in proc.stderr and "Traceback" not in proc.stderr and r is None
