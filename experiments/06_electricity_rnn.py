@@ -40,7 +40,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find common/ and experiments/
-from common import cli, plots
+from common import cli, data, plots
+from common.device import DeviceError
 from experiments import electricity
 from experiments.electricity import QUANTUM, UNITS, CourseRNN
 
@@ -86,11 +87,12 @@ def extra_record(prep: dict, run: dict, mean: dict) -> dict:
                       "beats_persistence": None if ratio is None else bool(ratio < 1)}}
 
 
-def report(prep: dict, run: dict, mean: dict, std: dict, timings: dict, seeds: list[int], selection: dict) -> None:
+def report(prep: dict, run: dict, mean: dict, std: dict, timings: dict, seeds: list[int], selection: dict,
+           wall_s: float) -> None:
     """The summary: the epochs chosen on validation, the RNN against persistence, the baselines, the window
     counts, any divergence."""
     info, ratio = prep["info"], mean.get("rnn.mse_vs_persistence")
-    print(f"\n{EXPERIMENT} ({info.source} data, {UNITS}), {len(seeds)} seed(s), {timings['wall_s']:.0f}s wall")
+    print(f"\n{EXPERIMENT} ({info.source} data, {UNITS}), {len(seeds)} seed(s), {wall_s:.0f}s wall")
     electricity.print_selection(selection)
     if ratio is not None:
         print(f"  RNN test MSE {mean['rnn.test_mse']:.4f} ± {std['rnn.test_mse']:.4f}  "
@@ -105,15 +107,16 @@ def report(prep: dict, run: dict, mean: dict, std: dict, timings: dict, seeds: l
 
 def main(argv=None) -> int:
     args = parse(argv)
-    study = electricity.run_study(EXPERIMENT, MODELS, args, SMOKE)
-    if study is None:   # no usable data or device (said on stderr)
-        return 2
+    try:
+        study = electricity.run_study(EXPERIMENT, MODELS, args, SMOKE)
+    except (data.DataError, DeviceError) as e:   # no usable data or device: one line on stderr, exit 2
+        return cli.fail(e)
     make_plots(args.results_dir, study.run, study.prep, study.seeds)
     timings = electricity.timings_of(study.run, study.per_seed)
-    selection = electricity.write_study(EXPERIMENT, study, args, headline="rnn.test_mse", timings=timings,
-                            extra=extra_record(study.prep, study.run, study.mean), deviations=DEVIATIONS,
-                            script=__file__)
-    report(study.prep, study.run, study.mean, study.std, timings, study.seeds, selection)
+    selection, wall_s = electricity.write_study(EXPERIMENT, study, args, headline="rnn.test_mse", timings=timings,
+                                                extra=extra_record(study.prep, study.run, study.mean),
+                                                deviations=DEVIATIONS, script=__file__)
+    report(study.prep, study.run, study.mean, study.std, timings, study.seeds, selection, wall_s)
     return study.exit_code()
 
 

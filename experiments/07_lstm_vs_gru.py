@@ -14,8 +14,10 @@ baselines on the same test windows). It records, per
 model, the test MSE mean ± std over the seeds (3 by default), the epochs kept, the parameter count, the training time and
 throughput (windows/s) and the ratio to persistence, in one table (JSON + bar plot with error bars). The
 verdict (JSON ``verdict``, printed last) judges the course's claim on accuracy and on cost separately: test
-MSE (GRU lower, higher, or within noise: a difference no larger than the seeds' spread), parameters, and the
-measured training throughput, which on a CPU need not follow the parameter count. Training settings (batch
+MSE (GRU lower, higher, or within noise: a difference no larger than the seeds' spread, the suite's rule
+``common.schema.compare_means``), parameters, and the measured training throughput, which on a CPU need not
+follow the parameter count. From one seed there is no spread, so accuracy and throughput are then "not
+judged" against the course (the parameter counts still are). Training settings (batch
 512, lr 2e-3, up to 3 epochs chosen on validation, torch's default threads) are 06's; see its docstring for
 why, and ``DEVIATIONS``.
 """
@@ -26,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 import torch
 import torch.nn as nn
 
-from common import cli, plots
+from common import cli, data, plots, schema
+from common.device import DeviceError
 from experiments import electricity
 from experiments.electricity import UNITS, CourseRNN
 
@@ -84,32 +87,44 @@ def comparison_table(mean: dict, std: dict, timings: dict, params: dict, per_see
             for name in MODELS]
 
 
+NOT_JUDGED = "not judged (one seed: no spread)"
+
+
 def judge(gru: float, lstm: float, gru_std: float, lstm_std: float, *, lower_is_better: bool, words: tuple,
-          course: str, within_noise: str) -> dict:
-    """GRU against LSTM on one measure, from the means and stds over seeds: the difference, the seeds' spread
-    (the larger std) and the finding, "within noise" when |difference| <= spread, else "GRU <words[0]>" (the
-    GRU is the better one) or "GRU <words[1]>"; ``with_course``: "agrees" when the GRU is the better one,
-    "disagrees" when it is the worse one, ``within_noise`` otherwise. ``course``: what the course claims."""
+          course: str, within_noise: str, n_seeds: int | None = None) -> dict:
+    """GRU against LSTM on one measure, from the means and stds over ``n_seeds`` seeds: the difference, the seeds'
+    spread (the larger std) and the finding by the suite's rule (``schema.compare_means``): "within noise" when
+    |difference| <= spread (plus its float tolerance), else "GRU <words[0]>" (the GRU is the better one) or "GRU <words[1]>", with
+    compare_means' one-seed caveat below 2 seeds. ``with_course``: "agrees" when the GRU is the better one,
+    "disagrees" when it is the worse one, ``within_noise`` otherwise; below 2 seeds ``NOT_JUDGED`` whatever the
+    finding (one seed cannot tell a difference from noise). ``n_seeds=None``: a measure without seed noise
+    (the parameter counts). ``course``: what the course claims."""
     diff, spread = gru - lstm, max(gru_std, lstm_std)
-    if abs(diff) <= spread:
-        finding, with_course = "within noise", within_noise
-    elif (diff < 0) == lower_is_better:
-        finding, with_course = f"GRU {words[0]}", "agrees"
+    found = schema.compare_means(gru, gru_std, lstm, lstm_std, n_seeds)
+    if found == "within noise":
+        finding, with_course = found, within_noise
     else:
-        finding, with_course = f"GRU {words[1]}", "disagrees"
+        direction, _, caveat = found.partition(" ")   # "higher" | "lower", then compare_means' caveat if any
+        better = (direction == "lower") == lower_is_better
+        finding = " ".join(filter(None, (f"GRU {words[0] if better else words[1]}", caveat)))
+        with_course = "agrees" if better else "disagrees"
+    if n_seeds is not None and n_seeds < 2:
+        with_course = NOT_JUDGED
     return {"gru": gru, "lstm": lstm, "gru_std": gru_std, "lstm_std": lstm_std, "difference": diff,
             "spread": spread, "ratio": gru / lstm, "finding": finding, "with_course": with_course, "course": course}
 
 
-def verdict(mean: dict, std: dict, timings: dict) -> dict:
+def verdict(mean: dict, std: dict, timings: dict, n_seeds: int | None = None) -> dict:
     """The course's claim (the GRU as accurate as the LSTM or slightly better, at a lower cost) judged on
     accuracy and on cost separately, each count with the figures it rests on (see ``judge``):
 
     * accuracy: test MSE mean ± std over seeds; agrees unless the GRU is higher beyond the seeds' spread;
     * params: the parameter counts; agrees if the GRU has fewer;
     * throughput: measured training windows/s, mean ± std over seeds; agrees only if the GRU is faster
-      beyond the seeds' spread ("not shown" within it).
+      beyond the seeds' spread ("not shown" within it); its ``ratio`` is the result's
+      ``timings["gru_vs_lstm.throughput_ratio"]``.
 
+    ``n_seeds``: how many seeds the figures rest on; below 2, accuracy and throughput are ``NOT_JUDGED``.
     ``summary``: one printed line per count.
     """
     if mean.get("gru.test_mse") is None or mean.get("lstm.test_mse") is None:
@@ -118,14 +133,19 @@ def verdict(mean: dict, std: dict, timings: dict) -> dict:
     t_std = timings.get("std", {})
     a = judge(mean["gru.test_mse"], mean["lstm.test_mse"], std["gru.test_mse"], std["lstm.test_mse"],
               lower_is_better=True, words=("lower", "higher"), course="similar, GRU slightly lower",
-              within_noise="agrees")
+              within_noise="agrees", n_seeds=n_seeds)
     p = judge(mean["gru.params"], mean["lstm.params"], 0.0, 0.0, lower_is_better=True, words=("fewer", "more"),
               course="GRU less complex", within_noise="not shown")
     t = judge(timings["gru.train_windows_per_s"], timings["lstm.train_windows_per_s"],
               t_std.get("gru.train_windows_per_s", 0.0), t_std.get("lstm.train_windows_per_s", 0.0),
               lower_is_better=False, words=("faster", "slower"), course="GRU needs less processing power",
-              within_noise="not shown")
-    tail = lambda j: f"{j['finding']} -> {j['with_course'].upper()} with the course ({j['course']})"
+              within_noise="not shown", n_seeds=n_seeds)
+
+    def tail(j: dict) -> str:
+        if j["with_course"] == NOT_JUDGED:
+            return f"{j['finding']} -> {NOT_JUDGED} against the course ({j['course']})"
+        return f"{j['finding']} -> {j['with_course'].upper()} with the course ({j['course']})"
+
     summary = [f"accuracy, test MSE (mean ± std over seeds): GRU {a['gru']:.4f} ± {a['gru_std']:.4f} vs LSTM "
                f"{a['lstm']:.4f} ± {a['lstm_std']:.4f}, difference {a['difference']:+.4f}, spread "
                f"{a['spread']:.4f}: {tail(a)}",
@@ -154,11 +174,11 @@ def make_plots(results_dir, table: list[dict], run: dict, prep: dict, seeds: lis
                               "One test week: next-15-minute forecasts vs truth", electricity.week_start(prep["t_test"]))
 
 
-def report(prep: dict, run: dict, table: list[dict], judged: dict, timings: dict, seeds: list[int],
-           selection: dict) -> None:
+def report(prep: dict, run: dict, table: list[dict], judged: dict, seeds: list[int], selection: dict,
+           wall_s: float) -> None:
     """The summary: the epochs chosen on validation, one table row per model, the baselines, the verdict
     (accuracy, then cost), any divergence."""
-    print(f"\n{EXPERIMENT} ({prep['info'].source} data, {UNITS}), {len(seeds)} seed(s), {timings['wall_s']:.0f}s wall")
+    print(f"\n{EXPERIMENT} ({prep['info'].source} data, {UNITS}), {len(seeds)} seed(s), {wall_s:.0f}s wall")
     electricity.print_selection(selection)
     print(f"  {'model':5s} {'test MSE':>17s} {'x persistence':>13s} {'epochs':>9s} {'params':>7s} {'train s':>8s} "
           f"{'windows/s':>10s}")
@@ -185,22 +205,25 @@ def extra_record(prep: dict, run: dict, table: list[dict], judged: dict) -> dict
 
 def main(argv=None) -> int:
     args = parse(argv)
-    study = electricity.run_study(EXPERIMENT, MODELS, args, SMOKE)
-    if study is None:   # no usable data or device (said on stderr)
-        return 2
+    try:
+        study = electricity.run_study(EXPERIMENT, MODELS, args, SMOKE)
+    except (data.DataError, DeviceError) as e:   # no usable data or device: one line on stderr, exit 2
+        return cli.fail(e)
     mean, std = study.mean, study.std
     mean.update(gru_vs_lstm(mean, [r["metrics"] for r in study.per_seed]))
     timings = electricity.timings_of(study.run, study.per_seed)
     table = comparison_table(mean, std, timings, study.run["params"], study.per_seed_metrics)
-    if timings.get("gru.train_windows_per_s") and timings.get("lstm.train_windows_per_s"):
-        timings["gru_vs_lstm.throughput_ratio"] = timings["gru.train_windows_per_s"] / timings["lstm.train_windows_per_s"]
-    judged = verdict(mean, std, timings)
+    # the seeds both models have a figure from (a seed where one diverged gives the other's spread nothing)
+    n_seeds = min(len(study.per_seed_metrics.get(f"{name}.test_mse", [])) for name in ("gru", "lstm"))
+    judged = verdict(mean, std, timings, n_seeds)
+    if judged["throughput"] is not None:   # computed once, by the verdict
+        timings["gru_vs_lstm.throughput_ratio"] = judged["throughput"]["ratio"]
 
     make_plots(args.results_dir, table, study.run, study.prep, study.seeds)
-    selection = electricity.write_study(EXPERIMENT, study, args, headline="gru.test_mse", timings=timings,
-                            extra=extra_record(study.prep, study.run, table, judged), deviations=DEVIATIONS,
-                            script=__file__)
-    report(study.prep, study.run, table, judged, timings, study.seeds, selection)
+    selection, wall_s = electricity.write_study(EXPERIMENT, study, args, headline="gru.test_mse", timings=timings,
+                                                extra=extra_record(study.prep, study.run, table, judged),
+                                                deviations=DEVIATIONS, script=__file__)
+    report(study.prep, study.run, table, judged, study.seeds, selection, wall_s)
     return study.exit_code()
 
 

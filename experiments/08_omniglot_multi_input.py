@@ -161,10 +161,10 @@ def comparisons(om: omniglot.Omniglot, out: omniglot.Outcome) -> dict:
                                       for s in om.splits])
 
 
-def extra_record(om: omniglot.Omniglot, out: omniglot.Outcome) -> dict:
-    """The result JSON's fields beyond the common schema."""
+def extra_record(om: omniglot.Omniglot, out: omniglot.Outcome, found: dict) -> dict:
+    """The result JSON's fields beyond the common schema (``found``: ``comparisons``)."""
     return {"splits": {s: sp.info for s, sp in om.splits.items()}, "diverged": out.tally.diverged,
-            "training": om.settings, "comparisons": comparisons(om, out),
+            "training": om.settings, "comparisons": found,
             "course_reference": {"note": "the course reports 31% alphabet / 24% character accuracy for its "
                                          "two-output model (09), on a split it does not describe; it gives no "
                                          "figure for this two-input model"},
@@ -174,7 +174,7 @@ def extra_record(om: omniglot.Omniglot, out: omniglot.Outcome) -> dict:
                       "uint8 tensor, not from the PIL Dataset"]}
 
 
-def report(om, out: omniglot.Outcome, wall_s) -> None:
+def report(om, out: omniglot.Outcome, found: dict, wall_s) -> None:
     mean, std = out.mean, out.std
     print(f"\n{EXPERIMENT} ({om.info.source} data, {len(out.seeds)} seed(s), {wall_s:.0f}s wall; test figures of "
           "each run's best epoch on validation)")
@@ -189,7 +189,7 @@ def report(om, out: omniglot.Outcome, wall_s) -> None:
     for s in om.splits:
         print(f"  baseline {s}: alphabet prior {mean[f'baseline.{s}.alphabet_prior_accuracy']:.3f}, "
               f"majority {mean[f'baseline.{s}.majority_accuracy']:.4f}")
-    for k, v in comparisons(om, out).items():
+    for k, v in found.items():
         print(f"  {k}: {v}")
     print("  (the course gives no figure for this model; its two-output model reaches 31% alphabet / 24% character)")
     if out.tally.diverged:
@@ -211,10 +211,11 @@ def main(argv=None) -> int:
         return cli.fail(e)
     out = omniglot.run_seeds(args, om, lambda seed, tally: run_seed(seed, om, tally))
     make_plots(plots.plot_dir(args.results_dir, EXPERIMENT), out.done, out.mean, out.std, out.tally.history)
+    found = comparisons(om, out)
     wall_s = omniglot.write_result(EXPERIMENT, args, start, out, data=om.info, script=__file__,
-                                   extra=extra_record(om, out), deviations=DEVIATIONS,
+                                   extra=extra_record(om, out, found), deviations=DEVIATIONS,
                                    selection=omniglot.selection_record(om, out.tally, CRITERION, {}))
-    report(om, out, wall_s)
+    report(om, out, found, wall_s)
     return 3 if out.tally.diverged else 0
 
 

@@ -14,6 +14,7 @@ dollars, i.e. billions) and ``experience_level`` (cross-entropy, 4 classes), tra
 the two losses and with each loss divided by its batch maximum.
 """
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -256,7 +257,7 @@ def run_scaling(seed, sal: Salaries, args, device):
         share = trunk_grad_share_ce(model, sal, variant, args.scaling_batch_size)
         if variant != "ce_only":
             out[f"scaling.{variant}.trunk_grad_share_ce"] = share
-        h, _, _ = omniglot.train_run(model, partial(salary_step_loss, sal, variant), tr, epochs=args.scaling_epochs,
+        h, _, _, _ = omniglot.train_run(model, partial(salary_step_loss, sal, variant), tr, epochs=args.scaling_epochs,
                                      batch_size=args.scaling_batch_size, lr=args.scaling_lr, seed=seed, device=device,
                                      label=f"scaling.{variant}", print_every=max(1, args.scaling_epochs // 4))
         hist[f"scaling.{variant}.train_loss"] = h["train_loss"]
@@ -270,6 +271,18 @@ def run_scaling(seed, sal: Salaries, args, device):
     return out, hist
 
 
+@contextmanager
+def one_torch_thread():
+    """A 64-wide MLP trains faster on one thread, and far faster on a busy machine; the omniglot runs
+    (and the result's recorded environment) keep the thread count of --threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------- one seed
 def run_seed(seed, om: omniglot.Omniglot, sal: Salaries, args, tally: omniglot.Tally) -> dict:
     """Baselines, every omniglot run and the loss-scaling study for one training seed: one flat dict."""
@@ -280,15 +293,12 @@ def run_seed(seed, om: omniglot.Omniglot, sal: Salaries, args, tally: omniglot.T
     for split, name, weighting in omniglot_runs(om):
         m.update(run_model(seed, split, name, weighting, om, tally))
     print(f"seed {seed}  loss scaling on the DS salaries table", flush=True)
-    threads = torch.get_num_threads()   # a 64-wide MLP trains faster on one thread (far faster on a busy machine);
-    torch.set_num_threads(1)            # the omniglot runs and the recorded environment keep --threads
     try:
-        scaling, scaling_hist = run_scaling(seed, sal, args, om.device)
+        with one_torch_thread():
+            scaling, scaling_hist = run_scaling(seed, sal, args, om.device)
     except results.Diverged as e:
         tally.diverged.append({"run": "scaling", "seed": seed, **e.to_json()})
         return m
-    finally:
-        torch.set_num_threads(threads)
     if seed == tally.first_seed:
         tally.history.update(scaling_hist)
     return {**m, **scaling}
@@ -360,7 +370,9 @@ def make_plots(out: Path, done, mean, std, history, weighting_rows) -> None:
 
 
 def fixed(args) -> dict:
-    """What is not chosen on this data beyond the shared models' settings (omniglot.fixed_settings)."""
+    """What is not chosen on this data beyond the shared models' settings (``omniglot.FIXED``, which
+    ``omniglot.selection_record`` adds): the selection record's ``fixed`` entries of the weighting and scaling
+    studies."""
     return {"weighting": f"the weights {list(WEIGHTINGS.values())} (alphabet, character): the course's, compared",
             "scaling": f"Adam lr {args.scaling_lr:g}, batch {args.scaling_batch_size}, {args.scaling_epochs} epochs: "
                        "project settings; nothing is chosen on the salary data; each variant reads its test rows once"}
@@ -373,10 +385,10 @@ def data_record(om: omniglot.Omniglot, sal: Salaries) -> dict:
     return record
 
 
-def extra_record(om: omniglot.Omniglot, out: omniglot.Outcome, weighting_rows) -> dict:
-    """The result JSON's fields beyond the common schema."""
+def extra_record(om: omniglot.Omniglot, out: omniglot.Outcome, weighting_rows, found: dict) -> dict:
+    """The result JSON's fields beyond the common schema (``found``: ``comparisons``)."""
     return {"splits": {s: sp.info for s, sp in om.splits.items()}, "diverged": out.tally.diverged,
-            "training": om.settings, "comparisons": comparisons(om, out),
+            "training": om.settings, "comparisons": found,
             "course_reference": {"alphabet_accuracy": 0.31, "char_accuracy": 0.24,
                                  "split": "not described; that it is the 'course' lists is a guess (deviations)"},
             "loss_weighting": weighting_rows,
@@ -390,7 +402,7 @@ def extra_record(om: omniglot.Omniglot, out: omniglot.Outcome, weighting_rows) -
                       "per-parameter normalisation nearly cancels: expect near-identical results"]}
 
 
-def report(om, out: omniglot.Outcome, weighting_rows, wall_s) -> None:
+def report(om, out: omniglot.Outcome, weighting_rows, found: dict, wall_s) -> None:
     mean, tally = out.mean, out.tally
     print(f"\n{EXPERIMENT} ({om.info.source} data, {len(out.seeds)} seed(s), {wall_s:.0f}s wall; best epochs kept)")
     print("  course: alphabet 0.31, character 0.24 (its split is not described; the 'course' lists are a guess at it)")
@@ -411,7 +423,7 @@ def report(om, out: omniglot.Outcome, weighting_rows, wall_s) -> None:
                   f"salary RMSE ${mean[f'scaling.{v}.salary_rmse_usd']:,.0f}  (classification's share of the "
                   f"trunk gradient at init {mean[f'scaling.{v}.trunk_grad_share_ce']:.2g})")
         print(f"    ce_only   experience accuracy {mean['scaling.ce_only.experience_accuracy']:.3f}")
-    for k, v in comparisons(om, out).items():
+    for k, v in found.items():
         print(f"  {k}: {v}")
     if tally.diverged:
         print(f"  DIVERGED: {tally.diverged}")
@@ -439,10 +451,11 @@ def main(argv=None) -> int:
     weighting_rows = weighting_table(out.mean, out.std, om)
     make_plots(plots.plot_dir(args.results_dir, EXPERIMENT), out.done, out.mean, out.std, out.tally.history,
                weighting_rows)
+    found = comparisons(om, out)
     wall_s = omniglot.write_result(EXPERIMENT, args, start, out, data=data_record(om, sal), script=__file__,
-                                   extra=extra_record(om, out, weighting_rows), deviations=DEVIATIONS,
+                                   extra=extra_record(om, out, weighting_rows, found), deviations=DEVIATIONS,
                                    selection=omniglot.selection_record(om, out.tally, CRITERION, fixed(args)))
-    report(om, out, weighting_rows, wall_s)
+    report(om, out, weighting_rows, found, wall_s)
     return 3 if out.tally.diverged else 0
 
 

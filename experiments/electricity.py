@@ -11,8 +11,9 @@ baselines) is told in 06's docstring.
     the device once (``DeviceBatches`` then gathers every batch there).
   * training: ``run_seed`` trains every model for one seed, keeps its best epoch by validation MSE and reads
     the test windows once with it (``train``, ``evaluate``); ``combine`` merges the seeds' runs for the result
-    JSON; ``run_study`` does all of that for a script (device, data, every seed) and ``write_study`` writes
-    its result JSON with the ``selection`` record (``selection_record``).
+    JSON; ``run_study`` does all of that for a script (device, data, every seed; raises ``data.DataError`` or
+    ``DeviceError`` for unusable data or device, which the script's ``main`` turns into ``cli.fail``) and
+    ``write_study`` writes its result JSON with the ``selection`` record (``selection_record``).
   * plots and records: ``plot_week``, ``week_start``, ``timings_of``, ``data_metrics``, ``windows_note``,
     and ``DEVIATIONS``, where both scripts depart from the course transcript.
 """
@@ -32,7 +33,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from torchmetrics import MeanSquaredError
 
 from common import cli, data, metrics, plots, repro, results, timeseries
-from common.device import DeviceError, synchronize, to_device
+from common.device import synchronize, to_device
 
 SEQ_LEN = 96                       # 24 h of 15-minute readings
 HIDDEN, LAYERS = 32, 2
@@ -403,16 +404,13 @@ class Study:
         return 3 if self.run["diverged"] else 0
 
 
-def run_study(experiment: str, models: dict, args: argparse.Namespace, smoke: dict) -> Study | None:
+def run_study(experiment: str, models: dict, args: argparse.Namespace, smoke: dict) -> Study:
     """Choose the device, prepare the data (the smoke subset with ``--smoke``), train and evaluate ``models``
-    with every seed. None, after one line on stderr (``cli.fail``), if the data or the device is unusable."""
-    try:
-        start = cli.start(args)
-        subset = (smoke["train_windows"], smoke["val_windows"], smoke["test_windows"]) if args.smoke else None
-        prep = prepare(args.data_dir, args.synthetic, start.device, subset)
-    except (data.DataError, DeviceError) as e:
-        cli.fail(e)
-        return None
+    with every seed. Raises ``data.DataError`` or ``DeviceError`` if the data or the device is unusable (the
+    script's ``main`` reports it with ``cli.fail``, as 08/09 do with ``omniglot.begin``)."""
+    start = cli.start(args)
+    subset = (smoke["train_windows"], smoke["val_windows"], smoke["test_windows"]) if args.smoke else None
+    prep = prepare(args.data_dir, args.synthetic, start.device, subset)
     print_start(experiment, prep, start.device)
     seeds = cli.seed_list(args)
     max_batches = smoke["max_batches"] if args.smoke else None
@@ -423,22 +421,26 @@ def run_study(experiment: str, models: dict, args: argparse.Namespace, smoke: di
 
 
 def write_study(experiment: str, study: Study, args: argparse.Namespace, *, headline: str, timings: dict,
-                extra: dict, deviations: list, script) -> dict:
-    """The result JSON of ``study`` (``timings["wall_s"]`` set now), with its ``selection_record`` (returned)."""
+                extra: dict, deviations: list, script) -> tuple[dict, float]:
+    """The result JSON of ``study``: its timings are ``wall_s`` (measured now) and ``timings``; its ``selection``
+    is ``selection_record``. Returns what the report needs: (that selection, the wall seconds). Changes none
+    of its arguments."""
     selection = selection_record(study, args)
-    study.mean.setdefault(headline, None)        # the headline, even when every seed diverged
-    timings["wall_s"] = study.start.wall_s()
+    metrics = dict(study.mean)
+    metrics.setdefault(headline, None)           # the headline, even when every seed diverged
+    wall_s = study.start.wall_s()
     results.write_result(
         experiment, results_dir=args.results_dir, status=study.status, started_at=study.start.started_at,
-        config=cli.config_of(args), seeds=study.seeds, data=study.prep["info"], metrics=study.mean, std=study.std,
+        config=cli.config_of(args), seeds=study.seeds, data=study.prep["info"], metrics=metrics, std=study.std,
         per_seed=study.per_seed_metrics, headline=headline, history=study.run["history"], device=study.start.device,
-        script=script, timings=timings, extra=extra, deviations=deviations, selection=selection)
-    return selection
+        script=script, timings={"wall_s": wall_s, **timings}, extra=extra, deviations=deviations, selection=selection)
+    return selection, wall_s
 
 
 def selection_record(study: Study, args: argparse.Namespace) -> dict:
     """The result's ``selection``: per model the epoch each seed kept (by validation MSE), the candidates, and the
-    validation MSE after each epoch (mean over seeds), beside the baselines' validation MSE."""
+    validation MSE after each epoch, averaged over seeds (``scores["<model>.val_mse_by_epoch_mean"]``; not the
+    metric ``<model>.val_mse``, the chosen epoch's), beside the baselines' validation MSE."""
     s, v, ps = study.prep["info"].sizes, study.prep["split"]["validation"], study.per_seed_metrics
     names = [k[:-len(".epochs")] for k in ps if k.endswith(".epochs")]
     curves = lambda name: [h for k, h in study.run["history"].items() if k.startswith(f"{name}.val_mse.")]
@@ -450,7 +452,7 @@ def selection_record(study: Study, args: argparse.Namespace) -> dict:
                                      "test": s["test_windows"]}},
             "chosen": {f"{n}.epochs": [int(e) for e in ps[f"{n}.epochs"]] for n in names},
             "candidates": {f"{n}.epochs": list(range(1, args.max_epochs + 1)) for n in names},
-            "scores": {**{f"{n}.val_mse": np.mean(curves(n), axis=0).tolist() for n in names},
+            "scores": {**{f"{n}.val_mse_by_epoch_mean": np.mean(curves(n), axis=0).tolist() for n in names},
                        **study.prep["val_baselines"]},
             "criterion": "validation MSE after each epoch, per model and seed, lowest; ties -> fewer epochs",
             "final_model": f"kept: the best-epoch checkpoint (by validation MSE) of the model trained on the windows "
@@ -465,11 +467,11 @@ def timings_of(run: dict, per_seed: list[dict]) -> dict:
     """The JSON's timings: totals, plus per model the mean over seeds of training seconds and windows/s
     (their ``std`` and ``per_seed`` values beside).
 
-    Kept out of ``metrics`` so that two runs with the same seed have identical metrics; ``wall_s`` is
-    filled in by ``write_study``.
+    Kept out of ``metrics`` so that two runs with the same seed have identical metrics; ``write_study`` puts
+    ``wall_s`` before them in the JSON.
     """
     t_mean, t_std, t_per_seed = results.aggregate_seeds([r["timings"] for r in per_seed])
-    return {"wall_s": None, "train_s": run["train_s"], "eval_s": run["eval_s"],
+    return {"train_s": run["train_s"], "eval_s": run["eval_s"],
             "train_samples_per_s": run["train_windows"] / run["train_s"] if run["train_s"] else None,
             **t_mean, "std": t_std, "per_seed": t_per_seed}
 
@@ -534,7 +536,7 @@ def print_selection(selection: dict) -> None:
     for key, epochs in selection["chosen"].items():
         name = key.split(".")[0]
         print(f"    {name}: epochs {epochs} (seeds); validation MSE by epoch (mean over seeds) "
-              + " / ".join(f"{x:.4f}" for x in sc[f"{name}.val_mse"]))
+              + " / ".join(f"{x:.4f}" for x in sc[f"{name}.val_mse_by_epoch_mean"]))
 
 
 # ----------------------------------------------------------------------------- CLI and benchmarks

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from common import cli, data, repro, results
+from common import cli, data, repro, results, schema
 from common.device import synchronize, to_device
 
 N_ALPHABETS, N_CHARACTERS = 30, 964
@@ -320,8 +320,9 @@ def train_run(model, step_loss, train_idx, *, epochs, batch_size, lr, seed, devi
     -> dict`` after each epoch (history). OneCycle learning rate when ``onecycle`` (improved model).
     ``select``: a key of ``evaluate``'s dict (a validation figure); the model ends with the weights of the
     epoch where it was highest (the first such epoch: ties -> fewer epochs), not those of the last.
-    Returns (history dict of lists, train seconds, samples seen); raises results.Diverged (the losses
-    stay on the device and are checked once per epoch). The epoch's index order goes to ``device``
+    Returns (history dict of lists, train seconds, samples seen, kept epoch): the kept epoch (1-based; the last
+    without ``select``) is the one record of which epoch's weights the model ends with. Raises
+    results.Diverged (the losses stay on the device and are checked once per epoch). The epoch's index order goes to ``device``
     once, so ``step_loss`` gets device indices (no per-step copy of CPU indices into GPU tensors)."""
     g = repro.make_generator(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -355,14 +356,15 @@ def train_run(model, step_loss, train_idx, *, epochs, batch_size, lr, seed, devi
         history["train_loss"].append(float(total) / n)
         for k, v in (evaluate(model) if evaluate else {}).items():
             history.setdefault(k, []).append(v)
-        if select and (best is None or history[select][-1] > best[0]):
-            best = history[select][-1], {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if select and (best is None or history[select][-1] > best[0]):   # strictly higher: ties keep the earlier
+            best = history[select][-1], {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch
         shown = "  ".join(f"{k} {v[-1]:.4g}" for k, v in history.items())
         if epoch % print_every == 0 or epoch == epochs:
             print(f"  {label} epoch {epoch}/{epochs}  {shown}  ({time.perf_counter() - t0:.0f}s)", flush=True)
-    if best is not None:
-        model.load_state_dict(best[1])
-    return history, train_s, seen
+    if best is None:
+        return history, train_s, seen, epochs
+    model.load_state_dict(best[1])
+    return history, train_s, seen, best[2]
 
 
 @torch.no_grad()
@@ -396,10 +398,10 @@ class Tally:
 
     def fit(self, run, seed, model, step_loss, train_idx, settings, device, evaluate, select):
         """``train_run`` under the name ``run``, ending with the weights of the epoch whose validation figure
-        ``select`` (a key of ``evaluate``'s dict) was highest; {run.best_epoch, run.<select> there}, or None if
-        it diverged (noted, not raised)."""
+        ``select`` (a key of ``evaluate``'s dict) was highest; {run.best_epoch, run.<select> there} (the epoch
+        ``train_run`` kept), or None if it diverged (noted, not raised)."""
         try:
-            h, train_s, seen = train_run(model, step_loss, train_idx, seed=seed, device=device,
+            h, train_s, seen, best = train_run(model, step_loss, train_idx, seed=seed, device=device,
                                          evaluate=partial(self.timed, evaluate), select=select, label=run, **settings)
         except results.Diverged as e:
             print(f"  {run} diverged: {e}", flush=True)
@@ -410,11 +412,10 @@ class Tally:
         self.throughput[f"{run}.train_samples_per_s"] = seen / train_s
         if seed == self.first_seed:
             self.history.update({f"{run}.{k}": v for k, v in h.items()})
-        best = int(np.argmax(h[select]))   # the first maximum, as train_run keeps it: ties -> fewer epochs
         sel = self.selected.setdefault(run, {"select": select, "candidates": list(range(1, settings["epochs"] + 1)),
                                              "epochs": {}, "scores": {}})
-        sel["epochs"][str(seed)], sel["scores"][str(seed)] = best + 1, h[select]
-        return {f"{run}.best_epoch": best + 1, f"{run}.{select}": h[select][best]}
+        sel["epochs"][str(seed)], sel["scores"][str(seed)] = best, h[select]
+        return {f"{run}.best_epoch": best, f"{run}.{select}": h[select][best - 1]}
 
     def timed(self, fn, *args):
         """``fn(*args)``, its time counted as evaluation."""
@@ -505,14 +506,12 @@ def selection_record(om: Omniglot, tally: Tally, criterion: str, fixed: dict) ->
 
 def comparisons(out: Outcome, pairs) -> dict:
     """{"a vs b": "mean ± std vs mean ± std: <finding>"} for the metric pairs (a, b) that both ran; the finding
-    is "within noise" where the means differ by at most the larger std (tools/report.py's rule), else which
-    is higher."""
+    is the suite's one rule, ``schema.compare_means``: "within noise" where the means differ by at most the
+    larger std, else which is higher (with a caveat below 2 seeds)."""
     m, sd, found = out.mean, out.std, {}
     for a, b in pairs:
         if m.get(a) is None or m.get(b) is None:
             continue
-        one_seed = " (one seed: no spread to judge noise by)" if len(out.seeds) < 2 else ""
-        finding = ("within noise" if abs(m[a] - m[b]) <= max(sd[a], sd[b])
-                   else ("higher" if m[a] > m[b] else "lower") + one_seed)
+        finding = schema.compare_means(m[a], sd[a], m[b], sd[b], len(out.seeds))
         found[f"{a} vs {b}"] = f"{m[a]:.4g} ± {sd[a]:.2g} vs {m[b]:.4g} ± {sd[b]:.2g}: {finding}"
     return found

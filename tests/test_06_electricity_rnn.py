@@ -234,7 +234,8 @@ def test_smoke_selection_is_valid_and_made_on_validation(runs):
         assert len(curve) == 2 and epoch == int(np.argmin(curve)) + 1 and r["per_seed"]["rnn.epochs"][seed] == epoch
         assert r["per_seed"]["rnn.val_mse"][seed] == min(curve)
     curves = [r["history"][f"rnn.val_mse.seed{s}"] for s in (0, 1)]
-    assert sel["scores"]["rnn.val_mse"] == pytest.approx(np.mean(curves, axis=0))
+    assert sel["scores"]["rnn.val_mse_by_epoch_mean"] == pytest.approx(np.mean(curves, axis=0))
+    assert "rnn.val_mse" not in sel["scores"]   # the metric rnn.val_mse is the chosen epoch's, a different figure
     assert sel["scores"]["baseline.persistence_val_mse"] == r["metrics"]["baseline.persistence_val_mse"] > 0
     assert sel["validation"]["sizes"] == {"train": 2048, "validation": 672, "test": 2016}
     v = r["split_check"]["validation"]
@@ -273,6 +274,29 @@ def test_divergence_is_recorded(results_dir):
 
 def test_missing_data_exits_2(results_dir, tmp_path):
     proc, r = run_script(SCRIPT, "--smoke", "--data-dir", str(tmp_path / "nowhere"), results_dir=results_dir,
-                         check=False, env={"SYNTHETIC_FALLBACK": "0"})
+                         check=False)
     assert proc.returncode == 2 and "error: electricity" in proc.stderr and "Traceback" not in proc.stderr
     assert r is None
+
+
+def test_run_study_raises_for_missing_data(tmp_path):
+    """run_study lets a DataError through (main turns it into cli.fail and exit 2), rather than returning None."""
+    args = m.parse(["--smoke", "--data-dir", str(tmp_path / "nowhere")])
+    with pytest.raises(data.DataError, match="electricity"):
+        pipe.run_study(SCRIPT, m.MODELS, args, m.SMOKE)
+
+
+def test_write_study_returns_selection_and_wall_time_and_changes_nothing(tmp_path):
+    """write_study returns (selection, wall seconds) and leaves the caller's timings and the study's metrics
+    as they were; the JSON's timings start with wall_s."""
+    args = m.parse(["--smoke", "--synthetic", "--seeds", "1", "--results-dir", str(tmp_path)])
+    study = pipe.run_study(SCRIPT, m.MODELS, args, m.SMOKE)
+    timings = pipe.timings_of(study.run, study.per_seed)
+    assert "wall_s" not in timings
+    before_timings, before_mean = dict(timings), dict(study.mean)
+    selection, wall_s = pipe.write_study(SCRIPT, study, args, headline="rnn.test_mse", timings=timings, extra={},
+                                         deviations=m.DEVIATIONS, script=m.__file__)
+    assert timings == before_timings and study.mean == before_mean and wall_s > 0
+    r = schema.read_result(tmp_path / f"{SCRIPT}.json")
+    assert list(r["timings"])[0] == "wall_s" and r["timings"]["wall_s"] == wall_s
+    assert r["selection"] == selection and set(selection["scores"]) >= {"rnn.val_mse_by_epoch_mean"}

@@ -174,3 +174,29 @@ def test_smoke_synthetic(results_dir):
     _, r = run_script(SCRIPT, "--smoke", "--synthetic", "--seeds", "1", results_dir=results_dir)
     assert r["data"]["source"] == "synthetic" and r["status"] == "ok"
     assert {"rnn.test_mse", "lstm.test_mse", "gru.test_mse"} <= set(r["metrics"])
+
+
+def test_verdict_from_one_seed_does_not_judge_accuracy_or_throughput():
+    """With one seed there is no spread: accuracy and throughput are 'not judged', the parameters still are,
+    and no summary line claims AGREES or DISAGREES for the two."""
+    mean = {"gru.test_mse": 0.030, "lstm.test_mse": 0.040, "gru.params": 9729, "lstm.params": 12961}
+    timings = {"gru.train_windows_per_s": 3000.0, "lstm.train_windows_per_s": 5000.0,
+               "std": {"gru.train_windows_per_s": 0.0, "lstm.train_windows_per_s": 0.0}}
+    v = m.verdict(mean, {"gru.test_mse": 0.0, "lstm.test_mse": 0.0}, timings, n_seeds=1)
+    assert v["accuracy"]["finding"] == "GRU lower (one seed: no spread to judge noise by)"
+    assert v["throughput"]["finding"] == "GRU slower (one seed: no spread to judge noise by)"
+    assert v["accuracy"]["with_course"] == v["throughput"]["with_course"] == m.NOT_JUDGED
+    assert (v["params"]["finding"], v["params"]["with_course"]) == ("GRU fewer", "agrees")
+    for line in (v["summary"][0], v["summary"][2]):
+        assert "AGREES" not in line and m.NOT_JUDGED in line
+    assert "AGREES" in v["summary"][1]
+    two = m.verdict(mean, {"gru.test_mse": 0.0, "lstm.test_mse": 0.0}, timings, n_seeds=2)
+    assert (two["accuracy"]["finding"], two["accuracy"]["with_course"]) == ("GRU lower", "agrees")
+
+
+def test_judge_uses_the_suites_noise_rule():
+    """judge's finding is schema.compare_means's: a difference within its float tolerance is noise."""
+    j = m.judge(0.0300004, 0.0300000, 0.0, 0.0, lower_is_better=True, words=("lower", "higher"), course="c",
+                within_noise="agrees", n_seeds=3)
+    assert schema.compare_means(0.0300004, 0.0, 0.0300000, 0.0, 3) == "within noise" == j["finding"]
+    assert j["with_course"] == "agrees"

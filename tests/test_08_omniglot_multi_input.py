@@ -121,10 +121,11 @@ def test_best_epoch_checkpoint_is_kept():
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
         return {"val_score": next(scores)}
 
-    h, _, _ = omniglot.train_run(model, lambda mdl, idx: torch.nn.functional.cross_entropy(mdl(x[idx]), y[idx]),
-                                 torch.arange(40), epochs=4, batch_size=8, lr=0.1, seed=0, device=torch.device("cpu"),
-                                 evaluate=evaluate, select="val_score")
+    h, _, _, kept = omniglot.train_run(model, lambda mdl, idx: torch.nn.functional.cross_entropy(mdl(x[idx]), y[idx]),
+                                       torch.arange(40), epochs=4, batch_size=8, lr=0.1, seed=0,
+                                       device=torch.device("cpu"), evaluate=evaluate, select="val_score")
     assert h["val_score"] == [0.2, 0.7, 0.7, 0.5] and len(h["train_loss"]) == 4
+    assert kept == 2   # the epoch train_run reports is the one whose weights it kept
     assert all(torch.equal(v, snapshots[1][k]) for k, v in model.state_dict().items())
     assert not torch.equal(snapshots[1]["weight"], snapshots[3]["weight"])
 
@@ -281,7 +282,20 @@ def test_divergence_exits_3(results_dir):
 
 
 def test_missing_data_exits_2(results_dir, tmp_path):
-    proc, r = run_script(SCRIPT, "--smoke", "--data-dir", str(tmp_path), results_dir=results_dir, check=False,
-                         env={"SYNTHETIC_FALLBACK": "0"})
+    proc, r = run_script(SCRIPT, "--smoke", "--data-dir", str(tmp_path), results_dir=results_dir, check=False)
     assert proc.returncode == 2 and r is None
     assert "omniglot" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_comparisons_use_the_suites_noise_rule():
+    """omniglot.comparisons says what schema.compare_means says, with the one-seed caveat below 2 seeds."""
+    def outcome(seeds, mean, std):
+        return omniglot.Outcome(seeds, omniglot.Tally(first_seed=0), mean, std, {}, [], "a")
+
+    mean, std = {"a": 0.5, "b": 0.4, "c": 0.4000005}, {"a": 0.0, "b": 0.0, "c": 0.0}
+    one = omniglot.comparisons(outcome([0], mean, std), [("a", "b"), ("b", "c"), ("a", "missing")])
+    assert one == {"a vs b": "0.5 ± 0 vs 0.4 ± 0: higher (one seed: no spread to judge noise by)",
+                   "b vs c": "0.4 ± 0 vs 0.4 ± 0: within noise"}
+    two = omniglot.comparisons(outcome([0, 1], mean, {"a": 0.2, "b": 0.0, "c": 0.0}), [("a", "b"), ("b", "a")])
+    assert all(v.endswith(": within noise") for v in two.values())
+    assert omniglot.comparisons(outcome([0, 1], mean, std), [("b", "a")]) == {"b vs a": "0.4 ± 0 vs 0.5 ± 0: lower"}

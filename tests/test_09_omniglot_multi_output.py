@@ -216,3 +216,22 @@ def test_divergence_exits_3(results_dir):
     assert r["diverged"] == [{"run": run, "seed": 0, "epoch": 1, "step": 1, "value": "nan"}
                              for run in ("clean.course_model", "weighting.char_x2", "weighting.sum_to_1")]
     assert "scaling.scaled.experience_accuracy" in r["metrics"]
+
+
+def test_one_torch_thread_restores_the_thread_count():
+    """The salary study runs on one thread; the count of --threads comes back afterwards, also on an error."""
+    threads = torch.get_num_threads()
+    with m.one_torch_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == threads
+    with pytest.raises(RuntimeError), m.one_torch_thread():
+        raise RuntimeError("diverged")
+    assert torch.get_num_threads() == threads
+
+
+def test_fixed_names_only_what_exists():
+    """fixed()'s docstring names omniglot's shared settings by a name that exists; its entries are the
+    weighting and scaling studies'."""
+    assert "omniglot.FIXED" in m.fixed.__doc__ and hasattr(omniglot, "FIXED")
+    args = m.parse(["--smoke"])
+    assert set(m.fixed(args)) == {"weighting", "scaling"}
