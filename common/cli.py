@@ -97,7 +97,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None,
             parser.error(f"--rerun {path}: that result was made by {config.get('experiment')!r}, "
                          f"not {parser.get_default('experiment')!r}")
         known = {a.dest for a in parser._actions} | set(parser._defaults)   # experiment: a set_defaults key
-        unknown = sorted(k for k in config if k not in known)
+        # keys ending in _used record what the run derived from its options (05: epochs_used), not options
+        unknown = sorted(k for k in config if k not in known and not k.endswith("_used"))
         if unknown:   # options renamed or removed since that result was made: the rerun is not exact
             print(f"warning: --rerun {path}: this version has no option(s) {unknown}; they take today's defaults, "
                   f"so the rerun is not that result's exact configuration", file=sys.stderr)

@@ -559,7 +559,7 @@ def extra_record(split: Split, args, configs: dict, lrs: dict, mean: dict, std: 
     acc.update({b: (mean[f"baseline.{b}_accuracy"], std.get(f"baseline.{b}_accuracy")) for b in base})
     table = [{"config": key, "optimizer": opt, "variant": variant, "lr": lrs[opt],
               "test_accuracy_mean": acc[key][0], "test_accuracy_std": acc[key][1],
-              **{f"beats_{b}": (acc[key][0] is not None and acc[key][0] > v) for b, v in base.items()},
+              **{f"beats_{b}": verdict(acc[key], acc[b], n_seeds).startswith("higher") for b in base},
               "vs": {o: verdict(acc[key], acc[o], n_seeds) for o in [*configs, *base]
                      if o != key and (o in base or ("." in o) == ("." in key))}}
              for key, (opt, variant) in configs.items()]
@@ -612,7 +612,10 @@ def parse(argv=None):
     p.add_argument("--folds", type=cli.positive_int, default=d["folds"], help="cross-validation folds (epochs)")
     p.add_argument("--split-seed", type=int, default=d["split_seed"], help="clean protocol: random_state of the split")
     p.add_argument("--smoke-rows", type=cli.positive_int, default=d["smoke_rows"], help="--smoke: training rows used")
-    return cli.parse_args(p, argv, smoke=SMOKE)
+    args = cli.parse_args(p, argv, smoke=SMOKE)
+    if args.folds < 2:   # StratifiedKFold needs two; said here, before any data is read
+        p.error(f"--folds must be at least 2 (cross-validation), got {args.folds}")
+    return args
 
 
 def main(argv=None) -> int:

@@ -98,19 +98,32 @@ def check_seeds(runs: dict, *differ: str) -> None:
         assert a["per_seed"][key] != other["per_seed"][key], key
 
 
+def main_in_process(monkeypatch, main, argv: list[str]) -> int:
+    """``main(argv)`` in this process without leaking its process-wide settings into later tests: no SIGTERM
+    handler or numerics flags installed in pytest, torch's thread count and ``--synthetic-if-missing``'s flag
+    restored afterwards."""
+    import torch
+
+    from common import cli, data
+
+    monkeypatch.setattr(cli, "sigterm_as_interrupt", lambda: None)
+    monkeypatch.setattr(cli.repro, "configure_numerics", lambda **kwargs: None)
+    monkeypatch.setattr(data, "SYNTHETIC_IF_MISSING", data.SYNTHETIC_IF_MISSING)   # undone at teardown
+    threads = torch.get_num_threads()
+    try:
+        return main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def omniglot_reads(monkeypatch, script, argv: list[str]) -> tuple[dict, list]:
     """Run ``script.main(argv)`` (08 or 09, in this process) recording every Omniglot prediction: returns the
     splits it made ({name: Split}) and, per ``omniglot.predict`` call on the script's image inputs, (called
     during training?, the set of rows it read)."""
     import functools
 
-    import torch
-
-    from common import cli
     from experiments import omniglot
 
-    monkeypatch.setattr(cli, "sigterm_as_interrupt", lambda: None)   # main's parse() would install them in pytest
-    monkeypatch.setattr(cli.repro, "configure_numerics", lambda **kwargs: None)
     splits, calls, training = {}, [], [False]
     predict, train_run, make_splits = omniglot.predict, omniglot.train_run, omniglot.make_splits
 
@@ -129,11 +142,7 @@ def omniglot_reads(monkeypatch, script, argv: list[str]) -> tuple[dict, list]:
     monkeypatch.setattr(omniglot, "predict", recording_predict)
     monkeypatch.setattr(omniglot, "train_run", flagged_train_run)
     monkeypatch.setattr(omniglot, "make_splits", lambda *a, **kw: splits.update(make_splits(*a, **kw)) or dict(splits))
-    threads = torch.get_num_threads()
-    try:
-        assert script.main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main_in_process(monkeypatch, script.main, argv) == 0
     return splits, calls
 
 

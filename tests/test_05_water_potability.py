@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import check_deviations, real_data, run_script
+from conftest import check_deviations, main_in_process, real_data, run_script
 from common import data, repro
 
 exp = importlib.import_module("experiments.05_water_potability")
@@ -260,6 +260,17 @@ def test_rerun_repeats_one_protocol(smoke, tmp_path):
     proc, _ = run_script(SCRIPT, "--rerun", str(a / f"{SCRIPT}_course.json"), results_dir=tmp_path)
     assert not (tmp_path / f"{SCRIPT}_clean.json").exists()
     assert _read(tmp_path, "course")["metrics"] == _read(a, "course")["metrics"]
+    assert "warning" not in proc.stderr   # the recorded epochs_used / lr_used are outcomes, not lost options
+
+
+def test_folds_below_two_is_a_usage_error_before_any_data(monkeypatch, capsys):
+    from common import cli
+    monkeypatch.setattr(cli, "sigterm_as_interrupt", lambda: None)   # parse() would install them in pytest
+    monkeypatch.setattr(cli.repro, "configure_numerics", lambda **kwargs: None)
+    with pytest.raises(SystemExit) as e:
+        exp.parse(["--folds", "1", "--data-dir", "/nowhere"])
+    assert e.value.code == 2
+    assert "--folds must be at least 2 (cross-validation), got 1" in capsys.readouterr().err
 
 
 def test_huge_lr_is_recorded_as_divergence(tmp_path):
@@ -310,6 +321,8 @@ def test_smoke_selection_is_valid(smoke):
         assert "cross-validation" in [x for x in r["deviations"] if x["what"] == "epochs"][0]["here"]
         for row in r["comparison"]:
             assert set(row["vs"].values()) <= {"higher", "lower", "within noise"}
+            for b in ("majority", "logreg", "random_forest"):   # one verdict per pair: beats = higher beyond noise
+                assert row[f"beats_{b}"] == (row["vs"][b] == "higher"), (row["config"], b)
 
 
 def test_selection_picks_the_best_candidate_fewest_epochs_on_ties(monkeypatch):
@@ -386,7 +399,7 @@ def test_folds_are_training_rows_and_the_test_set_is_read_once_per_configuration
 
     monkeypatch.setattr(exp, "train_stack", train_stack)
     monkeypatch.setattr(exp, "evaluate_stack", evaluate_stack)
-    assert exp.main(["--smoke", "--results-dir", str(tmp_path)]) == 0
+    assert main_in_process(monkeypatch, exp.main, ["--smoke", "--results-dir", str(tmp_path)]) == 0
     assert tests == {503: 7, 819: 7, 256: 14}   # test tensors: once per configuration; 256: training accuracy
     n = exp.DEFAULTS["smoke_rows"]
     assert [x for x, _ in calls] == [n] * 16      # 2 protocols x (1 cross-validation + 7 configurations)

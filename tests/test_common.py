@@ -238,3 +238,16 @@ def test_cli_rerun_of_a_result_with_options_since_renamed_says_it_is_not_exact(t
     args = cli.parse_args(p2, ["--rerun", str(rec)])
     err = capsys.readouterr().err
     assert args.max_epochs == 3 and "no option(s) ['epochs', 'test_curve']" in err and "not that result's exact" in err
+
+
+def test_rerun_warns_about_recorded_options_this_version_lacks_but_not_about_derived_keys(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "sigterm_as_interrupt", lambda: None)   # parse_args would install them in pytest
+    monkeypatch.setattr(cli.repro, "configure_numerics", lambda **kwargs: None)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"config": {"experiment": "xx_demo", "seeds": 4, "old_option": 7, "epochs_used": 30}}))
+    args = cli.parse_args(cli.base_parser("xx_demo", "demo"), ["--rerun", str(path)])
+    err = capsys.readouterr().err
+    assert args.seeds == 4   # the recorded option is applied
+    assert "this version has no option(s) ['old_option']" in err   # renamed or removed: said, not silent
+    assert "epochs_used" not in err                                  # a derived outcome, not an option
