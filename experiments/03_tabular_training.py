@@ -28,7 +28,7 @@ from sklearn.model_selection import StratifiedKFold
 from torch.utils.data import TensorDataset
 from torchmetrics import Accuracy
 
-from common import cli, data, metrics, plots, repro, results, schema
+from common import cli, data, metrics, parallel, plots, repro, results, schema
 from common.device import DeviceError, synchronize
 
 EXPERIMENT = "03_tabular_training"
@@ -155,6 +155,7 @@ def parse(argv=None):
                 else cli.positive_float)
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=value, help=HELP.get(key),
                        nargs="+" if isinstance(value, list) else None)
+    parallel.add_option(p, "seeds")
     return cli.parse_args(p, argv, smoke=SMOKE)
 
 
@@ -562,17 +563,33 @@ def run_seed(seed: int, d: dict, args, clock: Clock) -> tuple[dict, dict, dict]:
     return m, curves, {"cv": sections[1][2], "search": sections[-1][2]}
 
 
-def run_seeds(seeds: list[int], d: dict, args, clock: Clock) -> tuple[list, list[dict]]:
-    """``run_seed`` for each seed until one diverges (the seeds done so far are still written)."""
-    runs = []
-    for seed in seeds:
-        try:
-            runs.append(run_seed(seed, d, args, clock))
-        except results.Diverged as e:
-            diverged = {"run": getattr(e, "run", "?"), "seed": seed, **e.to_json()}
-            print(f"seed {seed}: DIVERGED in {diverged['run']}: {e}", file=sys.stderr)
-            return runs, [diverged]
-    return runs, []
+def seed_task(seed: int, d: dict, args, device) -> dict:
+    """``run_seed`` with a clock of its own (it may run in a worker process), a divergence caught and recorded."""
+    clock = Clock(device)
+    try:
+        return {"run": run_seed(seed, d, args, clock), "clock": clock, "diverged": None}
+    except results.Diverged as e:
+        diverged = {"run": getattr(e, "run", "?"), "seed": seed, **e.to_json()}
+        print(f"seed {seed}: DIVERGED in {diverged['run']}: {e}", file=sys.stderr)
+        return {"run": None, "clock": clock, "diverged": diverged}
+
+
+def run_seeds(seeds: list[int], d: dict, args, device) -> tuple[list, list[dict], Clock]:
+    """``run_seed`` for every seed, spread over the cores (``--workers``; the figures do not depend on it); the
+    seeds before the first that diverges are kept (and still written); the clocks summed."""
+    workers = parallel.workers_for(args, device, len(seeds))
+    print(f"{len(seeds)} seed(s) on {workers} worker(s), {args.threads or 1} torch thread(s) each", flush=True)
+    outs = parallel.run_tasks(seed_task, [(seed, d, args, device) for seed in seeds], workers,
+                              threads=args.threads or 1)
+    runs, clock = [], Clock(device)
+    clock.workers = workers
+    for out in outs:
+        for k in ("train_s", "eval_s", "samples"):
+            setattr(clock, k, getattr(clock, k) + getattr(out["clock"], k))
+        if out["diverged"]:
+            return runs, [out["diverged"]], clock
+        runs.append(out["run"])
+    return runs, [], clock
 
 
 # --------------------------------------------------------------------------- plots (the last seed's curves)
@@ -703,8 +720,8 @@ def main(argv=None) -> int:
         d = load_data(args, start.device)
     except (data.DataError, DeviceError) as e:
         return cli.fail(e)
-    seeds, clock = cli.seed_list(args), Clock(start.device)
-    runs, diverged = run_seeds(seeds, d, args, clock)
+    seeds = cli.seed_list(args)
+    runs, diverged, clock = run_seeds(seeds, d, args, start.device)
     per_seed = [m for m, _, _ in runs]
     mean, std, per_seed_lists = results.aggregate_seeds(per_seed)
     mean.setdefault(HEADLINE, None)
@@ -712,7 +729,8 @@ def main(argv=None) -> int:
     if runs:
         make_plots(history, per_seed[-1], args.results_dir)
     timings = {"wall_s": start.wall_s(), "train_s": clock.train_s,
-               "train_samples_per_s": clock.samples / clock.train_s if clock.train_s else None, "eval_s": clock.eval_s}
+               "train_samples_per_s": clock.samples / clock.train_s if clock.train_s else None, "eval_s": clock.eval_s,
+               "workers": clock.workers}
     results.write_result(
         EXPERIMENT, results_dir=args.results_dir, status="diverged" if diverged else "ok",
         started_at=start.started_at, config=cli.config_of(args), seeds=seeds, data=d["info"], metrics=mean, std=std,

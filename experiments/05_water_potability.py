@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils.data import DataLoader, Dataset
 
-from common import cli, data, metrics, plots, repro, results, schema
-from common.device import DeviceError, synchronize
+from common import cli, data, metrics, parallel, plots, repro, results, schema
+from common.device import DeviceError, choose_device, synchronize
 
 EXPERIMENT = "05_water_potability"
 PROTOCOLS = ("course", "clean")
@@ -612,61 +612,72 @@ def parse(argv=None):
     p.add_argument("--folds", type=cli.positive_int, default=d["folds"], help="cross-validation folds (epochs)")
     p.add_argument("--split-seed", type=int, default=d["split_seed"], help="clean protocol: random_state of the split")
     p.add_argument("--smoke-rows", type=cli.positive_int, default=d["smoke_rows"], help="--smoke: training rows used")
+    parallel.add_option(p, "protocols (course, clean)")
     args = cli.parse_args(p, argv, smoke=SMOKE)
     if args.folds < 2:   # StratifiedKFold needs two; said here, before any data is read
         p.error(f"--folds must be at least 2 (cross-validation), got {args.folds}")
     return args
 
 
+def run_protocol(protocol: str, split: Split, args, seeds: list[int], lrs: dict, configs: dict, workers: int) -> int:
+    """One protocol, every seed: cross-validate the epochs, train every configuration, the DataLoader check, the
+    baselines, then the JSON, plots and summary. -> exit status (0 ok, 3 diverged)."""
+    start = cli.start(args)
+    name, device = f"{EXPERIMENT}_{protocol}", start.device
+    train, test = to_tensors(split.train, device), to_tensors(split.test, device)
+    print(f"== {name}: {len(split.train)} train / {len(split.test)} test rows, {len(set(configs.values()))} "
+          f"configurations x {len(seeds)} seeds, {args.epochs} epochs, batch {args.batch_size}, device {device}",
+          flush=True)
+    epochs, selection, cv_curve = cross_validate(args, lrs[args.grad_optimizer], seeds[0], train)
+    trained, diverged = train_all(configs, lrs, seeds, train, test, epochs, args.batch_size)
+    if "diverged" in selection:   # the epoch count is a fallback: the run is not "ok"
+        diverged.insert(0, {"run": f"cross-validation/{args.grad_optimizer}/relu_default", "seed": seeds[0],
+                            **selection["diverged"]})
+    loader_check = dataloader_check(split, args, trained, lrs, seeds[0], train, epochs, device)
+    t0 = time.perf_counter()
+    fixed = fixed_baselines(split)
+    trees = SMOKE["forest_trees"] if args.smoke else DEFAULTS["forest_trees"]
+    per_seed = [run_seed(i, seed, configs, trained, split, trees, fixed) for i, seed in enumerate(seeds)]
+    baselines_s = time.perf_counter() - t0
+
+    mean, std, per_seed = results.aggregate_seeds(per_seed)
+    history = history_of(configs, trained, args.grad_optimizer, epochs, cv_curve)
+    base = {b: mean[f"baseline.{b}_accuracy"] for b in ("majority", "logreg", "random_forest")}
+    make_plots(plots.plot_dir(args.results_dir, name), protocol, configs, mean, std, base, history, len(seeds))
+    split.info.notes = f"{split.info.notes}; protocol {protocol}: {split.notes['preprocessing']}"
+    train_s = sum(t["train_s"] for _, t in trained.values())
+    timings = {"wall_s": start.wall_s(), "train_s": train_s, "baselines_s": baselines_s,
+               "train_samples_per_s": sum(t["seen"] for _, t in trained.values()) / train_s if train_s else None,
+               "eval_s": sum(t["eval_s"] for _, t in trained.values()), "workers": workers}
+    extra = extra_record(split, args, configs, lrs, mean, std, base, loader_check, diverged, epochs, len(seeds))
+    results.write_result(
+        name, results_dir=args.results_dir, status="diverged" if diverged else "ok", started_at=start.started_at,
+        config={**cli.config_of(args), "protocol": protocol, "epochs_used": epochs, "lr_used": lrs},
+        seeds=seeds, data=split.info, metrics=mean, std=std, per_seed=per_seed,
+        headline=f"{args.grad_optimizer}.test_accuracy", history=history, timings=timings, device=device,
+        script=__file__, deviations=DEVIATIONS, selection=selection, extra=extra)
+    report(protocol, extra["comparison"], base, start)
+    return 3 if diverged else 0
+
+
 def main(argv=None) -> int:
     args = parse(argv)
-    seeds, codes = cli.seed_list(args), []
+    seeds = cli.seed_list(args)
     lrs = {o: args.lr or getattr(args, f"lr_{o}") for o in OPTIMIZERS}
-    trees = SMOKE["forest_trees"] if args.smoke else DEFAULTS["forest_trees"]
     # key -> (optimizer, variant): the optimizer comparison (default Net), then the gradient ablation, whose
     # relu_default run is --grad-optimizer's run: trained once, reported twice
     configs = {**{o: (o, "relu_default") for o in OPTIMIZERS},
                **{f"grad.{v}": (args.grad_optimizer, v) for v in VARIANTS}}
-    for protocol in PROTOCOLS if args.protocol == "both" else (args.protocol,):
-        try:   # setup only: the device and the data (a protocol already written stays written)
-            start = cli.start(args)
-            split = load_split(protocol, args)
-        except (data.DataError, DeviceError) as e:
-            return cli.fail(e)
-        name, device = f"{EXPERIMENT}_{protocol}", start.device
-        train, test = to_tensors(split.train, device), to_tensors(split.test, device)
-        print(f"== {name}: {len(split.train)} train / {len(split.test)} test rows, {len(set(configs.values()))} "
-              f"configurations x {len(seeds)} seeds, {args.epochs} epochs, batch {args.batch_size}, device {device}",
-              flush=True)
-        epochs, selection, cv_curve = cross_validate(args, lrs[args.grad_optimizer], seeds[0], train)
-        trained, diverged = train_all(configs, lrs, seeds, train, test, epochs, args.batch_size)
-        if "diverged" in selection:   # the epoch count is a fallback: the run is not "ok"
-            diverged.insert(0, {"run": f"cross-validation/{args.grad_optimizer}/relu_default", "seed": seeds[0],
-                                **selection["diverged"]})
-        loader_check = dataloader_check(split, args, trained, lrs, seeds[0], train, epochs, device)
-        t0 = time.perf_counter()
-        fixed = fixed_baselines(split)
-        per_seed = [run_seed(i, seed, configs, trained, split, trees, fixed) for i, seed in enumerate(seeds)]
-        baselines_s = time.perf_counter() - t0
-
-        mean, std, per_seed = results.aggregate_seeds(per_seed)
-        history = history_of(configs, trained, args.grad_optimizer, epochs, cv_curve)
-        base = {b: mean[f"baseline.{b}_accuracy"] for b in ("majority", "logreg", "random_forest")}
-        make_plots(plots.plot_dir(args.results_dir, name), protocol, configs, mean, std, base, history, len(seeds))
-        split.info.notes = f"{split.info.notes}; protocol {protocol}: {split.notes['preprocessing']}"
-        train_s = sum(t["train_s"] for _, t in trained.values())
-        timings = {"wall_s": start.wall_s(), "train_s": train_s, "baselines_s": baselines_s,
-                   "train_samples_per_s": sum(t["seen"] for _, t in trained.values()) / train_s if train_s else None,
-                   "eval_s": sum(t["eval_s"] for _, t in trained.values())}
-        extra = extra_record(split, args, configs, lrs, mean, std, base, loader_check, diverged, epochs, len(seeds))
-        results.write_result(
-            name, results_dir=args.results_dir, status="diverged" if diverged else "ok", started_at=start.started_at,
-            config={**cli.config_of(args), "protocol": protocol, "epochs_used": epochs, "lr_used": lrs},
-            seeds=seeds, data=split.info, metrics=mean, std=std, per_seed=per_seed,
-            headline=f"{args.grad_optimizer}.test_accuracy", history=history, timings=timings, device=device,
-            script=__file__, deviations=DEVIATIONS, selection=selection, extra=extra)
-        report(protocol, extra["comparison"], base, start)
-        codes.append(3 if diverged else 0)
+    protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
+    try:   # setup only: the device and both protocols' data, before anything is trained
+        workers = parallel.workers_for(args, choose_device(args.device), len(protocols))
+        splits = {protocol: load_split(protocol, args) for protocol in protocols}
+    except (data.DataError, DeviceError) as e:
+        return cli.fail(e)
+    print(f"{len(protocols)} protocol(s) on {workers} worker(s), {args.threads or 1} torch thread(s) each", flush=True)
+    # the protocols are independent: one worker each, their printed lines labelled
+    codes = parallel.run_tasks(run_protocol, [(p, splits[p], args, seeds, lrs, configs, workers) for p in protocols],
+                               workers, labels=protocols, threads=args.threads or 1)
     return max(codes)
 
 

@@ -21,11 +21,14 @@ architecture is the course's, unchanged):
     fewer), which alone are read on the 2014 test windows, once. The result's ``selection`` records the
     chosen epochs, the validation MSE per epoch and the baselines' validation MSE. (The 2 epochs used before
     had been picked by looking at test MSE after 1/2/3 epochs.)
-  * batch 512, Adam lr 2e-3, torch's default threads. Measured
-    on the idle 2-core CPU (training step, batch 512): RNN 16,200 / 18,400 windows/s with 1 / 2 threads,
-    LSTM 4,000 / 6,800, GRU 4,100 / 4,700, so two threads is the default; on a machine whose cores are
-    busy with other work, two threads can collapse ~10x (seen while other jobs shared these cores) and
-    ``--threads 1`` is the safer choice. Batch 512 makes 16x fewer Adam steps than batch 32, so the lr is 2e-3
+  * batch 512, Adam lr 2e-3; one torch thread per run, the runs (models x seeds) spread over the cores
+    (``--workers``, ``common/parallel.py``; the figures do not depend on it). Measured on a 2-core AMD EPYC
+    (training step, batch 512, median of 15): RNN 78 / 80 ms with 1 / 2 threads, GRU 246 / 228 ms, LSTM
+    325 / 196 ms. The RNN and GRU gain nothing from a second thread (torch runs them one time step at a
+    time, ops too small to split), so two runs on two cores do twice the work. The LSTM alone goes to
+    oneDNN's fused kernel, which does use both threads: that, not the models, is why the GRU trained
+    *slower* than the LSTM with two threads although it has 25 % fewer parameters (one thread each: GRU
+    1.3x faster). Batch 512 makes 16x fewer Adam steps than batch 32, so the lr is 2e-3
     rather than the usual 1e-3. ``--batch-size 32 --lr 1e-3`` runs the course's batch.
   * The DataLoader draws whole batches: a ``BatchSampler`` is its sampler, so ``TensorDataset`` is
     indexed once per batch (one gather) instead of 512 times plus a collate.
@@ -48,7 +51,7 @@ from experiments.electricity import QUANTUM, UNITS, CourseRNN
 EXPERIMENT = "06_electricity_rnn"
 MODELS = {"rnn": CourseRNN}
 
-DEFAULTS = {"seeds": 3, "max_epochs": 3, "batch_size": 512, "lr": 2e-3}   # why these: see the docstring
+DEFAULTS = {"seeds": 3, "threads": 1, "max_epochs": 3, "batch_size": 512, "lr": 2e-3}   # why these: see the docstring
 DEVIATIONS = electricity.DEVIATIONS   # 06 departs from the transcript only where 07 does too
 SMOKE = {"max_epochs": 2, "max_batches": 4,   # the last 2,048 training windows, the first validation week,
          "train_windows": 2048, "val_windows": 672, "test_windows": 3 * 672}   # the first three test weeks
@@ -59,7 +62,7 @@ def benchmark_cases() -> list[dict]:
 
 
 def parse(argv=None):
-    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=DEFAULTS["seeds"])
+    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=DEFAULTS["seeds"], threads=DEFAULTS["threads"])
     electricity.add_training_options(p, DEFAULTS)
     return cli.parse_args(p, argv, smoke=SMOKE)
 

@@ -32,7 +32,7 @@ import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 from torchmetrics import MeanSquaredError
 
-from common import cli, data, metrics, plots, repro, results, timeseries
+from common import cli, data, metrics, parallel, plots, repro, results, timeseries
 from common.device import synchronize, to_device
 
 SEQ_LEN = 96                       # 24 h of 15-minute readings
@@ -366,6 +366,15 @@ def run_seed(seed: int, models: dict, prep: dict, args: argparse.Namespace, devi
     return out
 
 
+def merge_models(runs: list[dict]) -> dict:
+    """One seed's ``run_seed`` records of single models merged into that seed's record (as if ``run_seed`` had
+    trained them all)."""
+    out = combine(runs)
+    out.update(metrics={k: v for r in runs for k, v in r["metrics"].items()},
+               timings={k: v for r in runs for k, v in r["timings"].items()})
+    return out
+
+
 def combine(per_seed: list[dict]) -> dict:
     """The seeds' runs together: histories, divergences and totals merged in seed order; for each
     model the predictions of the first seed in which it did not diverge."""
@@ -414,10 +423,18 @@ def run_study(experiment: str, models: dict, args: argparse.Namespace, smoke: di
     print_start(experiment, prep, start.device)
     seeds = cli.seed_list(args)
     max_batches = smoke["max_batches"] if args.smoke else None
-    per_seed = [run_seed(seed, models, prep, args, start.device, max_batches) for seed in seeds]
+    # one task per (seed, model), spread over the cores: these models are overhead-bound (common/parallel.py)
+    pairs = [(seed, name) for seed in seeds for name in models]
+    tasks = [(seed, {name: models[name]}, prep, args, start.device, max_batches) for seed, name in pairs]
+    workers = parallel.workers_for(args, start.device, len(tasks))
+    print(f"{len(tasks)} runs (models x seeds) on {workers} worker(s), {args.threads or 1} torch thread(s) each",
+          flush=True)
+    runs = parallel.run_tasks(run_seed, tasks, workers, threads=args.threads or 1)   # their lines name model, seed
+    per_seed = [merge_models(runs[i:i + len(models)]) for i in range(0, len(runs), len(models))]
     mean, std, per_seed_metrics = results.aggregate_seeds([r["metrics"] for r in per_seed])
     mean.update(data_metrics(prep))
-    return Study(start, prep, seeds, per_seed, combine(per_seed), mean, std, per_seed_metrics)
+    run = {**combine(per_seed), "workers": workers, "threads": args.threads or 1}
+    return Study(start, prep, seeds, per_seed, run, mean, std, per_seed_metrics)
 
 
 def write_study(experiment: str, study: Study, args: argparse.Namespace, *, headline: str, timings: dict,
@@ -471,7 +488,8 @@ def timings_of(run: dict, per_seed: list[dict]) -> dict:
     ``wall_s`` before them in the JSON.
     """
     t_mean, t_std, t_per_seed = results.aggregate_seeds([r["timings"] for r in per_seed])
-    return {"train_s": run["train_s"], "eval_s": run["eval_s"],
+    return {"train_s": run["train_s"], "eval_s": run["eval_s"], "workers": run["workers"],
+            "threads_per_worker": run["threads"],
             "train_samples_per_s": run["train_windows"] / run["train_s"] if run["train_s"] else None,
             **t_mean, "std": t_std, "per_seed": t_per_seed}
 
@@ -547,6 +565,7 @@ def add_training_options(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--batch-size", type=cli.positive_int, default=defaults["batch_size"],
                    help="training batch (course: 32)")
     p.add_argument("--lr", type=cli.positive_float, default=defaults["lr"], help="Adam learning rate")
+    parallel.add_option(p, "models x seeds")
 
 
 def random_batch(batch_size: int, device):

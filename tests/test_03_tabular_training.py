@@ -171,7 +171,8 @@ def runs(tmp_path_factory):
             if name == "b":
                 mp.setattr(exp, "train", recording_train)
                 mp.setattr(exp, "evaluate", recording_evaluate)
-            assert exp.main(["--smoke", "--seed", seed, "--results-dir", str(d)]) == 0
+            # --workers 1: the seeds run in this process, where the recording functions are
+            assert exp.main(["--smoke", "--seed", seed, "--workers", "1", "--results-dir", str(d)]) == 0
         out[name] = (json.loads((d / f"{SCRIPT}.json").read_text()), d)
     out["trained"], out["evaluated"] = trained, evaluated
     torch.set_num_threads(threads)  # main() sets --threads (default 1); leave this process as it was

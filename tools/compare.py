@@ -31,7 +31,7 @@ from pathlib import Path
 
 from common.schema import SCHEMA_VERSION, check_result, load_json
 
-IGNORED_CONFIG = {"results_dir", "data_dir", "device", "threads", "rerun", "experiment",   # machine settings,
+IGNORED_CONFIG = {"results_dir", "data_dir", "device", "threads", "workers", "rerun", "experiment",  # machine settings,
                   "synthetic_if_missing"}   # not the experiment (the data's source is compared on its own)
 PATHLIKE_SUFFIXES = ("_dir", "_path", "_file", "_root", "_out", "_json", "_cache")
 TIMING_ROWS = ("wall_s", "train_s", "train_samples_per_s")

@@ -1,0 +1,80 @@
+"""common/parallel.py: tasks in forked workers give what they give in-process, in order, with one thread each;
+and an experiment's figures do not depend on --workers."""
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+import torch
+
+from common import parallel
+from common.device import DeviceError
+from conftest import run_script
+
+
+def threads_and_square(x: int) -> tuple[int, int, int]:
+    print(f"task {x} says hello")
+    return x * x, torch.get_num_threads(), os.getpid()
+
+
+def fails_on_three(x: int) -> int:
+    if x == 3:
+        raise RuntimeError("task three failed")
+    return x
+
+
+def test_tasks_in_workers_return_in_order_with_the_threads_asked_in_other_processes():
+    outs = parallel.run_tasks(threads_and_square, [(i,) for i in range(6)], workers=2, threads=1)
+    assert [o[0] for o in outs] == [0, 1, 4, 9, 16, 25]
+    assert {o[1] for o in outs} == {1}
+    pids = {o[2] for o in outs}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+
+
+def test_in_process_tasks_use_the_threads_asked_and_restore_the_callers():
+    before = torch.get_num_threads()
+    outs = parallel.run_tasks(threads_and_square, [(2,), (3,)], workers=1, threads=1)
+    assert [o[:2] for o in outs] == [(4, 1), (9, 1)] and {o[2] for o in outs} == {os.getpid()}
+    assert torch.get_num_threads() == before
+
+
+def test_a_failing_task_raises_in_the_caller():
+    with pytest.raises(RuntimeError, match="task three failed"):
+        parallel.run_tasks(fails_on_three, [(i,) for i in range(5)], workers=2)
+
+
+def test_worker_lines_carry_their_task_label(capfd):
+    parallel.run_tasks(threads_and_square, [(1,), (2,)], workers=2, labels=["first", "second"])
+    out = capfd.readouterr().out
+    assert "[first] task 1 says hello\n" in out and "[second] task 2 says hello\n" in out
+
+
+def test_workers_for_counts_cores_and_tasks_and_refuses_several_on_a_gpu():
+    ns = lambda w: argparse.Namespace(workers=w)
+    assert parallel.workers_for(ns(None), "cpu", 3) == min(3, parallel.usable_cores())
+    assert parallel.workers_for(ns(8), "cpu", 3) == 3            # never more workers than tasks
+    assert parallel.workers_for(ns(1), "cpu", 9) == 1
+    assert parallel.workers_for(ns(None), "cuda", 9) == 1
+    with pytest.raises(DeviceError, match="--workers 2 needs the CPU"):
+        parallel.workers_for(ns(2), "cuda", 9)
+
+
+def test_bad_workers_value_is_refused_at_parse_time(results_dir):
+    proc, r = run_script("06_electricity_rnn", "--smoke", "--synthetic", "--workers", "0", results_dir=results_dir,
+                         check=False)
+    assert proc.returncode == 2 and "--workers: must be >= 1, got 0" in proc.stderr and r is None
+
+
+@pytest.mark.parametrize("script", ["06_electricity_rnn", "03_tabular_training"])
+def test_the_figures_do_not_depend_on_the_number_of_workers(script, tmp_path):
+    """Each task runs with one torch thread in or out of a worker: same seeds -> the same metrics, bit for bit."""
+    got = {}
+    for w in ("1", "2"):
+        d = tmp_path / w
+        d.mkdir()
+        _, got[w] = run_script(script, "--smoke", "--synthetic", "--workers", w, results_dir=d)
+    assert got["1"]["timings"]["workers"] == 1 and got["2"]["timings"]["workers"] == 2
+    for key in ("metrics", "std", "per_seed", "history", "selection"):
+        assert got["1"][key] == got["2"][key], key
+    assert len(got["1"]["seeds"]) == 2
