@@ -40,7 +40,7 @@ DEVIATIONS = omniglot.DEVIATIONS + [   # 09's too, and:
      "why": "the transcript neither names nor rules out an activation there; the script follows the image "
             "subnet, whose features pass through ELU"}]
 
-DEFAULTS = {"seeds": 3, "split": "both", "model": "both", "split_seed": 0,
+DEFAULTS = {"seeds": 3, "threads": 1, "split": "both", "model": "both", "split_seed": 0,
             "epochs": 3, "batch_size": 64, "lr": 1e-3,                                # the course model
             "improved_epochs": 8, "improved_batch_size": 128, "improved_lr": 3e-3}    # the improved model
 SMOKE = {"epochs": 1, "improved_epochs": 1,
@@ -113,14 +113,12 @@ def run_model(seed: int, split: str, name: str, om: omniglot.Omniglot, tally: om
     return m
 
 
-def run_seed(seed: int, om: omniglot.Omniglot, tally: omniglot.Tally) -> dict:
-    """Every split's baselines and models for one training seed: one flat dict of figures."""
+def baselines(om: omniglot.Omniglot) -> dict:
+    """Every split's baselines on its test images (the same for every seed)."""
     m = {}
     for split, (_, _, te, _) in om.splits.items():
         m[f"baseline.{split}.majority_accuracy"] = omniglot.majority_accuracy(om.ds.character[te])
         m[f"baseline.{split}.alphabet_prior_accuracy"] = alphabet_prior_accuracy(om.ds, te)
-        for name in om.models:
-            m.update(run_model(seed, split, name, om, tally))
     return m
 
 
@@ -198,7 +196,7 @@ def report(om, out: omniglot.Outcome, found: dict, wall_s) -> None:
 
 # ----------------------------------------------------------------------------- main
 def parse(argv=None):
-    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=DEFAULTS["seeds"])
+    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=DEFAULTS["seeds"], threads=DEFAULTS["threads"])
     omniglot.add_options(p, DEFAULTS)
     return cli.parse_args(p, argv, smoke=SMOKE)
 
@@ -209,7 +207,8 @@ def main(argv=None) -> int:
         start, om = omniglot.begin(args, SMOKE["subset"])
     except (data.DataError, DeviceError) as e:
         return cli.fail(e)
-    out = omniglot.run_seeds(args, om, lambda seed, tally: run_seed(seed, om, tally))
+    runs = [(split, name) for split in om.splits for name in om.models]   # each trained with every seed
+    out = omniglot.run_seeds(args, om, lambda seed, run, tally: run_model(seed, *run, om, tally), runs, baselines(om))
     make_plots(plots.plot_dir(args.results_dir, EXPERIMENT), out.done, out.mean, out.std, out.tally.history)
     found = comparisons(om, out)
     wall_s = omniglot.write_result(EXPERIMENT, args, start, out, data=om.info, script=__file__,

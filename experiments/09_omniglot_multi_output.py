@@ -57,7 +57,7 @@ DEVIATIONS = omniglot.DEVIATIONS + [   # 08's too, and:
      "why": "a mean-reduced loss is one number: divided by its own maximum it is the constant 1 (and, with the "
             "maximum differentiated, has zero gradient); the per-sample losses are what has a batch maximum"}]
 
-DEFAULTS = {"seeds": 3, "split": "both", "model": "both", "split_seed": 0,
+DEFAULTS = {"seeds": 3, "threads": 1, "split": "both", "model": "both", "split_seed": 0,
             "epochs": 3, "batch_size": 64, "lr": 1e-3,                                # the course model
             "improved_epochs": 8, "improved_batch_size": 128, "improved_lr": 3e-3,    # the improved model
             "scaling_epochs": 20, "scaling_batch_size": 64, "scaling_lr": 1e-3}       # the salary network
@@ -284,24 +284,30 @@ def one_torch_thread():
 
 
 # ----------------------------------------------------------------------------- one seed
-def run_seed(seed, om: omniglot.Omniglot, sal: Salaries, args, tally: omniglot.Tally) -> dict:
-    """Baselines, every omniglot run and the loss-scaling study for one training seed: one flat dict."""
+def baselines(om: omniglot.Omniglot) -> dict:
+    """Every split's majority-class baselines for both heads (the same for every seed)."""
     m = {}
     for split, (_, _, te, _) in om.splits.items():
         m[f"baseline.{split}.alphabet_majority_accuracy"] = omniglot.majority_accuracy(om.ds.alphabet[te])
         m[f"baseline.{split}.char_majority_accuracy"] = omniglot.majority_accuracy(om.ds.character[te])
-    for split, name, weighting in omniglot_runs(om):
-        m.update(run_model(seed, split, name, weighting, om, tally))
+    return m
+
+
+def run_task(seed, run: tuple, om: omniglot.Omniglot, sal: Salaries, args, tally: omniglot.Tally) -> dict:
+    """One run with one seed: an omniglot run (split, model, weighting), or ("scaling",), the loss-scaling study
+    on the DS salaries table."""
+    if run != ("scaling",):
+        return run_model(seed, *run, om, tally)
     print(f"seed {seed}  loss scaling on the DS salaries table", flush=True)
     try:
         with one_torch_thread():
             scaling, scaling_hist = run_scaling(seed, sal, args, om.device)
     except results.Diverged as e:
         tally.diverged.append({"run": "scaling", "seed": seed, **e.to_json()})
-        return m
+        return {}
     if seed == tally.first_seed:
         tally.history.update(scaling_hist)
-    return {**m, **scaling}
+    return scaling
 
 
 # ----------------------------------------------------------------------------- benchmarks
@@ -431,7 +437,7 @@ def report(om, out: omniglot.Outcome, weighting_rows, found: dict, wall_s) -> No
 
 # ----------------------------------------------------------------------------- main
 def parse(argv=None):
-    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=DEFAULTS["seeds"])
+    p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=DEFAULTS["seeds"], threads=DEFAULTS["threads"])
     omniglot.add_options(p, DEFAULTS)
     p.add_argument("--scaling-epochs", type=cli.positive_int, default=DEFAULTS["scaling_epochs"],
                    help="epochs of the salary network")
@@ -447,7 +453,9 @@ def main(argv=None) -> int:
         sal = load_salaries(args, start.device)   # before any training: a missing table fails early
     except (data.DataError, DeviceError) as e:
         return cli.fail(e)
-    out = omniglot.run_seeds(args, om, lambda seed, tally: run_seed(seed, om, sal, args, tally))
+    runs = [*omniglot_runs(om), ("scaling",)]   # each with every seed
+    out = omniglot.run_seeds(args, om, lambda seed, run, tally: run_task(seed, run, om, sal, args, tally), runs,
+                             baselines(om))
     weighting_rows = weighting_table(out.mean, out.std, om)
     make_plots(plots.plot_dir(args.results_dir, EXPERIMENT), out.done, out.mean, out.std, out.tally.history,
                weighting_rows)

@@ -142,7 +142,8 @@ def omniglot_reads(monkeypatch, script, argv: list[str]) -> tuple[dict, list]:
     monkeypatch.setattr(omniglot, "predict", recording_predict)
     monkeypatch.setattr(omniglot, "train_run", flagged_train_run)
     monkeypatch.setattr(omniglot, "make_splits", lambda *a, **kw: splits.update(make_splits(*a, **kw)) or dict(splits))
-    assert main_in_process(monkeypatch, script.main, argv) == 0
+    # --workers 1: every run in this process, where the recording functions are
+    assert main_in_process(monkeypatch, script.main, [*argv, "--workers", "1"]) == 0
     return splits, calls
 
 

@@ -66,7 +66,7 @@ def test_bad_workers_value_is_refused_at_parse_time(results_dir):
     assert proc.returncode == 2 and "--workers: must be >= 1, got 0" in proc.stderr and r is None
 
 
-@pytest.mark.parametrize("script", ["06_electricity_rnn", "03_tabular_training"])
+@pytest.mark.parametrize("script", ["06_electricity_rnn", "03_tabular_training", "08_omniglot_multi_input"])
 def test_the_figures_do_not_depend_on_the_number_of_workers(script, tmp_path):
     """Each task runs with one torch thread in or out of a worker: same seeds -> the same metrics, bit for bit."""
     got = {}
