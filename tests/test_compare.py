@@ -218,6 +218,27 @@ def test_report_has_course_figures_baselines_plots_and_environment(tmp_path):
     assert "Test CPU A" in text and "torch 2.x" in text and "| sigmoid(6) | 0.9975 |" in text
 
 
+def test_columns_name_the_worker_processes_a_run_was_spread_over(tmp_path):
+    spread = result(threads=1, timings={"wall_s": 5.0, "train_s": 8.0, "train_samples_per_s": 600.0, "workers": 2})
+    a, b = put(tmp_path / "a", result(threads=2)), put(tmp_path / "b", spread)
+    proc = run(a, b)
+    assert proc.returncode == 0, proc.stderr
+    assert "(Test CPU A, 2 thr)" in proc.stdout and "(Test CPU A, 1 thr x 2 workers)" in proc.stdout
+
+
+def test_readme_table_ends_with_the_whole_runs_span_from_the_scripts_clocks():
+    """First start 10:00:00, the last script (started 10:01:00) ends 200 s later: the run spans 260 s, although
+    the wall times add up to 300 (05's two protocols overlap); records without a start time are left out."""
+    a = result("05_water_potability_course", timings={"wall_s": 100.0})
+    b = result("05_water_potability_clean", timings={"wall_s": 200.0})
+    a["started_at"], b["started_at"] = "2026-11-30T10:00:00+00:00", "2026-11-30T10:01:00+00:00"
+    assert report.run_span_s([a, b, result("01_tensors_and_layers")]) == 260.0
+    assert report.run_span_s([result("01_tensors_and_layers")]) is None
+    table = report.readme_table([a, b], "REPORT.md")
+    assert table.endswith("the last one's end: 4 min (260 s; a script's runs spread over its CPU cores, 05's two "
+                          "protocols at the same time).\n")
+
+
 def test_report_refuses_a_folder_without_results(tmp_path, capsys):
     assert report.main([str(tmp_path), "--out", str(tmp_path / "R.md")]) == 2
     assert "no result JSONs" in capsys.readouterr().err

@@ -9,7 +9,8 @@ The first argument is the reference: every other column also gets its ratio to i
   argument's by more than the seeds' spread (the larger of the two ``std``) is flagged;
 * one table of benchmarks (samples/s of every forward / train-step benchmark, and the figure
   normalised by the same run's reference kernel);
-* columns name the device (``environment.device_info.name``) and torch's thread count;
+* columns name the device (``environment.device_info.name``), torch's thread count and, where a script spread
+  its runs over worker processes, their number (its throughput figures are then per run, i.e. per worker);
 * ``--plot PATH``: a PNG of the relative throughput of every model (benchmarks' train steps and the
   experiments' training throughput) across the compared arguments.
 
@@ -57,7 +58,9 @@ class Source:
         for r in recs:
             env = r.get("environment") or {}
             name = (env.get("device_info") or {}).get("name") or env.get("device") or "?"
-            return f"{name}, {env.get('torch_threads', '?')} thr"
+            workers = (r.get("timings") or {}).get("workers")   # runs spread over worker processes (per run: thr)
+            spread = f" x {workers} workers" if isinstance(workers, int) and workers > 1 else ""
+            return f"{name}, {env.get('torch_threads', '?')} thr{spread}"
         for b in self.benches.values():
             info = b.get("extra_info") or {}
             if info.get("device_name"):

@@ -247,7 +247,27 @@ def readme_table(records: list[dict], report_link: str) -> str:
         seeds = len(r["seeds"])
         lines.append(f"| {spec['label']} ({seeds} seed{'s' if seeds != 1 else ''}) | {figs} | {course} | {base} | "
                      f"{words} | {dev} | {'n/a' if wall is None else f'{wall:.0f} s'} |")
+    span = run_span_s(records)
+    if span is not None:
+        lines += ["", f"The whole run, from the first script's start to the last one's end: {span / 60:.0f} min "
+                      f"({span:,.0f} s; a script's runs spread over its CPU cores, 05's two protocols at the same time)."]
     return "\n".join(lines) + "\n"
+
+
+def run_span_s(records: list[dict]) -> float | None:
+    """Seconds from the earliest ``started_at`` to the latest ``started_at + wall_s`` of the records: a run of
+    the suite by its scripts' own clocks (the first script's interpreter start-up and run_all's checks before it
+    are not in it; ``started_at`` has whole seconds)."""
+    spans = []
+    for r in records:
+        wall = (r.get("timings") or {}).get("wall_s")
+        try:
+            spans.append((_dt.datetime.fromisoformat(r["started_at"]).timestamp(), float(wall)))
+        except (KeyError, TypeError, ValueError):   # no start time or wall time: not part of the span
+            continue
+    if not spans:
+        return None
+    return max(t + w for t, w in spans) - min(t for t, _ in spans)
 
 
 README_MARKERS = re.compile(r"<!-- results-table: generated from (.+?) by [^\n]*-->\n(.*?)" + re.escape(README_END), re.S)
