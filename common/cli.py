@@ -148,6 +148,8 @@ def start(args: argparse.Namespace) -> Start:
     started_at, t0 = now_iso(), time.perf_counter()
     device = choose_device(args.device)
     apply_threads(args, device)
+    from .parallel import check_workers
+    check_workers(args, device)   # --workers above 1 on a GPU, or with several threads a run: a setup error
     return Start(device, started_at, t0)
 
 

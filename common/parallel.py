@@ -1,15 +1,20 @@
 """Independent training runs (seeds, models, protocols) on several CPU cores at once: ``run_tasks``.
 
-Why: the suite's small models (03's and 05's MLPs, 06/07's recurrent nets) are bound by per-op overhead, so a
-second torch thread inside one run buys little (measured on a 2-core EPYC: the RNN's and GRU's training step
-1.0x and 1.08x faster with 2 threads), while two runs on the two cores do twice the work. Each task runs with
-one torch thread whether it runs here or in a worker, so ``--workers`` changes the wall time, never a figure
-(tests/test_parallel.py checks that bit for bit).
+Why: the suite's small models (03's and 05's MLPs, 06/07's recurrent nets, 08/09's image nets) are bound by
+per-op overhead, so a second torch thread inside one run buys little (measured on a 2-core EPYC: the RNN's and
+GRU's training step 1.0x and 1.08x faster with 2 threads), while two runs on two cores do more work. Each task
+runs with the parent's torch threads (``--threads``, 1 by default in these scripts, set by ``cli.start``) whether
+it runs here or in a worker, so ``--workers`` changes the wall time, never a figure in ``metrics``
+(tests/test_parallel.py checks that bit for bit). Timings made while runs share the cores (throughput) do
+depend on it; the result records ``timings.workers``.
 
-Workers are forked: they inherit the parent's prepared data without copying it through a pipe; only the task's
-index goes out and its (picklable) result comes back. A worker's printed lines carry the task's label, so
-interleaved progress stays readable. On a GPU there is one worker (a forked child cannot use the parent's CUDA
-context); ``workers_for`` chooses.
+Workers are forked only with one torch thread per run (forking a process whose OpenMP pool ran several threads
+is not safe with GNU OpenMP, and several threads per worker would oversubscribe the cores): with ``--threads``
+above 1 the runs go one after another in this process. They inherit the parent's prepared data without
+copying it through a pipe; only the task's index goes out and its (picklable) result comes back. A worker's
+printed lines can carry the task's label. On a GPU there is one worker (a forked child cannot use the parent's
+CUDA context). Ctrl-C or SIGTERM stops the workers at once (``Pool.terminate``); results are written only after
+all runs are back, so nothing is half-written.
 """
 from __future__ import annotations
 
@@ -17,7 +22,6 @@ import argparse
 import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Sequence
 
 import torch
@@ -34,24 +38,37 @@ def usable_cores() -> int:
 
 
 def add_option(p: argparse.ArgumentParser, what: str) -> None:
-    """``--workers N``: how many ``what`` run at once (default: one per usable core on the CPU, 1 on CUDA)."""
+    """``--workers N``: how many ``what`` run at once (default: one per usable core on the CPU, 1 on a GPU)."""
     from .cli import positive_int
     p.add_argument("--workers", type=positive_int, default=None, metavar="N",
-                   help=f"{what} trained at once in forked processes, --threads torch threads each (default: one per "
-                        f"usable CPU core, 1 on a GPU); changes the wall time, not the figures")
+                   help=f"{what} trained at once in forked processes, one torch thread each (default: one per "
+                        f"usable CPU core with --threads 1, else 1; 1 on a GPU); changes the wall time, not the "
+                        f"figures")
+
+
+def check_workers(args: argparse.Namespace, device) -> None:
+    """Raise ``DeviceError`` where ``--workers`` above 1 cannot be honoured: on a GPU, or with more than one torch
+    thread per run (called by ``cli.start``, inside every script's setup error handling)."""
+    from .device import DeviceError
+    asked = getattr(args, "workers", None)
+    if asked is None or asked <= 1:
+        return
+    if torch.device(device).type != "cpu":
+        raise DeviceError(f"--workers {asked} needs the CPU: forked workers cannot share the parent's GPU context")
+    if torch.get_num_threads() > 1:
+        raise DeviceError(f"--workers {asked} needs one torch thread per run (--threads 1), not "
+                          f"{torch.get_num_threads()}: forking after multi-threaded OpenMP work is unsafe, and "
+                          f"{asked} x {torch.get_num_threads()} threads would oversubscribe the cores")
 
 
 def workers_for(args: argparse.Namespace, device, n_tasks: int) -> int:
     """The number of workers for ``n_tasks`` tasks: ``--workers`` if given, else one per usable core; never more
-    than the tasks; 1 on a GPU. Raises ``DeviceError`` for ``--workers`` > 1 on a GPU."""
-    from .device import DeviceError
-    asked = getattr(args, "workers", None)
-    gpu = torch.device(device).type != "cpu"
-    if asked is not None and asked > 1 and gpu:
-        raise DeviceError(f"--workers {asked} needs the CPU: forked workers cannot share the parent's GPU context")
-    if gpu:
+    than the tasks; 1 on a GPU or with more than one torch thread per run (``check_workers`` refuses an explicit
+    ``--workers`` above 1 there)."""
+    check_workers(args, device)
+    if torch.device(device).type != "cpu" or torch.get_num_threads() > 1:
         return 1
-    return max(1, min(asked or usable_cores(), n_tasks))
+    return max(1, min(getattr(args, "workers", None) or usable_cores(), n_tasks))
 
 
 class _Labelled:
@@ -89,30 +106,34 @@ def _run_one(i: int):
         sys.stderr.flush()
 
 
-def run_tasks(fn: Callable, tasks: Sequence[tuple], workers: int, labels: Sequence[str] | None = None,
-              threads: int = 1) -> list:
-    """``[fn(*task) for task in tasks]``, in that order, each with ``threads`` torch threads (the same here and in
-    a worker, so the figures do not depend on ``workers``); with ``workers`` > 1 in that many forked worker
-    processes (the first tasks start first). ``labels``: one per task, put before each line a worker prints.
-    An exception in a task is raised here (the pool is shut down first)."""
+def _worker_init(threads: int) -> None:
+    """A worker: the parent's torch threads; Ctrl-C and SIGTERM left to the parent, which stops the workers (the
+    suite's SIGTERM handler, inherited, would make each print a traceback)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    torch.set_num_threads(threads)
+
+
+def run_tasks(fn: Callable, tasks: Sequence[tuple], workers: int, labels: Sequence[str] | None = None) -> list:
+    """``[fn(*task) for task in tasks]``, in that order, each with this process's torch threads (the same here
+    and in a worker, so the figures do not depend on ``workers``); with ``workers`` > 1 in that many forked
+    worker processes (the first tasks start first). ``labels``: one per task, put before each line a worker
+    prints (None: lines as printed). An exception in a task, or Ctrl-C, stops the workers at once and is raised
+    here."""
     global _JOB
     from .repro import apply_determinism
     # the tasks set these flags as they seed themselves (seed_everything); set here too, before any fork, so the
     # parent, which records the result's environment.numerics, holds what its workers ran with
     apply_determinism()
-    previous = torch.get_num_threads()
     if workers <= 1 or len(tasks) <= 1:
-        torch.set_num_threads(threads)
-        try:
-            return [fn(*task) for task in tasks]
-        finally:
-            torch.set_num_threads(previous)
+        return [fn(*task) for task in tasks]
     _JOB = (fn, list(tasks), labels)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                 initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-            return list(pool.map(_run_one, range(len(tasks))))
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init,
+                                                      initargs=(torch.get_num_threads(),)) as pool:
+            return pool.map(_run_one, range(len(tasks)), chunksize=1)   # leaving the block terminates the workers
     finally:
         _JOB = None

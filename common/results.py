@@ -36,7 +36,10 @@ class Diverged(RuntimeError):
 
     def __init__(self, epoch: int, step: int, value: float, what: str = "loss"):
         super().__init__(f"{what} became {value} at epoch {epoch}, step {step}")
-        self.epoch, self.step, self.value = epoch, step, value
+        self.epoch, self.step, self.value, self.what = epoch, step, value, what
+
+    def __reduce__(self):   # picklable with its attributes (a run's extra ones too): it may come from a worker
+        return type(self), (self.epoch, self.step, self.value, self.what), dict(self.__dict__)
 
     def to_json(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "value": str(self.value)}

@@ -578,9 +578,8 @@ def run_seeds(seeds: list[int], d: dict, args, device) -> tuple[list, list[dict]
     """``run_seed`` for every seed, spread over the cores (``--workers``; the figures do not depend on it); the
     seeds before the first that diverges are kept (and still written); the clocks summed."""
     workers = parallel.workers_for(args, device, len(seeds))
-    print(f"{len(seeds)} seed(s) on {workers} worker(s), {args.threads or 1} torch thread(s) each", flush=True)
-    outs = parallel.run_tasks(seed_task, [(seed, d, args, device) for seed in seeds], workers,
-                              threads=args.threads or 1)
+    print(f"{len(seeds)} seed(s) on {workers} worker(s), {torch.get_num_threads()} torch thread(s) each", flush=True)
+    outs = parallel.run_tasks(seed_task, [(seed, d, args, device) for seed in seeds], workers)
     runs, clock = [], Clock(device)
     clock.workers = workers
     for out in outs:

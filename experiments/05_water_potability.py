@@ -670,14 +670,17 @@ def main(argv=None) -> int:
                **{f"grad.{v}": (args.grad_optimizer, v) for v in VARIANTS}}
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     try:   # setup only: the device and both protocols' data, before anything is trained
-        workers = parallel.workers_for(args, choose_device(args.device), len(protocols))
+        device = choose_device(args.device)
+        cli.apply_threads(args, device)   # the workers run with this process's threads
+        workers = parallel.workers_for(args, device, len(protocols))
         splits = {protocol: load_split(protocol, args) for protocol in protocols}
     except (data.DataError, DeviceError) as e:
         return cli.fail(e)
-    print(f"{len(protocols)} protocol(s) on {workers} worker(s), {args.threads or 1} torch thread(s) each", flush=True)
+    print(f"{len(protocols)} protocol(s) on {workers} worker(s), {torch.get_num_threads()} torch thread(s) each",
+          flush=True)
     # the protocols are independent: one worker each, their printed lines labelled
     codes = parallel.run_tasks(run_protocol, [(p, splits[p], args, seeds, lrs, configs, workers) for p in protocols],
-                               workers, labels=protocols, threads=args.threads or 1)
+                               workers, labels=protocols)
     return max(codes)
 
 

@@ -427,13 +427,13 @@ def run_study(experiment: str, models: dict, args: argparse.Namespace, smoke: di
     pairs = [(seed, name) for seed in seeds for name in models]
     tasks = [(seed, {name: models[name]}, prep, args, start.device, max_batches) for seed, name in pairs]
     workers = parallel.workers_for(args, start.device, len(tasks))
-    print(f"{len(tasks)} runs (models x seeds) on {workers} worker(s), {args.threads or 1} torch thread(s) each",
-          flush=True)
-    runs = parallel.run_tasks(run_seed, tasks, workers, threads=args.threads or 1)   # their lines name model, seed
+    print(f"{len(tasks)} runs (models x seeds) on {workers} worker(s), {torch.get_num_threads()} torch thread(s) "
+          f"each", flush=True)
+    runs = parallel.run_tasks(run_seed, tasks, workers)   # their lines name model and seed
     per_seed = [merge_models(runs[i:i + len(models)]) for i in range(0, len(runs), len(models))]
     mean, std, per_seed_metrics = results.aggregate_seeds([r["metrics"] for r in per_seed])
     mean.update(data_metrics(prep))
-    run = {**combine(per_seed), "workers": workers, "threads": args.threads or 1}
+    run = {**combine(per_seed), "workers": workers, "threads": torch.get_num_threads()}
     return Study(start, prep, seeds, per_seed, run, mean, std, per_seed_metrics)
 
 

@@ -478,14 +478,14 @@ def one_run(run_task, seed: int, spec: tuple, first_seed: int) -> tuple[dict, Ta
 def run_seeds(args, om: Omniglot, run_task, specs: list[tuple], fixed: dict) -> Outcome:
     """``run_task(seed, spec, tally) -> flat figures`` for every seed and every run ``spec`` (split, model, ...),
     spread over the cores (``--workers``, one torch thread each: the figures do not depend on it; the small
-    image nets gain 1.1-1.5x over one run on two threads, measured on a 2-core EPYC); per seed its runs'
+    image nets' training throughput gains 1.1-1.5x over one run on two threads, measured on a 2-core EPYC); per seed its runs'
     figures and ``fixed`` (figures the same for every seed: the baselines), aggregated; one :class:`Tally`."""
     seeds = cli.seed_list(args)
     tasks = [(run_task, seed, spec, args.seed) for seed in seeds for spec in specs]
     workers = parallel.workers_for(args, om.device, len(tasks))
-    print(f"{len(tasks)} runs (seeds x {len(specs)}) on {workers} worker(s), {args.threads or 1} torch thread(s) "
-          f"each", flush=True)
-    outs = parallel.run_tasks(one_run, tasks, workers, threads=args.threads or 1)   # their lines name the run
+    print(f"{len(tasks)} runs (seeds x {len(specs)}) on {workers} worker(s), {torch.get_num_threads()} torch "
+          f"thread(s) each", flush=True)
+    outs = parallel.run_tasks(one_run, tasks, workers)   # their lines name the run
     tally, per_seed = Tally(first_seed=args.seed), []
     for i in range(0, len(outs), len(specs)):   # in seed order, each seed's runs in spec order
         figures = dict(fixed)

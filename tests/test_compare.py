@@ -235,8 +235,8 @@ def test_readme_table_ends_with_the_whole_runs_span_from_the_scripts_clocks():
     assert report.run_span_s([a, b, result("01_tensors_and_layers")]) == 260.0
     assert report.run_span_s([result("01_tensors_and_layers")]) is None
     table = report.readme_table([a, b], "REPORT.md")
-    assert table.endswith("the last one's end: 4 min (260 s; a script's runs spread over its CPU cores, 05's two "
-                          "protocols at the same time).\n")
+    assert table.endswith("the last one's end: 4 min (260 s; runs within a script may overlap on the CPU cores: "
+                          "each result's timings.workers).\n")
 
 
 def test_report_refuses_a_folder_without_results(tmp_path, capsys):

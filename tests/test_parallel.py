@@ -8,9 +8,17 @@ import os
 import pytest
 import torch
 
-from common import parallel
+from common import parallel, results
 from common.device import DeviceError
 from conftest import run_script
+
+
+@pytest.fixture
+def threads():
+    """Set this process's torch threads for a test (the workers inherit them); put them back after."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
 
 
 def threads_and_square(x: int) -> tuple[int, int, int]:
@@ -24,40 +32,69 @@ def fails_on_three(x: int) -> int:
     return x
 
 
-def test_tasks_in_workers_return_in_order_with_the_threads_asked_in_other_processes():
-    outs = parallel.run_tasks(threads_and_square, [(i,) for i in range(6)], workers=2, threads=1)
+def diverges(x: int) -> int:
+    e = results.Diverged(2, 7, float("nan"))
+    e.run = f"run {x}"
+    raise e
+
+
+def test_tasks_in_workers_return_in_order_with_the_callers_threads_in_other_processes(threads):
+    threads(1)
+    outs = parallel.run_tasks(threads_and_square, [(i,) for i in range(6)], workers=2)
     assert [o[0] for o in outs] == [0, 1, 4, 9, 16, 25]
     assert {o[1] for o in outs} == {1}
     pids = {o[2] for o in outs}
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
 
 
-def test_in_process_tasks_use_the_threads_asked_and_restore_the_callers():
-    before = torch.get_num_threads()
-    outs = parallel.run_tasks(threads_and_square, [(2,), (3,)], workers=1, threads=1)
-    assert [o[:2] for o in outs] == [(4, 1), (9, 1)] and {o[2] for o in outs} == {os.getpid()}
-    assert torch.get_num_threads() == before
+def test_in_process_tasks_run_here_with_the_callers_threads(threads):
+    threads(2)
+    outs = parallel.run_tasks(threads_and_square, [(2,), (3,)], workers=1)
+    assert [o[:2] for o in outs] == [(4, 2), (9, 2)] and {o[2] for o in outs} == {os.getpid()}
 
 
-def test_a_failing_task_raises_in_the_caller():
+def test_a_failing_task_raises_in_the_caller(threads):
+    threads(1)
     with pytest.raises(RuntimeError, match="task three failed"):
         parallel.run_tasks(fails_on_three, [(i,) for i in range(5)], workers=2)
 
 
-def test_worker_lines_carry_their_task_label(capfd):
+def test_a_divergence_in_a_worker_arrives_whole(threads):
+    """Diverged pickles with its fields and a run's extra ones, so the caller can record it."""
+    threads(1)
+    with pytest.raises(results.Diverged) as info:
+        parallel.run_tasks(diverges, [(0,), (1,)], workers=2)
+    e = info.value
+    assert (e.epoch, e.step, e.what, e.run) == (2, 7, "loss", "run 0") and str(e) == "loss became nan at epoch 2, step 7"
+
+
+def test_worker_lines_carry_their_task_label(capfd, threads):
+    threads(1)
     parallel.run_tasks(threads_and_square, [(1,), (2,)], workers=2, labels=["first", "second"])
     out = capfd.readouterr().out
     assert "[first] task 1 says hello\n" in out and "[second] task 2 says hello\n" in out
 
 
-def test_workers_for_counts_cores_and_tasks_and_refuses_several_on_a_gpu():
+def test_workers_for_counts_cores_and_tasks_and_refuses_a_gpu_or_several_threads(threads):
     ns = lambda w: argparse.Namespace(workers=w)
+    threads(1)
     assert parallel.workers_for(ns(None), "cpu", 3) == min(3, parallel.usable_cores())
     assert parallel.workers_for(ns(8), "cpu", 3) == 3            # never more workers than tasks
     assert parallel.workers_for(ns(1), "cpu", 9) == 1
     assert parallel.workers_for(ns(None), "cuda", 9) == 1
     with pytest.raises(DeviceError, match="--workers 2 needs the CPU"):
         parallel.workers_for(ns(2), "cuda", 9)
+    threads(2)   # several threads a run: one after another in this process (no fork, no oversubscription)
+    assert parallel.workers_for(ns(None), "cpu", 9) == 1
+    with pytest.raises(DeviceError, match=r"--workers 2 needs one torch thread per run \(--threads 1\), not 2"):
+        parallel.workers_for(ns(2), "cpu", 9)
+
+
+def test_workers_with_several_threads_is_a_setup_error_exit_2(results_dir):
+    proc, r = run_script("06_electricity_rnn", "--smoke", "--synthetic", "--workers", "2", "--threads", "2",
+                         results_dir=results_dir, check=False)
+    assert proc.returncode == 2 and "needs one torch thread per run" in proc.stderr and r is None
+    assert "Traceback" not in proc.stderr
 
 
 def test_bad_workers_value_is_refused_at_parse_time(results_dir):

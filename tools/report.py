@@ -250,7 +250,7 @@ def readme_table(records: list[dict], report_link: str) -> str:
     span = run_span_s(records)
     if span is not None:
         lines += ["", f"The whole run, from the first script's start to the last one's end: {span / 60:.0f} min "
-                      f"({span:,.0f} s; a script's runs spread over its CPU cores, 05's two protocols at the same time)."]
+                      f"({span:,.0f} s; runs within a script may overlap on the CPU cores: each result's timings.workers)."]
     return "\n".join(lines) + "\n"
 
 
