@@ -115,17 +115,19 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_tasks(fn: Callable, tasks: Sequence[tuple], workers: int, labels: Sequence[str] | None = None) -> list:
+def run_tasks(fn: Callable, tasks: Sequence[tuple], workers: int, labels: Sequence[str] | None = None,
+              what: str = "runs") -> list:
     """``[fn(*task) for task in tasks]``, in that order, each with this process's torch threads (the same here
     and in a worker, so the figures do not depend on ``workers``); with ``workers`` > 1 in that many forked
     worker processes (the first tasks start first). ``labels``: one per task, put before each line a worker
-    prints (None: lines as printed). An exception in a task, or Ctrl-C, stops the workers at once and is raised
-    here."""
+    prints (None: lines as printed); ``what`` names the tasks in the one line said before they start. An
+    exception in a task, or Ctrl-C, stops the workers at once and is raised here."""
     global _JOB
     from .repro import apply_determinism
     # the tasks set these flags as they seed themselves (seed_everything); set here too, before any fork, so the
     # parent, which records the result's environment.numerics, holds what its workers ran with
     apply_determinism()
+    print(f"{len(tasks)} {what} on {workers} worker(s), {torch.get_num_threads()} torch thread(s) each", flush=True)
     if workers <= 1 or len(tasks) <= 1:
         return [fn(*task) for task in tasks]
     _JOB = (fn, list(tasks), labels)

@@ -228,8 +228,8 @@ def load_data(args, device) -> dict:
 class Clock:
     """Sums training and evaluation time and the samples seen in training."""
 
-    def __init__(self, device):
-        self.device, self.train_s, self.eval_s, self.samples = device, 0.0, 0.0, 0
+    def __init__(self, device, workers: int = 1):
+        self.device, self.train_s, self.eval_s, self.samples, self.workers = device, 0.0, 0.0, 0, workers
 
 
 def evaluate(model, x, y, loss_fn, num_classes: int | None = None, clock: Clock | None = None):
@@ -578,10 +578,8 @@ def run_seeds(seeds: list[int], d: dict, args, device) -> tuple[list, list[dict]
     """``run_seed`` for every seed, spread over the cores (``--workers``; the figures do not depend on it); the
     seeds before the first that diverges are kept (and still written); the clocks summed."""
     workers = parallel.workers_for(args, device, len(seeds))
-    print(f"{len(seeds)} seed(s) on {workers} worker(s), {torch.get_num_threads()} torch thread(s) each", flush=True)
-    outs = parallel.run_tasks(seed_task, [(seed, d, args, device) for seed in seeds], workers)
-    runs, clock = [], Clock(device)
-    clock.workers = workers
+    outs = parallel.run_tasks(seed_task, [(seed, d, args, device) for seed in seeds], workers, what="seed(s)")
+    runs, clock = [], Clock(device, workers)
     for out in outs:
         for k in ("train_s", "eval_s", "samples"):
             setattr(clock, k, getattr(clock, k) + getattr(out["clock"], k))

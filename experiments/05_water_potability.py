@@ -676,11 +676,9 @@ def main(argv=None) -> int:
         splits = {protocol: load_split(protocol, args) for protocol in protocols}
     except (data.DataError, DeviceError) as e:
         return cli.fail(e)
-    print(f"{len(protocols)} protocol(s) on {workers} worker(s), {torch.get_num_threads()} torch thread(s) each",
-          flush=True)
     # the protocols are independent: one worker each, their printed lines labelled
     codes = parallel.run_tasks(run_protocol, [(p, splits[p], args, seeds, lrs, configs, workers) for p in protocols],
-                               workers, labels=protocols)
+                               workers, labels=protocols, what="protocol(s)")
     return max(codes)
 
 

@@ -427,9 +427,7 @@ def run_study(experiment: str, models: dict, args: argparse.Namespace, smoke: di
     pairs = [(seed, name) for seed in seeds for name in models]
     tasks = [(seed, {name: models[name]}, prep, args, start.device, max_batches) for seed, name in pairs]
     workers = parallel.workers_for(args, start.device, len(tasks))
-    print(f"{len(tasks)} runs (models x seeds) on {workers} worker(s), {torch.get_num_threads()} torch thread(s) "
-          f"each", flush=True)
-    runs = parallel.run_tasks(run_seed, tasks, workers)   # their lines name model and seed
+    runs = parallel.run_tasks(run_seed, tasks, workers, what="runs (models x seeds)")   # lines name model, seed
     per_seed = [merge_models(runs[i:i + len(models)]) for i in range(0, len(runs), len(models))]
     mean, std, per_seed_metrics = results.aggregate_seeds([r["metrics"] for r in per_seed])
     mean.update(data_metrics(prep))

@@ -483,9 +483,7 @@ def run_seeds(args, om: Omniglot, run_task, specs: list[tuple], fixed: dict) -> 
     seeds = cli.seed_list(args)
     tasks = [(run_task, seed, spec, args.seed) for seed in seeds for spec in specs]
     workers = parallel.workers_for(args, om.device, len(tasks))
-    print(f"{len(tasks)} runs (seeds x {len(specs)}) on {workers} worker(s), {torch.get_num_threads()} torch "
-          f"thread(s) each", flush=True)
-    outs = parallel.run_tasks(one_run, tasks, workers)   # their lines name the run
+    outs = parallel.run_tasks(one_run, tasks, workers, what=f"runs (seeds x {len(specs)})")   # lines name the run
     tally, per_seed = Tally(first_seed=args.seed), []
     for i in range(0, len(outs), len(specs)):   # in seed order, each seed's runs in spec order
         figures = dict(fixed)
