@@ -25,7 +25,7 @@ import torch
 
 from .device import describe_device
 
-from .schema import (REQUIRED_KEYS, SCHEMA_VERSION, STATUSES, check_deviations, check_selection,  # noqa: F401
+from .schema import (REQUIRED_KEYS, SCHEMA_VERSION, STATUSES, check_deviations, check_selection, check_targets,  # noqa: F401
                      read_result)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -169,6 +169,38 @@ def aggregate_seeds(per_seed_metrics: list[dict]) -> tuple[dict, dict, dict]:
     return mean, std, per_seed
 
 
+def time_to_target(scores: list[float], seconds: list[float], target: float, higher_is_better: bool = True) -> dict:
+    """When one run's validation curve first reached ``target`` (airbench's time-to-target): ``scores[i]`` is the
+    validation figure and ``seconds[i]`` the training seconds so far (evaluation not counted) after epoch i + 1.
+    {"time_to_target_s", "epochs_to_target" (None when never reached), "best" (the best figure reached),
+    "best_epoch", "train_s" (all the run's training seconds)}."""
+    if len(scores) != len(seconds) or not scores:
+        raise ValueError(f"one score per epoch and one time per epoch: got {len(scores)} and {len(seconds)}")
+    better = (lambda a, b: a > b) if higher_is_better else (lambda a, b: a < b)
+    hit = next((i for i, v in enumerate(scores) if v == target or better(v, target)), None)
+    best = 0
+    for i, v in enumerate(scores):
+        best = i if better(v, scores[best]) else best     # ties -> the earlier epoch
+    return {"time_to_target_s": None if hit is None else float(seconds[hit]),
+            "epochs_to_target": None if hit is None else hit + 1,
+            "best": float(scores[best]), "best_epoch": best + 1, "train_s": float(seconds[-1])}
+
+
+def target_record(metric: str, target: float, runs: dict, budget_s: float | None = None,
+                  higher_is_better: bool = True, note: str | None = None) -> dict:
+    """A model's entry of the result's ``targets``: ``runs`` ({name: ``time_to_target(...)``}, e.g. per seed
+    or per fold), how many reached ``target`` at all and how many within ``budget_s`` training seconds."""
+    times = [r["time_to_target_s"] for r in runs.values() if r["time_to_target_s"] is not None]
+    rec = {"metric": metric, "target": target, "higher_is_better": higher_is_better, "budget_s": budget_s,
+           "runs": runs, "reached": len(times), "of": len(runs),
+           "within_budget": None if budget_s is None else sum(t <= budget_s for t in times),
+           "median_time_to_target_s": float(np.median(times)) if times else None,
+           "best": (max if higher_is_better else min)(r["best"] for r in runs.values()) if runs else None}
+    if note:
+        rec["note"] = note
+    return rec
+
+
 def _check_flat(name: str, d: dict) -> None:
     for k, v in d.items():
         if v is not None and not isinstance(v, (int, float, bool, list)):
@@ -224,7 +256,7 @@ def write_result(experiment: str, *, results_dir: str | os.PathLike, status: str
                  timings: dict, device, script: str | os.PathLike | None = None,
                  std: dict | None = None, per_seed: dict | None = None, history: dict | None = None,
                  extra: dict | None = None, compute_device=None, deviations: list[dict] | None = None,
-                 selection: dict | None = None) -> Path:
+                 selection: dict | None = None, targets: dict | None = None) -> Path:
     """Write ``results_dir/<experiment>.json`` following the schema above; return its path.
 
     ``data`` is a :class:`common.data.DataInfo` (or a dict, or a dict of them for several
@@ -240,6 +272,8 @@ def write_result(experiment: str, *, results_dir: str | os.PathLike, status: str
     when the caller states nothing, which readers show as "not recorded").
     ``selection``: how anything chosen (epochs, learning rate, ...) was chosen on validation data
     (see ``schema.SELECTION_KEYS``); top-level ``selection``, null when the script chooses nothing.
+    ``targets``: per model, the validation figure it aims at and the training seconds each run took to
+    reach it (``target_record``); top-level ``targets``, left out when the script sets none.
     """
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
@@ -258,6 +292,8 @@ def write_result(experiment: str, *, results_dir: str | os.PathLike, status: str
     }
     record["deviations"] = None if deviations is None else check_deviations(deviations)   # None: not stated
     record["selection"] = check_selection(selection)
+    if targets is not None:
+        record["targets"] = check_targets(targets)
     for k, v in (extra or {}).items():
         if k in record:
             raise KeyError(f"extra key {k!r} would replace a contract key")

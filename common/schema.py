@@ -6,8 +6,9 @@ data{name, source, fingerprint, sizes, ...}, config, seeds, metrics (flat name -
 seeds), std (flat, over seeds), per_seed (flat name -> list), history, timings{wall_s, train_s,
 train_samples_per_s, eval_s, ...}, environment{...}``; since the protocol work also ``deviations``
 (a list, possibly empty: where the script departs from the course transcript, and why) and ``selection``
-(how anything chosen was chosen on validation data; null when nothing is chosen). Older results lack
-the last two; readers treat them as unknown, not as empty.
+(how anything chosen was chosen on validation data; null when nothing is chosen), and since the speed
+work an optional ``targets`` (per model: the validation figure it aims at, and the training seconds until
+each run first reached it). Older results lack the last three; readers treat them as unknown, not as empty.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ REQUIRED_KEYS = ("schema_version", "experiment", "status", "started_at", "finish
 
 DEVIATION_KEYS = ("what", "course", "here", "why")          # each entry may add "flag"
 SELECTION_KEYS = ("validation", "chosen", "candidates", "criterion", "final_model")
+TARGET_KEYS = ("metric", "target", "higher_is_better", "budget_s", "runs", "reached", "within_budget")
+TARGET_RUN_KEYS = ("time_to_target_s", "epochs_to_target", "best", "best_epoch", "train_s")
 
 
 def check_deviations(deviations) -> list[dict]:
@@ -51,6 +54,24 @@ def check_selection(selection) -> dict | None:
     if missing:
         raise ValueError(f"selection lacks keys {missing}")
     return selection
+
+
+def check_targets(targets) -> dict | None:
+    """``targets`` if it is None or {model: record} with the keys ``TARGET_KEYS``, each run of ``runs`` with the
+    keys ``TARGET_RUN_KEYS`` (``common.results.target_record`` builds them); ValueError otherwise."""
+    if targets is None:
+        return None
+    if not isinstance(targets, dict):
+        raise ValueError(f"targets must be a dict, got {type(targets).__name__}")
+    for name, rec in targets.items():
+        missing = [k for k in TARGET_KEYS if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise ValueError(f"targets[{name!r}] lacks keys {missing}")
+        for run, r in rec["runs"].items():
+            missing = [k for k in TARGET_RUN_KEYS if not isinstance(r, dict) or k not in r]
+            if missing:
+                raise ValueError(f"targets[{name!r}].runs[{run!r}] lacks keys {missing}")
+    return targets
 
 
 def check_result(record, where: str = "<result>") -> dict:

@@ -59,7 +59,7 @@ DEVIATIONS = omniglot.DEVIATIONS + [   # 08's too, and:
 
 DEFAULTS = {"seeds": 3, "threads": 1, "split": "both", "model": "both", "split_seed": 0,
             "epochs": 3, "batch_size": 64, "lr": 1e-3,                                # the course model
-            "improved_epochs": 8, "improved_batch_size": 128, "improved_lr": 3e-3,    # the improved model
+            **omniglot.IMPROVED,    # the improved model
             "scaling_epochs": 20, "scaling_batch_size": 64, "scaling_lr": 1e-3}       # the salary network
 SMOKE = {"epochs": 1, "improved_epochs": 1, "scaling_epochs": 1,
          "subset": 256}   # not an option: images kept on each side of each split (a few batches)

@@ -41,6 +41,7 @@ UNITS = "z-scored consumption (not kW)"
 QUANTUM = 0.0253359                # grid step of the values (PROVENANCE.md): the meter readings are quantised
 EVAL_BATCH = 4096
 VAL_MONTHS = 3                     # the validation period: the last 3 months before the test year (Oct-Dec 2013)
+TARGET_VS_PERSISTENCE = 0.90        # the goal (issue 15): validation MSE <= 0.90 x persistence's
 
 
 # Where 06 and 07 depart from the course transcript (lines 634-767), and why; each script records them.
@@ -251,13 +252,14 @@ def train(model: nn.Module, loader, epochs: int, lr: float, device, val_batches,
           log_prefix: str = "") -> dict:
     """The course's loop (view to (batch, 96, 1), squeeze the output, MSELoss, Adam) for ``epochs`` epochs, the
     validation MSE after each; ``model`` ends with the weights of the epoch of lowest validation MSE (ties ->
-    the earlier). Returns the losses, the validation MSEs, that ``best_epoch`` and the timings.
+    the earlier). Returns the losses, the validation MSEs, that ``best_epoch`` and the timings (with
+    ``train_s_by_epoch``: the training seconds after each epoch, for the time to target).
 
     ``loader``: a DataLoader or :class:`DeviceBatches` (the same batches, already on the device). The
     losses stay on the device and are read, and checked for NaN/inf, once per epoch."""
     criterion = nn.MSELoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    losses, val_mse, train_s, val_s, seen, best = [], [], 0.0, 0.0, 0, None
+    losses, val_mse, train_s, val_s, seen, best, train_s_so_far = [], [], 0.0, 0.0, 0, None, []
     model.train()
     for epoch in range(1, epochs + 1):
         synchronize(device)
@@ -282,6 +284,7 @@ def train(model: nn.Module, loader, epochs: int, lr: float, device, val_batches,
         synchronize(device)
         dt = time.perf_counter() - t0
         train_s += dt
+        train_s_so_far.append(train_s)
         seen += n
         losses.append(total / n)
         mse, _, eval_s = evaluate(model, val_batches, device)
@@ -295,6 +298,7 @@ def train(model: nn.Module, loader, epochs: int, lr: float, device, val_batches,
               f"({dt:.1f}s, {n / dt:,.0f} windows/s)", flush=True)
     model.load_state_dict(weights)
     return {"train_loss": losses, "val_mse": val_mse, "best_epoch": best, "train_s": train_s, "val_s": val_s,
+            "train_s_by_epoch": train_s_so_far,
             "train_windows": seen, "train_windows_per_s": seen / train_s if train_s > 0 else None}
 
 
@@ -331,9 +335,10 @@ def run_seed(seed: int, models: dict, prep: dict, args: argparse.Namespace, devi
     name -> number), the loss and validation ``history``, the test ``preds``, the ``params`` counts and the
     ``diverged`` records of this seed; a model that diverges is recorded there and left out of the others.
     """
-    out = {"metrics": {}, "timings": {}, "history": {}, "preds": {}, "params": {}, "diverged": [],
+    out = {"metrics": {}, "timings": {}, "history": {}, "preds": {}, "params": {}, "diverged": [], "reached": {},
            "train_s": 0.0, "eval_s": 0.0, "train_windows": 0}
     persistence = prep["baselines"]["baseline.persistence_mse"]
+    target = TARGET_VS_PERSISTENCE * prep["val_baselines"]["baseline.persistence_val_mse"]
     for name, cls in models.items():
         repro.seed_everything(seed)
         model = cls().to(device)
@@ -354,6 +359,8 @@ def run_seed(seed: int, models: dict, prep: dict, args: argparse.Namespace, devi
         out["eval_s"] += eval_s + h["val_s"]
         out["train_windows"] += h["train_windows"]
         out["preds"][name] = preds
+        out["reached"][name] = {f"seed {seed}": results.time_to_target(h["val_mse"], h["train_s_by_epoch"], target,
+                                                                         higher_is_better=False)}
         best = h["best_epoch"]
         out["metrics"].update({f"{name}.test_mse": mse, f"{name}.mse_vs_persistence": mse / persistence,
                                f"{name}.params": out["params"][name], f"{name}.epochs": best,
@@ -378,10 +385,12 @@ def merge_models(runs: list[dict]) -> dict:
 def combine(per_seed: list[dict]) -> dict:
     """The seeds' runs together: histories, divergences and totals merged in seed order; for each
     model the predictions of the first seed in which it did not diverge."""
-    run = {"history": {}, "preds": {}, "params": {}, "diverged": [], "train_s": 0.0, "eval_s": 0.0,
+    run = {"history": {}, "preds": {}, "params": {}, "diverged": [], "reached": {}, "train_s": 0.0, "eval_s": 0.0,
            "train_windows": 0}
     for r in per_seed:
         run["history"].update(r["history"])
+        for name, by_seed in r["reached"].items():
+            run["reached"].setdefault(name, {}).update(by_seed)
         run["params"].update(r["params"])
         run["diverged"] += r["diverged"]
         for name, preds in r["preds"].items():
@@ -448,8 +457,21 @@ def write_study(experiment: str, study: Study, args: argparse.Namespace, *, head
         experiment, results_dir=args.results_dir, status=study.status, started_at=study.start.started_at,
         config=cli.config_of(args), seeds=study.seeds, data=study.prep["info"], metrics=metrics, std=study.std,
         per_seed=study.per_seed_metrics, headline=headline, history=study.run["history"], device=study.start.device,
-        script=script, timings={"wall_s": wall_s, **timings}, extra=extra, deviations=deviations, selection=selection)
+        script=script, timings={"wall_s": wall_s, **timings}, extra=extra, deviations=deviations, selection=selection,
+        targets=target_records(study))
     return selection, wall_s
+
+
+def target_records(study: Study) -> dict | None:
+    """The result's ``targets``: per model, the training seconds each seed took until its validation MSE first fell
+    to ``TARGET_VS_PERSISTENCE`` x persistence's (None, with the lowest reached, where it never did)."""
+    target = TARGET_VS_PERSISTENCE * study.prep["val_baselines"]["baseline.persistence_val_mse"]
+    note = (f"the goal (issue 15): validation MSE at most {TARGET_VS_PERSISTENCE} x persistence's on the validation "
+            "windows; training seconds of one run (one torch thread; evaluation not counted) until the checkpoint "
+            "after an epoch first reaches it; no time budget is set")
+    return {name: results.target_record("val_mse (the validation windows)", target, by_seed, higher_is_better=False,
+                                        note=note)
+            for name, by_seed in study.run["reached"].items()} or None
 
 
 def selection_record(study: Study, args: argparse.Namespace) -> dict:

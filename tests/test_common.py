@@ -182,6 +182,31 @@ def test_read_result_refuses_other_schemas(tmp_path):
         results.read_result(bad)
 
 
+def test_time_to_target_counts_training_seconds_to_the_first_epoch_at_the_target(tmp_path):
+    secs = [10.0, 21.0, 30.5, 41.0]
+    hit = results.time_to_target([0.5, 0.89, 0.91, 0.95], secs, 0.90)
+    assert hit == {"time_to_target_s": 30.5, "epochs_to_target": 3, "best": 0.95, "best_epoch": 4, "train_s": 41.0}
+    assert results.time_to_target([0.5, 0.9, 0.8], secs[:3], 0.90)["epochs_to_target"] == 2   # reaching it counts
+    miss = results.time_to_target([0.5, 0.7, 0.7, 0.6], secs, 0.90)
+    assert miss["time_to_target_s"] is None and miss["epochs_to_target"] is None
+    assert (miss["best"], miss["best_epoch"]) == (0.7, 2)                                   # ties: the earlier epoch
+    low = results.time_to_target([1.0, 0.4, 0.2], secs[:3], 0.3, higher_is_better=False)    # an MSE: lower is better
+    assert (low["time_to_target_s"], low["best"]) == (30.5, 0.2)
+    with pytest.raises(ValueError, match="one score per epoch"):
+        results.time_to_target([0.5], secs, 0.9)
+    rec = results.target_record("val_accuracy", 0.90, {"seed 0": hit, "seed 1": miss,
+                                                       "seed 2": results.time_to_target([0.95], [50.0], 0.90)},
+                                budget_s=40.0)
+    assert (rec["reached"], rec["of"], rec["within_budget"], rec["median_time_to_target_s"], rec["best"]) == \
+        (2, 3, 1, 40.25, 0.95)
+    written = json.loads(_write(tmp_path, targets={"m": rec}).read_text())["targets"]
+    assert written["m"]["runs"]["seed 1"]["time_to_target_s"] is None
+    with pytest.raises(ValueError, match="lacks keys"):
+        _write(tmp_path, targets={"m": {"metric": "x"}})
+    with pytest.raises(ValueError, match=r"runs\['seed 0'\] lacks keys"):
+        _write(tmp_path, targets={"m": {**rec, "runs": {"seed 0": {"best": 1.0}}}})
+
+
 def test_check_finite_raises_diverged():
     results.check_finite(torch.tensor(1.0), 0, 0)
     with pytest.raises(results.Diverged) as e:

@@ -251,7 +251,32 @@ def readme_table(records: list[dict], report_link: str) -> str:
     if span is not None:
         lines += ["", f"The whole run, from the first script's start to the last one's end: {span / 60:.0f} min "
                       f"({span:,.0f} s; runs within a script may overlap on the CPU cores: each result's timings.workers)."]
+    targets = targets_table(records)
+    if targets:
+        lines += ["", "Time to target (airbench style): the training seconds until a model's validation figure first "
+                      "reached its goal, per run, on the machine of this run (the JSONs' `targets`).", "", *targets]
     return "\n".join(lines) + "\n"
+
+
+def targets_table(records: list[dict]) -> list[str]:
+    """The goals set for the models (the results' ``targets``): per model its validation target, in how many runs it
+    was reached (within the time budget), the median training seconds to reach it, the best figure reached and
+    the training seconds of a run. Empty when no result sets a target."""
+    rows = []
+    for r in records:
+        for model, t in (r.get("targets") or {}).items():
+            runs = list(t["runs"].values())
+            op = ">=" if t["higher_is_better"] else "<="
+            budget = "no budget" if t["budget_s"] is None else f"{t['within_budget']} within {t['budget_s']:.0f} s"
+            median = t.get("median_time_to_target_s")
+            train_s = sorted(x["train_s"] for x in runs)
+            rows.append(f"| {r['experiment']} {model} | {t['metric']} {op} {t['target']:.4g} | "
+                        f"{t['reached']} of {len(runs)} ({budget}) | {'not reached' if median is None else f'{median:.0f} s'} | "
+                        f"{t['best']:.4g} | {train_s[len(train_s) // 2]:.0f} s |")
+    if not rows:
+        return []
+    return ["| model | target (validation) | runs that reached it | median time to target | best reached "
+            "| training s per run (median) |", "| --- | --- | --- | ---: | ---: | ---: |", *rows]
 
 
 def run_span_s(records: list[dict]) -> float | None:
@@ -330,6 +355,10 @@ def build_report(results_dir: Path, out: Path, loaded: list[tuple[Path, dict]]) 
     if synthetic:
         lines += ["", f"**NOTE: {', '.join(synthetic)} ran on SYNTHETIC stand-in data; their figures say nothing "
                       f"about the course's models.**"]
+    targets = targets_table(records)
+    if targets:
+        lines += ["", "## Time to target", "", "Training seconds until each model's validation figure first reached "
+                  "its goal (the JSONs' `targets`; `note` there says how each was measured).", "", *targets]
     lines += ["", "## What the course reports", "", "| topic | figure | value | where |", "| --- | --- | --- | --- |"]
     lines += [f"| {e['topic']} | {w} | {v} | transcript {where} |" for e in COURSE_FIGURES for w, v, where in e["figures"]]
     lines.append("")
