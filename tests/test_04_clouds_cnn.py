@@ -276,6 +276,12 @@ def test_smoke_selection_valid(smoke_runs):
     assert [a + b for a, b in zip(v["sizes"]["fit"], v["sizes"]["validation"])] == [32, 32]
     assert "test-set figures" in sel["fixed"]["improved.architecture, optimizer, schedule, batch_size, size"]
     assert "fewer epochs" in sel["criterion"] and "retrained on all training images" in sel["final_model"]
+    t = smoke_runs["seed0"][0]["targets"]["improved"]   # the time to target, measured on the folds
+    assert set(smoke_runs["seed0"][0]["targets"]) == {"improved"} and (t["target"], t["budget_s"]) == (0.90, 120.0)
+    for k, curve in enumerate(sel["scores_per_fold"]["improved.epochs"]):
+        run = t["runs"][f"fold {k + 1}"]
+        assert run["best"] == max(curve) and run["best_epoch"] == curve.index(max(curve)) + 1 and run["train_s"] > 0
+        assert (run["time_to_target_s"] is None) == (max(curve) < 0.90)
 
 
 @real_data("clouds")

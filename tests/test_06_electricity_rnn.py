@@ -242,6 +242,12 @@ def test_smoke_selection_is_valid_and_made_on_validation(runs):
     assert v["train_last_target"] < v["cutoff"] <= v["validation_first"] <= v["validation_last"] \
         < r["split_check"]["cutoff"]
     assert r["metrics"]["data.validation_windows"] == 672 and r["data"]["sizes"]["validation_windows_full"] == 8_832
+    t = r["targets"]["rnn"]   # the goal: validation MSE at most 0.90 x persistence's, lower is better
+    assert t["target"] == pytest.approx(0.9 * r["metrics"]["baseline.persistence_val_mse"]) and not t["higher_is_better"]
+    for seed in (0, 1):
+        run, curve = t["runs"][f"seed {seed}"], r["history"][f"rnn.val_mse.seed{seed}"]
+        assert run["best"] == min(curve) and run["best_epoch"] == r["per_seed"]["rnn.epochs"][seed]
+        assert (run["time_to_target_s"] is None) == (min(curve) > t["target"])
 
 
 @pytest.mark.slow

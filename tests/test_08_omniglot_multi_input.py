@@ -9,7 +9,7 @@ import importlib
 import pytest
 import torch
 
-from common import cli, data, schema
+from common import cli, data, results, schema
 from conftest import (check_deviations, check_omniglot_selection, omniglot_reads, real_data, run_script,
                       smoke_fixture)
 from experiments import omniglot
@@ -207,6 +207,12 @@ def test_smoke_real_figures_leak_selection_and_plots(smoke_runs):
     assert r["splits"]["clean"]["trained_on"] == 14_460 - 964 and r["splits"]["course"]["trained_on"] == 14_400 - 964
     assert r["headline"] == "clean.improved.char_accuracy" and r["timings"]["train_samples_per_s"] > 0
     check_omniglot_selection(r, "val_char_accuracy", {run: 1 for run in RUNS})
+    t = r["targets"]["clean.improved"]    # the time to target: only the improved model on the clean split has one
+    assert set(r["targets"]) == {"clean.improved"} and (t["target"], t["budget_s"]) == (0.92, 180.0)
+    assert set(t["runs"]) == {"seed 0", "seed 1"} and t["of"] == 2
+    for seed, run in t["runs"].items():   # its best is the best of the validation curve the epoch was chosen by
+        assert run["best"] == max(r["selection"]["scores"]["clean.improved.val_char_accuracy"][seed.split()[1]])
+        assert run["train_s"] > 0 and run["best_epoch"] == r["selection"]["chosen"]["clean.improved.epochs"][seed.split()[1]]
     assert set(r["comparisons"]) == {f"{s}.improved.char_accuracy vs {s}.course_model.char_accuracy"
                                      for s in ("clean", "course")}
     for name in ("char_accuracy", "val_accuracy_curves", "train_loss_curves"):
@@ -299,3 +305,54 @@ def test_comparisons_use_the_suites_noise_rule():
     two = omniglot.comparisons(outcome([0, 1], mean, {"a": 0.2, "b": 0.0, "c": 0.0}), [("a", "b"), ("b", "a")])
     assert all(v.endswith(": within noise") for v in two.values())
     assert omniglot.comparisons(outcome([0, 1], mean, std), [("b", "a")]) == {"b vs a": "0.4 ± 0 vs 0.5 ± 0: lower"}
+
+
+# ------------------------------------------------------------------ the improved subnet's jitter and --ablation
+def test_improved_subnet_jitters_each_training_image_seeded_and_not_in_eval():
+    x = torch.rand(1, 1, 64, 64).repeat(4, 1, 1, 1)
+    jitter = omniglot.RandomAffine()
+    torch.manual_seed(0)
+    a = jitter(x)
+    torch.manual_seed(0)
+    assert torch.equal(a, jitter(x))                       # drawn from torch's RNG, seeded before each run
+    assert not torch.equal(a[0], a[1]) and not torch.equal(a[0], x[0])   # each image its own rotation, scale, shift
+    assert torch.equal(jitter.eval()(x), x)                # the identity in eval mode: validation and test unjittered
+    still = omniglot.RandomAffine(degrees=0, scale=0, shift=0).train()
+    assert torch.allclose(still(x), x, atol=1e-5)          # no jitter: grid_sample's identity resamples the pixels
+    names = lambda augment: [type(layer).__name__ for layer in omniglot.ImprovedImageNet(augment=augment).layers][:3]
+    assert names("input")[:2] == ["RandomAffine", "AvgPool2d"] and names("pooled")[:2] == ["AvgPool2d", "RandomAffine"]
+    default = [type(layer).__name__ for layer in omniglot.ImprovedImageNet().layers][:3]
+    assert "RandomAffine" not in names(None) and default == names("input")   # the default: jitter at 64 px
+    with pytest.raises(ValueError, match="augment"):
+        omniglot.ImprovedImageNet(augment="yes")
+
+
+def test_ablation_choice_rule():
+    def target(*times):
+        runs = {f"seed {i}": {"time_to_target_s": t, "epochs_to_target": None, "best": 0.9, "best_epoch": 1,
+                              "train_s": 1.0} for i, t in enumerate(times)}
+        return results.target_record("v", 0.92, runs)
+    best = {"a": 0.93, "b": 0.925, "c": 0.95, "d": 0.90}
+    # c is best and fastest once, but misses the target in a seed: of those that always reach it, the quicker
+    assert m.choose_candidate({"a": target(100, 120), "b": target(80, 90), "c": target(10, None),
+                               "d": target(None, None)}, best) == "b"
+    assert m.choose_candidate({n: target(None) for n in best}, best) == "c"   # none reaches: the best validation
+
+
+def test_ablation_reads_only_validation_drawings(monkeypatch, tmp_path):
+    """--ablation trains every candidate and reads the validation drawings only (once per epoch, in training); its
+    record chooses by the rule and leaves the experiment's own result alone."""
+    splits, calls = omniglot_reads(monkeypatch, m, ["--ablation", "--smoke", "--synthetic", "--seeds", "1",
+                                                    "--results-dir", str(tmp_path)])
+    val = frozenset(splits["clean"].val.tolist())
+    assert set(splits) == {"clean"} and len(calls) == len(m.ABLATION)              # one epoch each in a smoke
+    assert all(in_training and rows == val for in_training, rows in calls)
+    r = schema.read_result(tmp_path / "ablation" / f"{SCRIPT}.ablation.json")
+    assert set(r["targets"]) == set(m.ABLATION) and r["selection"]["candidates"] == {
+        name: list(c) for name, c in m.ABLATION.items()}
+    for name, t in r["targets"].items():
+        assert t["runs"]["seed 0"]["best"] == max(r["history"][f"{name}.val_char_accuracy.seed 0"]) == \
+            r["metrics"][f"{name}.best"]
+    chosen = m.choose_candidate(r["targets"], {n: r["metrics"][f"{n}.best"] for n in m.ABLATION})
+    assert r["selection"]["chosen"]["candidate"] == chosen and r["headline"] == f"{chosen}.best"
+    assert not (tmp_path / f"{SCRIPT}.json").exists()

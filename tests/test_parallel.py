@@ -33,6 +33,9 @@ def fails_on_three(x: int) -> int:
 
 
 def diverges(x: int) -> int:
+    """Task 1 diverges; the others return (were two to raise, which one arrives first would be a race)."""
+    if x != 1:
+        return x
     e = results.Diverged(2, 7, float("nan"))
     e.run = f"run {x}"
     raise e
@@ -63,9 +66,9 @@ def test_a_divergence_in_a_worker_arrives_whole(threads):
     """Diverged pickles with its fields and a run's extra ones, so the caller can record it."""
     threads(1)
     with pytest.raises(results.Diverged) as info:
-        parallel.run_tasks(diverges, [(0,), (1,)], workers=2)
+        parallel.run_tasks(diverges, [(0,), (1,), (2,)], workers=2)
     e = info.value
-    assert (e.epoch, e.step, e.what, e.run) == (2, 7, "loss", "run 0") and str(e) == "loss became nan at epoch 2, step 7"
+    assert (e.epoch, e.step, e.what, e.run) == (2, 7, "loss", "run 1") and str(e) == "loss became nan at epoch 2, step 7"
 
 
 def test_worker_lines_carry_their_task_label(capfd, threads):

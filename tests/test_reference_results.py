@@ -162,3 +162,28 @@ def test_mean_sd_formatting_follows_the_spread():
     assert shown(0.2, 3.4e-17) == "0.2"            # a std that is float round-off is no spread
     assert shown(0.8979, 0.0, 1) == "0.8979"
     assert shown(None, None) == "n/a"
+
+
+def test_the_improved_omniglot_settings_are_what_the_committed_ablation_chose():
+    """08/09's improved model trains with the augmentation and epochs that 08's --ablation chose on validation
+    drawings, in a committed record made from a clean tree; the choice follows the script's rule."""
+    import importlib
+    import inspect
+
+    from common import schema
+    from experiments import omniglot
+    m08 = importlib.import_module("experiments.08_omniglot_multi_input")
+
+    r = schema.read_result(REPO / omniglot.IMPROVED_ABLATION)
+    env = r["environment"]
+    assert env["git_dirty"] is False and env["script"] == "experiments/08_omniglot_multi_input.py"
+    committed = subprocess.run(["git", "show", f"{env['git_commit']}:{env['script']}"], cwd=REPO,
+                               capture_output=True, check=True).stdout
+    assert hashlib.sha256(committed).hexdigest() == env["script_sha256"]
+    assert "no test image" in r["selection"]["validation"]["method"] and len(r["seeds"]) >= 2
+    chosen = r["selection"]["chosen"]["candidate"]
+    assert chosen == m08.choose_candidate(r["targets"], {n: r["metrics"][f"{n}.best"] for n in r["targets"]})
+    augment, epochs = r["selection"]["candidates"][chosen]
+    assert epochs == omniglot.IMPROVED["improved_epochs"]
+    assert augment == inspect.signature(omniglot.ImprovedImageNet).parameters["augment"].default
+    assert {n: list(c) for n, c in m08.ABLATION.items()} == r["selection"]["candidates"]
