@@ -242,3 +242,22 @@ def test_readme_table_ends_with_the_whole_runs_span_from_the_scripts_clocks():
 def test_report_refuses_a_folder_without_results(tmp_path, capsys):
     assert report.main([str(tmp_path), "--out", str(tmp_path / "R.md")]) == 2
     assert "no result JSONs" in capsys.readouterr().err
+
+
+def test_the_time_to_target_table_says_per_model_how_many_runs_reached_it_and_when():
+    hit = {"time_to_target_s": 140.0, "epochs_to_target": 10, "best": 0.93, "best_epoch": 12, "train_s": 180.0}
+    late = dict(hit, time_to_target_s=200.0, train_s=220.0)
+    miss = {"time_to_target_s": None, "epochs_to_target": None, "best": 0.91, "best_epoch": 9, "train_s": 170.0}
+    omni = result("08_omniglot_multi_input")
+    omni["targets"] = {"clean.improved": results.target_record("val_char_accuracy", 0.92,
+                                                               {"seed 0": hit, "seed 1": late, "seed 2": miss},
+                                                               budget_s=180.0)}
+    mse = dict(miss, best=0.05)
+    rnn = result("06_electricity_rnn")
+    rnn["targets"] = {"rnn": results.target_record("val_mse", 0.036, {"seed 0": mse}, higher_is_better=False)}
+    rows = report.targets_table([omni, result("05_water_potability"), rnn])
+    assert rows[2] == ("| 08_omniglot_multi_input clean.improved | val_char_accuracy >= 0.92 | 2 of 3 (1 within "
+                       "180 s) | 170 s | 0.93 | 180 s |")
+    assert rows[3] == "| 06_electricity_rnn rnn | val_mse <= 0.036 | 0 of 1 (no budget) | not reached | 0.05 | 170 s |"
+    assert len(rows) == 4 and report.targets_table([result("05_water_potability")]) == []
+    assert "Time to target" in report.readme_table([omni], "REPORT.md")

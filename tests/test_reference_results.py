@@ -54,7 +54,8 @@ def test_the_readme_table_is_exactly_what_the_report_tool_makes_from_the_referen
 
 def test_every_figure_in_the_readme_table_is_a_reference_metric():
     """Each 'label: value [± std]' cell of the table, parsed back, is the metric the TABLE names, rounded."""
-    rows = [line for line in BLOCK[1].splitlines() if line.startswith("| 0")]
+    results_table = BLOCK[1].split("Time to target")[0]   # the targets table below it has rows of its own
+    rows = [line for line in results_table.splitlines() if line.startswith("| 0")]
     assert len(rows) == len([n for n in report.TABLE if n in RECORDS])
     checked = 0
     for name, row in zip([n for n in report.TABLE if n in RECORDS], rows):
