@@ -176,11 +176,9 @@ def time_to_target(scores: list[float], seconds: list[float], target: float, hig
     "best_epoch", "train_s" (all the run's training seconds)}."""
     if len(scores) != len(seconds) or not scores:
         raise ValueError(f"one score per epoch and one time per epoch: got {len(scores)} and {len(seconds)}")
-    better = (lambda a, b: a > b) if higher_is_better else (lambda a, b: a < b)
-    hit = next((i for i, v in enumerate(scores) if v == target or better(v, target)), None)
-    best = 0
-    for i, v in enumerate(scores):
-        best = i if better(v, scores[best]) else best     # ties -> the earlier epoch
+    sign = 1 if higher_is_better else -1
+    hit = next((i for i, v in enumerate(scores) if sign * v >= sign * target), None)
+    best = max(range(len(scores)), key=lambda i: sign * scores[i])   # max keeps the first: ties -> the earlier epoch
     return {"time_to_target_s": None if hit is None else float(seconds[hit]),
             "epochs_to_target": None if hit is None else hit + 1,
             "best": float(scores[best]), "best_epoch": best + 1, "train_s": float(seconds[-1])}
