@@ -1,38 +1,35 @@
 #!/usr/bin/env python
 """05_water_potability: the course's water-potability chapter (transcript lines 407-495) under two protocols.
 
-WaterDataset and DataLoader, the 9-16-8-1 Net, BCELoss with SGD, Adagrad, RMSprop and Adam, and the three
-remedies for unstable gradients as a cumulative ablation (default init + ReLU; + Kaiming init; + ELU;
-+ BatchNorm1d(16)) with per-layer gradient norms; all seeds trained together (torch.func), beside majority,
-logistic-regression and random-forest baselines. One JSON per protocol: `course` (the course's pre-scaled
-files) and `clean` (the raw Kaggle file, imputation and scaling fitted on the training part only).
+The 9-16-8-1 Net, BCELoss with SGD, Adagrad, RMSprop and Adam, and the three remedies for unstable gradients
+as a cumulative ablation (default init + ReLU; + Kaiming init; + ELU; + BatchNorm1d(16)) with per-layer gradient
+norms; all seeds trained together (torch.func). One JSON per protocol: `course` (the course's pre-scaled files)
+and `clean` (the raw Kaggle file, imputation and scaling fitted on the training part only). The data (WaterDataset,
+both protocols), the majority, logistic-regression and random-forest baselines and the record: experiments/water.py.
 """
 import copy
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find common/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find common/ and experiments/
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from common import cli, data, metrics, parallel, plots, repro, results, schema
+from common import cli, data, metrics, parallel, plots, repro, results
 from common.device import DeviceError, choose_device, synchronize
+from experiments import water
+from experiments.water import LAYERS, VARIANTS
 
 EXPERIMENT = "05_water_potability"
 PROTOCOLS = ("course", "clean")
 OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam")
-VARIANTS = ("relu_default", "kaiming", "kaiming_elu", "kaiming_elu_bn")  # the remedies, added one after the other
-LAYERS = ("fc1", "fc2", "fc3")
-LABEL = "Potability"
-COURSE_ACCURACY = 0.67  # "We got over 67%"
 
 DEFAULTS = {"protocol": "both", "seeds": 5, "threads": 1, "epochs": 100, "batch_size": 16,
             "lr_sgd": 0.01, "lr_adagrad": 0.01, "lr_rmsprop": 0.01, "lr_adam": 0.001,  # SGD: the course's
@@ -40,7 +37,6 @@ DEFAULTS = {"protocol": "both", "seeds": 5, "threads": 1, "epochs": 100, "batch_
             "split_seed": 0, "smoke_rows": 256, "forest_trees": 100, "folds": 5}
 SMOKE = {"epochs": 1, "forest_trees": 20}  # and only the first --smoke-rows training rows
 # Where and why the defaults and the rest depart from the transcript:
-
 DEVIATIONS = [
     dict(what="the run set beside the course's 'over 67%' (the headline)",
          course="its loop trains with SGD at lr 0.01, then 'We got over 67%'; Adam is what 'we will use throughout "
@@ -85,22 +81,7 @@ DEVIATIONS = [
 ]
 
 
-# ----------------------------------------------------------------------------- dataset and model (course)
-class WaterDataset(Dataset):
-    """The course's dataset: a CSV (or a prepared DataFrame) as a float32 array; item = (9 features, label)."""
-
-    def __init__(self, csv_path_or_frame):
-        super().__init__()
-        df = csv_path_or_frame if isinstance(csv_path_or_frame, pd.DataFrame) else pd.read_csv(csv_path_or_frame)
-        self.data = df[data.WATER_FEATURES + [LABEL]].to_numpy(dtype=np.float32)
-
-    def __len__(self):
-        return self.data.shape[0]
-
-    def __getitem__(self, idx):
-        return self.data[idx, :-1], self.data[idx, -1]
-
-
+# ----------------------------------------------------------------------------- model (course)
 class Net(nn.Module):
     """9 -> 16 -> 8 -> 1 with a sigmoid output; ``variant`` switches on the course's remedies: kaiming_uniform_
     on every weight (nonlinearity='sigmoid' for the last), ELU instead of ReLU, BatchNorm1d(16) after fc1."""
@@ -148,97 +129,7 @@ def benchmark_cases() -> list[dict]:
              "batch_size": DEFAULTS["batch_size"]} for v in ("relu_default", "kaiming_elu_bn")]
 
 
-# ----------------------------------------------------------------------------- the two protocols' data
-@dataclass
-class Split:
-    protocol: str
-    train: pd.DataFrame             # features (scaled) + Potability
-    test: pd.DataFrame
-    info: data.DataInfo
-    train_csv: Path | None = None   # the course file WaterDataset reads (real course data only)
-    raw_index: dict = field(default_factory=dict)  # clean: raw-file row numbers of each part
-    notes: dict = field(default_factory=dict)
-
-
-def _feature_overlap(train: pd.DataFrame, test: pd.DataFrame) -> int:
-    """Number of test rows whose 9 feature values equal some training row's (exact match)."""
-    f = data.WATER_FEATURES
-    return int(test[f].merge(train[f].drop_duplicates(), on=f, how="inner").shape[0])
-
-
-def load_course(data_dir_=None, synthetic=False) -> Split:
-    train, test, info = data.load_water_course(data_dir_, synthetic)
-    csv = None if info.source == "synthetic" else data.data_dir(data_dir_) / "water_potability" / "water_train.csv"
-    notes = {"preprocessing": "none here: the course files are the 2,011 complete rows of the raw file, "
-                              "min-max scaled to [0, 1] with min/max over train AND test together "
-                              "(mild test-set leakage), split 1,508 / 503",
-             "train_test_identical_feature_rows": _feature_overlap(train, test)}
-    return Split("course", train, test, info, csv, notes=notes)
-
-
-def load_clean(data_dir_=None, synthetic=False, split_seed=0, test_size=0.25) -> Split:
-    """Raw Kaggle file: stratified split; median imputation and min-max scaling fitted on train only."""
-    from sklearn.impute import SimpleImputer          # sklearn is imported where used: it is slow to import
-    from sklearn.model_selection import train_test_split
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import MinMaxScaler
-
-    raw, info = data.load_water_raw(data_dir_, synthetic)
-    rows = train_test_split(np.arange(len(raw)), test_size=test_size, stratify=raw[LABEL], random_state=split_seed)
-    rows = dict(zip(("train", "test"), map(np.sort, rows)))
-    f = data.WATER_FEATURES
-    scale = make_pipeline(SimpleImputer(strategy="median"), MinMaxScaler()).fit(raw.loc[rows["train"], f])
-
-    def prep(r):
-        df = pd.DataFrame(scale.transform(raw.loc[r, f]), columns=f)
-        df[LABEL] = raw.loc[r, LABEL].to_numpy().astype(np.float64)
-        return df
-
-    parts = {p: prep(r) for p, r in rows.items()}
-    info.sizes = {"all": len(raw), "train": len(parts["train"]), "test": len(parts["test"])}
-    missing = [c for c in f if raw[c].isna().any()]
-    notes = {"preprocessing": f"stratified {1 - test_size:.0%}/{test_size:.0%} split of the raw file "
-                              f"(random_state={split_seed}); median imputation and min-max scaling fitted "
-                              "on the training part only, then applied to both parts",
-             **{f"missing_{p}": {c: int(raw.loc[r, c].isna().sum()) for c in missing} for p, r in rows.items()},
-             "imputed_medians": {c: float(v) for c, v in zip(f, scale[0].statistics_)},
-             "train_test_shared_raw_rows": int(np.intersect1d(rows["train"], rows["test"]).size),
-             "train_test_identical_feature_rows": _feature_overlap(raw.loc[rows["train"]], raw.loc[rows["test"]])}
-    return Split("clean", parts["train"], parts["test"], info, raw_index=rows, notes=notes)
-
-
-def load_split(protocol: str, args) -> Split:
-    """The protocol's split; under --smoke only the first --smoke-rows training rows."""
-    split = (load_course(args.data_dir, args.synthetic) if protocol == "course"
-             else load_clean(args.data_dir, args.synthetic, args.split_seed))
-    if args.smoke:
-        split.train = split.train.iloc[:args.smoke_rows].reset_index(drop=True)
-        split.info.sizes = {**split.info.sizes, "train_used": len(split.train)}
-    return split
-
-
-def to_tensors(df: pd.DataFrame, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, labels) on ``device``, from the WaterDataset array of ``df``."""
-    arr = torch.from_numpy(WaterDataset(df).data).to(device)
-    return arr[:, :-1], arr[:, -1]
-
-
 # ----------------------------------------------------------------------------- train and evaluate
-def epoch_orders(n, batch_size: int, seeds: list[int], device, stop: int | None = None):
-    """Each epoch's row numbers, (S, stop), batch i = [:, i*B:(i+1)*B]: per seed, a shuffling DataLoader over
-    0..n-1 with that seed's generator, i.e. the order of the course's DataLoader with that seed (its shuffled
-    permutation does not depend on drop_last, so none is passed: the caller's ``stop`` drops rows instead).
-    ``n`` may be one size per copy (cross-validation folds); every copy's order is cut to ``stop``, the rows the
-    caller uses per epoch (default: the smallest size)."""
-    ns = [n] * len(seeds) if isinstance(n, int) else list(n)
-    stop = min(ns) if stop is None else stop
-    if stop > min(ns):
-        raise ValueError(f"stop {stop} exceeds the smallest size {min(ns)}")
-    loaders = [repro.make_loader(range(k), batch_size, True, seed) for k, seed in zip(ns, seeds)]
-    while True:
-        yield torch.stack([torch.cat(list(loader))[:stop] for loader in loaders]).to(device)
-
-
 @dataclass
 class SeedNets:
     """One ``Net(variant)`` per seed (built after ``seed_everything(seed)``), parameters and buffers stacked,
@@ -262,6 +153,14 @@ class SeedNets:
             return functional_call(self.template, (params, buffers), (features,))
         return vmap(one, in_dims=(0, 0, 0 if x.dim() == 3 else None))(self.params, self.buffers, x)
 
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval mode (BatchNorm's running statistics), no gradients: (B, 9) -> (S, B)."""
+        self.template.eval()
+        out = self(x).squeeze(-1)
+        self.template.train()
+        return out
+
     def net(self, s: int) -> Net:
         """Copy s as a plain Net (parameters and BatchNorm statistics)."""
         net = Net(self.template.variant).to(self.params["fc1.weight"].device)
@@ -271,7 +170,7 @@ class SeedNets:
 
 @torch.no_grad()
 def evaluate(model: Net, batches, device) -> float:
-    """The course's evaluation: eval mode, no gradients, binary accuracy at 0.5 over the test batches."""
+    """The course's evaluation: eval mode, no gradients, binary accuracy at 0.5 over ``batches``."""
     model.eval()
     outputs, labels = zip(*[(model(f.to(device)).view(-1), y.to(device)) for f, y in batches])
     model.train()
@@ -281,18 +180,15 @@ def evaluate(model: Net, batches, device) -> float:
 @torch.no_grad()
 def evaluate_stack(stack: SeedNets, X, y) -> tuple[list, list]:
     """Per copy (seed): binary accuracy at 0.5 and mean BCE loss, in eval mode."""
-    stack.template.eval()
-    out = stack(X).squeeze(-1)
-    stack.template.train()
+    out = stack.predict(X)
     losses = F.binary_cross_entropy(out, y.expand_as(out), reduction="none").mean(1)
     return [metrics.accuracy(o, y) for o in out], losses.tolist()
 
 
 def train_stack(opt_name, variant, lr, seeds, X, y, epochs, batch_size, folds=None):
-    """One configuration, all seeds at once: per seed its metrics and per-epoch train loss and gradient norms;
-    and timings. ``folds`` (one (train rows, validation rows) per seed): copy s trains on its fold's training
-    rows only and records its validation accuracy per epoch. No test data enters here. A NaN/inf raises
-    results.Diverged (all seeds stop)."""
+    """One configuration, all seeds at once: per seed its metrics, per-epoch train loss and gradient norms; and
+    timings. ``folds`` (one (train rows, validation rows) per seed): copy s trains on its fold's training rows and
+    records its validation accuracy per epoch. No test data enters here. NaN/inf raises results.Diverged."""
     stack = SeedNets.build(variant, seeds, X.device)
     optimizer = make_optimizer(opt_name, stack.params.values(), lr)
     S = len(seeds)
@@ -300,7 +196,7 @@ def train_stack(opt_name, variant, lr, seeds, X, y, epochs, batch_size, folds=No
             else [torch.arange(len(y), device=X.device)] * S)
     n = min(len(r) for r in rows)
     stop = n - 1 if n % batch_size == 1 else n   # BatchNorm cannot train on a batch of one: drop that row
-    orders = epoch_orders([len(r) for r in rows], batch_size, seeds, X.device, stop=stop)
+    orders = water.epoch_orders([len(r) for r in rows], batch_size, seeds, X.device, stop=stop)
     val = torch.zeros(S, len(y), dtype=torch.bool, device=X.device)
     for s, (_, v) in enumerate(folds or []):
         val[s, torch.as_tensor(v)] = True
@@ -332,10 +228,7 @@ def train_stack(opt_name, variant, lr, seeds, X, y, epochs, batch_size, folds=No
         losses.append((loss_sum / stop).tolist())
         gnorms.append((gn_sum / -(-stop // batch_size)).tolist())
         if folds:
-            with torch.no_grad():
-                stack.template.eval()
-                hit = (stack(X).squeeze(-1) > 0.5) == y.bool()
-                stack.template.train()
+            hit = (stack.predict(X) > 0.5) == y.bool()
             val_accs.append(((hit & val).sum(1) / val.sum(1)).tolist())
     t0 = time.perf_counter()
     train_acc = evaluate_stack(stack, X, y)[0] if not folds else [None] * S
@@ -377,11 +270,9 @@ def train_course_path(opt_name, variant, lr, ds_train, ds_eval, seed, epochs, ba
 
 # ----------------------------------------------------------------------------- one protocol, every seed
 def cross_validate(args, lr: float, seed: int, train: tuple) -> tuple[int, dict, list]:
-    """The epoch count, chosen by stratified k-fold cross-validation on the training rows only: one copy of
-    --grad-optimizer's default Net per fold (seed, seed+1, ...), stacked; criterion: mean validation accuracy
-    over the folds at each candidate epoch (rounded to 9 decimals: float noise is no difference), highest, ties ->
-    fewer epochs. If the cross-validation diverges there is nothing to choose with: --epochs, recorded as such
-    (selection["diverged"]). -> (epochs, selection, mean validation curve over the folds)."""
+    """The epoch count, by stratified k-fold cross-validation on the training rows only: one copy of
+    --grad-optimizer's default Net per fold (seed, seed+1, ...), stacked; the criterion is the selection's.
+    -> (epochs, selection, mean validation curve over the folds)."""
     from sklearn.model_selection import StratifiedKFold
     X, y = train
     kfold = StratifiedKFold(args.folds, shuffle=True, random_state=args.split_seed)
@@ -404,13 +295,12 @@ def cross_validate(args, lr: float, seed: int, train: tuple) -> tuple[int, dict,
         curves = np.array([r["val_acc"] for r in runs])      # (folds, epochs)
         curve = curves.mean(0).tolist()
         scores = {e: float(curves[:, e - 1].mean()) for e in candidates}
-        chosen = max(candidates, key=lambda e: (round(scores[e], 9), -e))
+        chosen = max(candidates, key=lambda e: (round(scores[e], 9), -e))   # float noise is no difference
     selection = {
         "validation": {"method": f"stratified {args.folds}-fold cross-validation of the training rows "
                                  f"(StratifiedKFold, shuffle, random_state={args.split_seed})", "folds": args.folds,
                        "sizes": {"train": [len(t) for t, _ in folds], "validation": [len(v) for _, v in folds]}},
-        "chosen": {"epochs": chosen}, "candidates": {"epochs": candidates},
-        "criterion": criterion,
+        "chosen": {"epochs": chosen}, "candidates": {"epochs": candidates}, "criterion": criterion,
         "final_model": "retrained on all training rows for the chosen epochs, then the test set read once",
         "scores": {"epochs": [scores[e] for e in candidates]},
         "fixed": {"batch_size, learning rates, architecture": "the transcript and torch's defaults (DEVIATIONS)"},
@@ -423,9 +313,8 @@ def cross_validate(args, lr: float, seed: int, train: tuple) -> tuple[int, dict,
 
 
 def train_all(configs: dict, lrs: dict, seeds: list[int], train: tuple, test: tuple, epochs: int, batch_size: int):
-    """Each distinct (optimizer, variant), all seeds at once, on all training rows, then the test set read once
-    (evaluate_stack): {(optimizer, variant): (runs, timings)} for those that finished, a divergence record per
-    seed for those that did not."""
+    """Each distinct (optimizer, variant), all seeds at once, on all training rows, then the test set read once:
+    {(optimizer, variant): (runs, timings)} for those that finished, a divergence record per seed for the rest."""
     trained, diverged = {}, []
     for opt, variant in dict.fromkeys(configs.values()):
         t0 = time.perf_counter()
@@ -444,55 +333,16 @@ def train_all(configs: dict, lrs: dict, seeds: list[int], train: tuple, test: tu
     return trained, diverged
 
 
-def split_arrays(split: Split) -> tuple:
-    """(train features, train labels, test features, test labels) as numpy arrays, for the baselines."""
-    f = data.WATER_FEATURES
-    return (split.train[f].to_numpy(), split.train[LABEL].to_numpy().astype(int),
-            split.test[f].to_numpy(), split.test[LABEL].to_numpy().astype(int))
-
-
-def fixed_baselines(split: Split) -> dict:
-    """The baselines that do not depend on the seed, fitted once per protocol: majority class and logistic
-    regression (lbfgs, deterministic) on the same split."""
-    from sklearn.linear_model import LogisticRegression
-
-    Xtr, ytr, Xte, yte = split_arrays(split)
-    return {"baseline.majority_accuracy": float(np.mean(yte == np.bincount(ytr).argmax())),
-            "baseline.logreg_accuracy": float(LogisticRegression(max_iter=1000).fit(Xtr, ytr).score(Xte, yte))}
-
-
-def run_seed(i: int, seed: int, configs: dict, trained: dict, split: Split, trees: int, fixed: dict) -> dict:
-    """Seed ``seeds[i]``'s flat metrics: each configuration's (diverged: test_accuracy None), the baselines'
-    (``fixed``: majority class and logistic regression, the same for every seed; a random forest with this
-    seed, on the same split), each configuration's margins."""
-    from sklearn.ensemble import RandomForestClassifier
-
-    m = {}
-    for key, cfg in configs.items():
-        m.update({f"{key}.{k}": v for k, v in trained[cfg][0][i]["metrics"].items()} if cfg in trained
-                 else {f"{key}.test_accuracy": None})
-    Xtr, ytr, Xte, yte = split_arrays(split)
-    forest = RandomForestClassifier(n_estimators=trees, random_state=seed, n_jobs=1).fit(Xtr, ytr)
-    m.update(fixed)
-    m["baseline.random_forest_accuracy"] = float(forest.score(Xte, yte))
-    for key in configs:
-        if m.get(f"{key}.test_accuracy") is not None:
-            m[f"{key}.minus_majority"] = m[f"{key}.test_accuracy"] - m["baseline.majority_accuracy"]
-            m[f"{key}.minus_random_forest"] = m[f"{key}.test_accuracy"] - m["baseline.random_forest_accuracy"]
-    return m
-
-
-def dataloader_check(split: Split, args, trained: dict, lrs: dict, seed: int, train: tuple, epochs: int,
+def dataloader_check(split: water.Split, args, trained: dict, lrs: dict, seed: int, train: tuple, epochs: int,
                      device) -> dict:
-    """The course's own path (WaterDataset reading the course CSV, DataLoader, a plain Net) for
-    --grad-optimizer's default Net and one seed, against the fast path's copy for that seed (training accuracy:
-    the test set is read by the final nets only)."""
+    """The course's own path (WaterDataset over the course CSV, DataLoader, a plain Net) for --grad-optimizer's
+    default Net and one seed, against the fast path's copy of that seed, on training accuracy."""
     cfg = (args.grad_optimizer, "relu_default")
     check = {"config": "/".join(cfg), "seed": seed}
     if cfg not in trained:
         return check
     reads_csv = split.train_csv is not None and not args.smoke
-    ds = WaterDataset(split.train_csv if reads_csv else split.train)
+    ds = water.WaterDataset(split.train_csv if reads_csv else split.train)
     course = train_course_path(*cfg, lrs[cfg[0]], ds, ds, seed, epochs, args.batch_size, device)
     fast, stack = trained[cfg][0][0], trained[cfg][1]["stack"]
     check.update(
@@ -505,94 +355,6 @@ def dataloader_check(split: Split, args, trained: dict, lrs: dict, seed: int, tr
           f"{course['accuracy']:.4f} vs fast path {fast['metrics']['train_accuracy']:.4f}, max |train loss diff| "
           f"{check['max_abs_train_loss_diff']:.2g} ({course['train_s']:.1f}s for one seed)", flush=True)
     return check
-
-
-def history_of(configs: dict, trained: dict, grad_optimizer: str, epochs: int, cv_curve: list) -> dict:
-    """Means over seeds: each configuration's per-epoch train loss, the ablation's per-layer gradient norms (NaN
-    for a diverged variant); the cross-validation's validation accuracy per epoch (mean over folds)."""
-    history = {"validation_accuracy.cv": cv_curve}
-    for key, cfg in configs.items():
-        if cfg in trained:
-            history[f"train_loss.{key}"] = np.mean([r["losses"] for r in trained[cfg][0]], axis=0).tolist()
-    for v in VARIANTS:
-        runs = trained[(grad_optimizer, v)][0] if (grad_optimizer, v) in trained else []
-        g = np.mean([r["gnorms"] for r in runs], axis=0) if runs else np.full((epochs, len(LAYERS)), np.nan)
-        for j, layer in enumerate(LAYERS):
-            history[f"grad_norm.{v}.{layer}"] = g[:, j].tolist()
-    return history
-
-
-# ----------------------------------------------------------------------------- plots, record, summary
-def make_plots(pdir: Path, protocol: str, configs: dict, mean: dict, std: dict, base: dict, history: dict,
-               n_seeds: int) -> None:
-    labels = list(configs)
-    plots.bar_with_errors(labels, [mean.get(f"{k}.test_accuracy") or 0.0 for k in labels],
-                          [std.get(f"{k}.test_accuracy") or 0.0 for k in labels], pdir / "accuracy.png",
-                          f"test accuracy, {protocol} protocol (mean ± std over {n_seeds} seeds)", "accuracy",
-                          baselines={"majority": base["majority"], "logistic regression": base["logreg"],
-                                     "random forest": base["random_forest"], "course": COURSE_ACCURACY})
-    curves = {what: {k.split(".", 1)[1]: v for k, v in history.items() if k.startswith(f"{what}.")}
-              for what in ("train_loss", "validation_accuracy")}
-    plots.plot_curves(curves["train_loss"], pdir / "train_loss.png",
-                      f"training loss (BCE), {protocol} protocol, mean over seeds")
-    plots.plot_curves(curves["validation_accuracy"], pdir / "validation_accuracy_per_epoch.png", "cross-validation "
-                      f"accuracy per epoch, {protocol} protocol, mean over folds", ylabel="accuracy")
-    fig, axes = plots.plt.subplots(1, len(VARIANTS), figsize=(4 * len(VARIANTS), 3.6), sharey=True)
-    for ax, v in zip(axes, VARIANTS):   # per-layer gradient norms, one panel per variant
-        for name in LAYERS:
-            ys = history[f"grad_norm.{v}.{name}"]
-            ax.plot(range(1, len(ys) + 1), ys, marker="o" if len(ys) <= 30 else None, ms=3, label=name)
-        ax.set(title=v, xlabel="epoch", yscale="log")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mean L2 norm of weight gradient")
-    axes[0].legend()
-    fig.suptitle(f"per-layer gradient norms during training ({protocol} protocol, mean over seeds)")
-    plots.save_figure(fig, pdir / "grad_norms.png")
-
-
-def extra_record(split: Split, args, configs: dict, lrs: dict, mean: dict, std: dict, base: dict,
-                 loader_check: dict, diverged: list, epochs: int, n_seeds: int) -> dict:
-    """The JSON's extra keys: each configuration against the others of its group (optimizers; ablation variants)
-    and the baselines (vs: higher / lower / within noise), the protocol's notes, the settings the transcript
-    leaves open (why: deviations), the DataLoader check."""
-    acc = {key: (mean.get(f"{key}.test_accuracy"), std.get(f"{key}.test_accuracy")) for key in configs}
-    acc.update({b: (mean[f"baseline.{b}_accuracy"], std.get(f"baseline.{b}_accuracy")) for b in base})
-    table = [{"config": key, "optimizer": opt, "variant": variant, "lr": lrs[opt],
-              "test_accuracy_mean": acc[key][0], "test_accuracy_std": acc[key][1],
-              **{f"beats_{b}": verdict(acc[key], acc[b], n_seeds).startswith("higher") for b in base},
-              "vs": {o: verdict(acc[key], acc[o], n_seeds) for o in [*configs, *base]
-                     if o != key and (o in base or ("." in o) == ("." in key))}}
-             for key, (opt, variant) in configs.items()]
-    g = args.grad_optimizer
-    return {"protocol": split.protocol, "protocol_notes": split.notes, "comparison": table,
-            "course_reference": {"test_accuracy": COURSE_ACCURACY, "says": "over 67%"},
-            "comparison_rule": "common.schema.compare_means, the suite's one noise rule: mean ± std over seeds; "
-                               f"'within noise' where |difference of means| <= the larger std + "
-                               f"{schema.NOISE_TOLERANCE:g}, else higher/lower (with one seed: no spread, said so); "
-                               "n/a where a run diverged",
-            "choices": {"epochs": f"{epochs}, chosen by cross-validation (selection; the transcript states none)",
-                        "batch_size": f"{args.batch_size} (the transcript's DataLoader demo uses 2)",
-                        "lr": "SGD 0.01 as in the course; Adagrad/RMSprop/Adam at torch's defaults",
-                        "gradient_ablation": f"cumulative, trained with {g}; its relu_default run is the {g} run",
-                        "grad_norms": "mean over steps of the L2 norm of each Linear layer's weight gradient"},
-            "dataloader_check": loader_check, "diverged": diverged}
-
-
-def verdict(a: tuple, b: tuple, n_seeds: int) -> str:
-    """(mean, std) a against b by the suite's noise rule (common.schema.compare_means); n/a if either diverged."""
-    if a[0] is None or b[0] is None:
-        return "n/a"
-    return schema.compare_means(a[0], a[1], b[0], b[1], n_seeds)
-
-
-def report(protocol: str, table: list, base: dict, start: cli.Start) -> None:
-    for row in table:
-        m, sd = row["test_accuracy_mean"], row["test_accuracy_std"]
-        print(f"  {protocol} {row['config']:20s} {m or float('nan'):.3f} ± {sd or 0.0:.3f}  vs "
-              + ", ".join(f"{o}: {v}" for o, v in row["vs"].items()))
-    print(f"  baselines: majority {base['majority']:.3f}, logistic regression {base['logreg']:.3f}, "
-          f"random forest {base['random_forest']:.3f}; course: over {COURSE_ACCURACY:.0%}  [{start.wall_s():.1f}s]",
-          flush=True)
 
 
 # ----------------------------------------------------------------------------- main
@@ -619,12 +381,13 @@ def parse(argv=None):
     return args
 
 
-def run_protocol(protocol: str, split: Split, args, seeds: list[int], lrs: dict, configs: dict, workers: int) -> int:
+def run_protocol(protocol: str, split: water.Split, args, seeds: list[int], lrs: dict, configs: dict,
+                 workers: int) -> int:
     """One protocol, every seed: cross-validate the epochs, train every configuration, the DataLoader check, the
     baselines, then the JSON, plots and summary. -> exit status (0 ok, 3 diverged)."""
     start = cli.start(args)
     name, device = f"{EXPERIMENT}_{protocol}", start.device
-    train, test = to_tensors(split.train, device), to_tensors(split.test, device)
+    train, test = water.to_tensors(split.train, device), water.to_tensors(split.test, device)
     print(f"== {name}: {len(split.train)} train / {len(split.test)} test rows, {len(set(configs.values()))} "
           f"configurations x {len(seeds)} seeds, {args.epochs} epochs, batch {args.batch_size}, device {device}",
           flush=True)
@@ -635,28 +398,28 @@ def run_protocol(protocol: str, split: Split, args, seeds: list[int], lrs: dict,
                             **selection["diverged"]})
     loader_check = dataloader_check(split, args, trained, lrs, seeds[0], train, epochs, device)
     t0 = time.perf_counter()
-    fixed = fixed_baselines(split)
     trees = SMOKE["forest_trees"] if args.smoke else DEFAULTS["forest_trees"]
-    per_seed = [run_seed(i, seed, configs, trained, split, trees, fixed) for i, seed in enumerate(seeds)]
+    per_seed = [water.seed_metrics(i, configs, trained, baselines)
+                for i, baselines in enumerate(water.baselines(split, seeds, trees))]
     baselines_s = time.perf_counter() - t0
 
     mean, std, per_seed = results.aggregate_seeds(per_seed)
-    history = history_of(configs, trained, args.grad_optimizer, epochs, cv_curve)
-    base = {b: mean[f"baseline.{b}_accuracy"] for b in ("majority", "logreg", "random_forest")}
-    make_plots(plots.plot_dir(args.results_dir, name), protocol, configs, mean, std, base, history, len(seeds))
+    history = water.history_of(configs, trained, args.grad_optimizer, epochs, cv_curve)
+    water.make_plots(plots.plot_dir(args.results_dir, name), protocol, configs, mean, std, history, len(seeds))
     split.info.notes = f"{split.info.notes}; protocol {protocol}: {split.notes['preprocessing']}"
     train_s = sum(t["train_s"] for _, t in trained.values())
     timings = {"wall_s": start.wall_s(), "train_s": train_s, "baselines_s": baselines_s,
                "train_samples_per_s": sum(t["seen"] for _, t in trained.values()) / train_s if train_s else None,
                "eval_s": sum(t["eval_s"] for _, t in trained.values()), "workers": workers}
-    extra = extra_record(split, args, configs, lrs, mean, std, base, loader_check, diverged, epochs, len(seeds))
+    extra = {**water.comparison_record(split, args, configs, lrs, mean, std, epochs, len(seeds)),
+             "dataloader_check": loader_check, "diverged": diverged}
     results.write_result(
         name, results_dir=args.results_dir, status="diverged" if diverged else "ok", started_at=start.started_at,
         config={**cli.config_of(args), "protocol": protocol, "epochs_used": epochs, "lr_used": lrs},
         seeds=seeds, data=split.info, metrics=mean, std=std, per_seed=per_seed,
         headline=f"{args.grad_optimizer}.test_accuracy", history=history, timings=timings, device=device,
         script=__file__, deviations=DEVIATIONS, selection=selection, extra=extra)
-    report(protocol, extra["comparison"], base, start)
+    water.report(protocol, extra["comparison"], mean, start)
     return 3 if diverged else 0
 
 
@@ -673,7 +436,7 @@ def main(argv=None) -> int:
         device = choose_device(args.device)
         cli.apply_threads(args, device)   # the workers run with this process's threads
         workers = parallel.workers_for(args, device, len(protocols))
-        splits = {protocol: load_split(protocol, args) for protocol in protocols}
+        splits = {protocol: water.load_split(protocol, args) for protocol in protocols}
     except (data.DataError, DeviceError) as e:
         return cli.fail(e)
     # the protocols are independent: one worker each, their printed lines labelled

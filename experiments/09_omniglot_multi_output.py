@@ -1,17 +1,13 @@
 #!/usr/bin/env python
 """09_omniglot_multi_output: the course's two-output Omniglot model, loss weighting and loss scaling (transcript lines 815-860): one image -> alphabet (30) and character (964).
 
-The image subnet is the one of 08 (experiments/omniglot.py holds it, with the data, split and training
-code both scripts share); two linear heads predict the alphabet and the character, and the total loss is
-the sum of the two cross-entropies. Each model keeps the weights of its epoch with the best mean of the two
-heads' accuracies on validation drawings (one training drawing per character), and only that checkpoint
-reads the test images. Test accuracy of each head (torchmetrics, mean ± std over 3 seeds) is reported for
-the course model and the improved image subnet on the ``clean`` split and on the course's leaky split (the
-course reports 31% alphabet vs 24% character). Loss weighting (course model): equal sum, character loss x2
-and weights summing to one (0.33/0.67), each against the equal sum. Loss scaling, the course's house-price
-example made real on the DS salaries table: a two-output network predicting ``salary_in_usd`` (MSE in
-dollars, i.e. billions) and ``experience_level`` (cross-entropy, 4 classes), trained with the plain sum of
-the two losses and with each loss divided by its batch maximum.
+The image subnet is 08's (experiments/omniglot.py holds it, with the code both scripts share); two linear heads
+predict the alphabet and the character. Each head's test accuracy (mean ± std over seeds; the course: 31% alphabet,
+24% character), read once by the best epoch's checkpoint on validation, for the course model and the improved subnet
+on both splits; loss weighting of the course model (WEIGHTINGS, against the equal sum); loss scaling, the course's
+house-price example made real on the DS salaries table: dollars (MSE) and experience level (cross-entropy) from one
+network, with the plain sum of the two losses and with each divided by its batch maximum. DEVIATIONS says where
+this departs from the course.
 """
 import sys
 from contextlib import contextmanager
@@ -92,9 +88,8 @@ def inputs(om: omniglot.Omniglot, idx):
     return (om.image_batch(idx),)
 
 
-def step_loss(om: omniglot.Omniglot, weights, model, idx):
-    d = idx.to(om.device)
-    return weighted_loss(model(*inputs(om, idx)), (om.alphabet[d], om.character[d]), *weights)
+def step_loss(om: omniglot.Omniglot, weights, model, idx):   # idx: on the device (omniglot.train_run)
+    return weighted_loss(model(*inputs(om, idx)), (om.alphabet[idx], om.character[idx]), *weights)
 
 
 def head_accuracy(ds, out_alpha, out_char, rows) -> dict:
@@ -109,8 +104,7 @@ def epoch_val_accuracy(om: omniglot.Omniglot, val_idx, model) -> dict:
 
 
 def omniglot_runs(om: omniglot.Omniglot) -> list[tuple]:
-    """Every (split, model, weighting) to train: each model with equal weights on each split, and the
-    weighting study, which uses the course model on the first split."""
+    """Every (split, model, weighting): each model with equal weights on each split; the weighting study's."""
     runs = [(s, n, "equal") for s in om.splits for n in om.models]
     if "course_model" in om.models:
         runs += [(next(iter(om.splits)), "course_model", w) for w in WEIGHTINGS if w != "equal"]
@@ -118,8 +112,7 @@ def omniglot_runs(om: omniglot.Omniglot) -> list[tuple]:
 
 
 def run_model(seed, split, name, weighting, om: omniglot.Omniglot, tally: omniglot.Tally) -> dict:
-    """Train one two-output model, keep its best epoch on validation; that checkpoint's test figures for both
-    heads and its epoch (empty if it diverged)."""
+    """One two-output model's best epoch on validation: that checkpoint's test figures ({} if it diverged)."""
     tr, val, te, split_info = om.splits[split]
     weights = WEIGHTINGS[weighting]
     run = f"{split}.{name}" if weighting == "equal" else f"weighting.{weighting}"
@@ -165,10 +158,8 @@ class SalaryNet(nn.Module):
 def salary_features(df: pd.DataFrame, top: int = 12):
     """One-hot job title / residence / company location (most frequent ``top``, rest 'other'),
     employment type, company size; remote ratio in [0,1]; work year centred. No salary column goes in."""
-    cols = {}
-    for c in ("job_title", "employee_residence", "company_location"):
-        keep = df[c].value_counts().index[:top]
-        cols[c] = df[c].where(df[c].isin(keep), "other")
+    cols = {c: df[c].where(df[c].isin(df[c].value_counts().index[:top]), "other")
+            for c in ("job_title", "employee_residence", "company_location")}
     cats = pd.get_dummies(pd.DataFrame({**cols, "employment_type": df["employment_type"],
                                         "company_size": df["company_size"]}), dtype=np.float32)
     num = pd.DataFrame({"remote": df["remote_ratio"] / 100.0, "year": df["work_year"] - 2022.0})
@@ -182,20 +173,17 @@ def salary_features(df: pd.DataFrame, top: int = 12):
 
 @dataclass
 class Salaries:
-    """The salary table: standardised features, targets, a seeded 80/20 split; ``x``, ``salary`` and
-    ``level`` are also on the device (``*_d``: the small table goes there once, steps gather rows there)."""
+    """The salary table on the device (small: it goes there once, steps gather rows there): standardised
+    features, both targets, and a seeded 80/20 split (row indices on the CPU)."""
     info: data.DataInfo
     x: torch.Tensor
     salary: torch.Tensor
     level: torch.Tensor
     train: torch.Tensor
     test: torch.Tensor
-    x_d: torch.Tensor
-    salary_d: torch.Tensor
-    level_d: torch.Tensor
 
     def inputs(self, idx):
-        return (self.x_d[idx.to(self.x_d.device)],)
+        return (self.x[idx.to(self.x.device)],)
 
 
 def load_salaries(args, device) -> Salaries:
@@ -205,69 +193,63 @@ def load_salaries(args, device) -> Salaries:
     perm = torch.randperm(len(df), generator=repro.make_generator(args.split_seed))
     te, tr = perm[:len(df) // 5], perm[len(df) // 5:]
     x = (x - x[tr].mean(0)) / x[tr].std(0).clamp_min(1e-6)
-    return Salaries(info, x, salary, level, tr, te, *(to_device(t, device) for t in (x, salary, level)))
+    return Salaries(info, *(to_device(t, device) for t in (x, salary, level)), tr, te)
 
 
-def salary_losses(variant: str, pred_salary, logits, y_salary, y_level):
-    """Per-sample squared errors (dollars^2) and cross-entropies, reduced per ``variant``:
-    ``unscaled``: mean MSE + mean CE; ``scaled``: each divided by its batch maximum first (the course's
-    remedy; the maximum is a constant, not differentiated); ``ce_only``: the classification loss alone."""
+def salary_losses(variant: str, pred_salary, logits, y_salary, y_level, per_sample=False):
+    """Per-sample squared errors (dollars^2) and cross-entropies, each first divided by its batch maximum if ``scaled``
+    (the course's remedy; a constant, not differentiated): as they are with ``per_sample``, else their means'
+    sum, or (``ce_only``) the mean cross-entropy alone."""
     se = (pred_salary - y_salary) ** 2
     ce = F.cross_entropy(logits, y_level, reduction="none")
     if variant == "scaled":
         se, ce = se / se.detach().max().clamp_min(1e-12), ce / ce.detach().max().clamp_min(1e-12)
-    if variant == "ce_only":
-        return ce.mean()
-    return se.mean() + ce.mean()
+    if per_sample:
+        return se, ce
+    return ce.mean() if variant == "ce_only" else se.mean() + ce.mean()
 
 
-def salary_step_loss(sal: Salaries, variant, model, idx):
-    idx = idx.to(sal.x_d.device)
-    pred, logits = model(sal.x_d[idx])
-    return salary_losses(variant, pred, logits, sal.salary_d[idx], sal.level_d[idx])
+def salary_step_loss(sal: Salaries, variant, model, idx):   # idx: on the device (omniglot.train_run)
+    return salary_losses(variant, *model(sal.x[idx]), sal.salary[idx], sal.level[idx])
 
 
 def trunk_grad_share_ce(model, sal: Salaries, variant, batch_size) -> float:
     """At initialisation, on one training batch: which share of the shared trunk's gradient comes from
     the classification loss (the rest from the salary loss)."""
-    b = sal.train[:batch_size].to(sal.x_d.device)
-    pred, logits = model(sal.x_d[b])
-    se = (pred - sal.salary_d[b]) ** 2
-    ce = F.cross_entropy(logits, sal.level_d[b], reduction="none")
-    if variant == "scaled":
-        se, ce = se / se.detach().max(), ce / ce.detach().max()
+    b = sal.train[:batch_size].to(sal.x.device)
     trunk = list(model.trunk.parameters())
     norms = [torch.cat([gr.flatten() for gr in torch.autograd.grad(part.mean(), trunk, retain_graph=True)]).norm()
-             for part in (se, ce)]
+             for part in salary_losses(variant, *model(sal.x[b]), sal.salary[b], sal.level[b], per_sample=True)]
     return float(norms[1] / (norms[0] + norms[1]))
 
 
 def run_scaling(seed, sal: Salaries, args, device):
     """Train the salary network once per variant; flat metrics and per-epoch history. Raises results.Diverged."""
     tr, te = sal.train, sal.test
-    out, hist = {}, {}
-    majority = int(torch.bincount(sal.level[tr]).argmax())
-    out["baseline.scaling.majority_accuracy"] = float((sal.level[te] == majority).float().mean())
-    out["baseline.scaling.mean_rmse_usd"] = metrics.mse(torch.full((len(te),), float(sal.salary[tr].mean())),
-                                                        sal.salary[te]) ** 0.5
+    salary, level = sal.salary.cpu(), sal.level.cpu()
+    y_salary, y_level, mean = salary[te], level[te], float(salary[tr].mean())
+    majority = int(torch.bincount(level[tr]).argmax())
+    out = {"baseline.scaling.majority_accuracy": float((y_level == majority).float().mean()),
+           "baseline.scaling.mean_rmse_usd": metrics.mse(torch.full((len(te),), mean), y_salary) ** 0.5}
+    hist = {}
     for variant in SCALING_VARIANTS:
+        key = f"scaling.{variant}"
         repro.seed_everything(seed)
-        model = SalaryNet(sal.x.shape[1], salary_mean=float(sal.salary[tr].mean()),
-                          salary_std=float(sal.salary[tr].std())).to(device)
-        share = trunk_grad_share_ce(model, sal, variant, args.scaling_batch_size)
+        model = SalaryNet(sal.x.shape[1], salary_mean=mean, salary_std=float(salary[tr].std())).to(device)
         if variant != "ce_only":
-            out[f"scaling.{variant}.trunk_grad_share_ce"] = share
+            out[f"{key}.trunk_grad_share_ce"] = trunk_grad_share_ce(model, sal, variant, args.scaling_batch_size)
         h, _, _, _ = omniglot.train_run(model, partial(salary_step_loss, sal, variant), tr, epochs=args.scaling_epochs,
-                                     batch_size=args.scaling_batch_size, lr=args.scaling_lr, seed=seed, device=device,
-                                     label=f"scaling.{variant}", print_every=max(1, args.scaling_epochs // 4))
-        hist[f"scaling.{variant}.train_loss"] = h["train_loss"]
+                                        batch_size=args.scaling_batch_size, lr=args.scaling_lr, seed=seed,
+                                        device=device, label=key, print_every=max(1, args.scaling_epochs // 4))
+        hist[f"{key}.train_loss"] = h["train_loss"]
         pred, logits = omniglot.predict(model, sal.inputs, te, device)
-        out[f"scaling.{variant}.experience_accuracy"] = metrics.accuracy(logits, sal.level[te], len(EXPERIENCE_LEVELS))
+        out[f"{key}.experience_accuracy"] = metrics.accuracy(logits, y_level, len(EXPERIENCE_LEVELS))
         if variant != "ce_only":
-            out[f"scaling.{variant}.salary_rmse_usd"] = metrics.mse(pred, sal.salary[te]) ** 0.5
-            out[f"scaling.{variant}.salary_mae_usd"] = float(mean_absolute_error(pred, sal.salary[te]))
-            out[f"scaling.{variant}.test_mse_usd2"] = metrics.mse(pred, sal.salary[te])   # the losses' magnitudes
-            out[f"scaling.{variant}.test_cross_entropy"] = float(F.cross_entropy(logits, sal.level[te]))
+            mse = metrics.mse(pred, y_salary)
+            out.update({f"{key}.salary_rmse_usd": mse ** 0.5,
+                        f"{key}.salary_mae_usd": float(mean_absolute_error(pred, y_salary)),
+                        f"{key}.test_mse_usd2": mse,   # with the test cross-entropy: the two losses' magnitudes
+                        f"{key}.test_cross_entropy": float(F.cross_entropy(logits, y_level))})
     return out, hist
 
 
@@ -286,16 +268,13 @@ def one_torch_thread():
 # ----------------------------------------------------------------------------- one seed
 def baselines(om: omniglot.Omniglot) -> dict:
     """Every split's majority-class baselines for both heads (the same for every seed)."""
-    m = {}
-    for split, (_, _, te, _) in om.splits.items():
-        m[f"baseline.{split}.alphabet_majority_accuracy"] = omniglot.majority_accuracy(om.ds.alphabet[te])
-        m[f"baseline.{split}.char_majority_accuracy"] = omniglot.majority_accuracy(om.ds.character[te])
-    return m
+    heads = (("alphabet", om.ds.alphabet), ("char", om.ds.character))
+    return {f"baseline.{split}.{head}_majority_accuracy": omniglot.majority_accuracy(labels[sp.test])
+            for split, sp in om.splits.items() for head, labels in heads}
 
 
-def run_task(seed, run: tuple, om: omniglot.Omniglot, sal: Salaries, args, tally: omniglot.Tally) -> dict:
-    """One run with one seed: an omniglot run (split, model, weighting), or ("scaling",), the loss-scaling study
-    on the DS salaries table."""
+def run_task(om: omniglot.Omniglot, sal: Salaries, args, seed, run: tuple, tally: omniglot.Tally) -> dict:
+    """One run with one seed: an omniglot run (split, model, weighting), or ("scaling",): the loss-scaling study."""
     if run != ("scaling",):
         return run_model(seed, *run, om, tally)
     print(f"seed {seed}  loss scaling on the DS salaries table", flush=True)
@@ -376,23 +355,18 @@ def make_plots(out: Path, done, mean, std, history, weighting_rows) -> None:
 
 
 def fixed(args) -> dict:
-    """What is not chosen on this data beyond the shared models' settings (``omniglot.FIXED``, which
-    ``omniglot.selection_record`` adds): the selection record's ``fixed`` entries of the weighting and scaling
-    studies."""
+    """The selection record's ``fixed`` entries beyond the shared models' (``omniglot.FIXED``): the two studies'."""
     return {"weighting": f"the weights {list(WEIGHTINGS.values())} (alphabet, character): the course's, compared",
             "scaling": f"Adam lr {args.scaling_lr:g}, batch {args.scaling_batch_size}, {args.scaling_epochs} epochs: "
                        "project settings; nothing is chosen on the salary data; each variant reads its test rows once"}
 
 
 def data_record(om: omniglot.Omniglot, sal: Salaries) -> dict:
-    """The omniglot data's record, with the salary table as a part."""
-    record = om.info.to_json()
-    record["parts"] = {"ds_salaries": {**sal.info.to_json(), "sizes": {"train": len(sal.train), "test": len(sal.test)}}}
-    return record
+    sizes = {"train": len(sal.train), "test": len(sal.test)}
+    return {**om.info.to_json(), "parts": {"ds_salaries": {**sal.info.to_json(), "sizes": sizes}}}
 
 
 def extra_record(om: omniglot.Omniglot, out: omniglot.Outcome, weighting_rows, found: dict) -> dict:
-    """The result JSON's fields beyond the common schema (``found``: ``comparisons``)."""
     return {"splits": {s: sp.info for s, sp in om.splits.items()}, "diverged": out.tally.diverged,
             "training": om.settings, "comparisons": found,
             "course_reference": {"alphabet_accuracy": 0.31, "char_accuracy": 0.24,
@@ -408,7 +382,7 @@ def extra_record(om: omniglot.Omniglot, out: omniglot.Outcome, weighting_rows, f
                       "per-parameter normalisation nearly cancels: expect near-identical results"]}
 
 
-def report(om, out: omniglot.Outcome, weighting_rows, found: dict, wall_s) -> None:
+def report(om, out: omniglot.Outcome, found: dict, wall_s) -> None:
     mean, tally = out.mean, out.tally
     print(f"\n{EXPERIMENT} ({om.info.source} data, {len(out.seeds)} seed(s), {wall_s:.0f}s wall; best epochs kept)")
     print("  course: alphabet 0.31, character 0.24 (its split is not described; the 'course' lists are a guess at it)")
@@ -454,8 +428,7 @@ def main(argv=None) -> int:
     except (data.DataError, DeviceError) as e:
         return cli.fail(e)
     runs = [*omniglot_runs(om), ("scaling",)]   # each with every seed
-    out = omniglot.run_seeds(args, om, lambda seed, run, tally: run_task(seed, run, om, sal, args, tally), runs,
-                             baselines(om))
+    out = omniglot.run_seeds(args, om, partial(run_task, om, sal, args), runs, baselines(om))
     weighting_rows = weighting_table(out.mean, out.std, om)
     make_plots(plots.plot_dir(args.results_dir, EXPERIMENT), out.done, out.mean, out.std, out.tally.history,
                weighting_rows)
@@ -463,7 +436,7 @@ def main(argv=None) -> int:
     wall_s = omniglot.write_result(EXPERIMENT, args, start, out, data=data_record(om, sal), script=__file__,
                                    extra=extra_record(om, out, weighting_rows, found), deviations=DEVIATIONS,
                                    selection=omniglot.selection_record(om, out.tally, CRITERION, fixed(args)))
-    report(om, out, weighting_rows, found, wall_s)
+    report(om, out, found, wall_s)
     return 3 if out.tally.diverged else 0
 
 

@@ -13,6 +13,7 @@ import torch
 
 from common import data, schema
 from conftest import check_deviations, real_data, run_script
+from experiments import tabular
 
 SCRIPT = "03_tabular_training"
 exp = importlib.import_module(f"experiments.{SCRIPT}")
@@ -30,7 +31,7 @@ def one_thread():
 @real_data("zoo")
 def test_zoo_split_is_stratified_and_disjoint():
     df, _ = data.load_zoo()
-    x, y = exp.zoo_tensors(df)
+    x, y = tabular.zoo_tensors(df)
     assert x.shape == (101, 16) and float(x.max()) == 1.0 and int(y.min()) == 0 and int(y.max()) == 6
     tr, va, te = exp.zoo_split(y, seed=0)
     assert (len(tr), len(va), len(te)) == (60, 20, 21)
@@ -43,7 +44,7 @@ def test_zoo_split_is_stratified_and_disjoint():
 @real_data("ds_salaries")
 def test_salary_features_are_one_hot():
     df, _ = data.load_salaries()
-    x, y, cols = exp.salary_tensors(df)
+    x, y, cols = tabular.salary_tensors(df)
     assert x.shape == (3755, exp.SALARY_FEATURES_REAL) and len(cols) == x.shape[1]
     onehot = x[:, :-1]  # every categorical block sums to 1 per row: 6 blocks
     assert torch.equal(onehot.sum(1), torch.full((3755,), 6.0))
@@ -171,6 +172,7 @@ def runs(tmp_path_factory):
             if name == "b":
                 mp.setattr(exp, "train", recording_train)
                 mp.setattr(exp, "evaluate", recording_evaluate)
+                mp.setattr(tabular, "evaluate", recording_evaluate)   # fit's evaluations
             # --workers 1: the seeds run in this process, where the recording functions are
             assert exp.main(["--smoke", "--seed", seed, "--workers", "1", "--results-dir", str(d)]) == 0
         out[name] = (json.loads((d / f"{SCRIPT}.json").read_text()), d)
@@ -263,7 +265,7 @@ def test_selection_is_recorded_and_chosen_among_the_candidates(runs):
 def test_the_test_animals_are_read_only_by_the_final_models(runs):
     """No training or validation run sees a test animal; each seed's test tensors are evaluated 6 times: by the final
     classifier, the 3 fixed overfitting/regularisation models and the best trial of each search."""
-    x, y = exp.zoo_tensors(data.load_zoo()[0])
+    x, y = tabular.zoo_tensors(data.load_zoo()[0])
     for seed in (0, 1):   # the smoke run's two seeds
         tr, va, te = exp.zoo_split(y, seed=seed)
         pool = np.sort(np.concatenate([tr, va]))

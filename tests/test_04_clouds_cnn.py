@@ -17,6 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 from common import data
 from common.schema import check_selection
 from conftest import check_deviations, real_data, run_script, smoke_fixture
+from experiments import clouds
 
 m = importlib.import_module("experiments.04_clouds_cnn")
 SCRIPT = "04_clouds_cnn"
@@ -38,75 +39,76 @@ def _batch(n=8, size=64, seed=0):
 def test_course_transforms_per_image():
     img = _pil()
     torch.manual_seed(0)
-    a = m.course_train_transforms()(img)
-    b = m.course_train_transforms()(img)
+    a = clouds.course_train_transforms()(img)
+    b = clouds.course_train_transforms()(img)
     assert a.shape == (3, 64, 64) and a.dtype == torch.float32
     assert not torch.equal(a, b)            # random flip/rotation/autocontrast
     assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
-    assert m.course_train_transforms((0.0, 45.0))(img).shape == (3, 64, 64)   # --rotation-from-zero's range
+    assert clouds.course_train_transforms((0.0, 45.0))(img).shape == (3, 64, 64)   # --rotation-from-zero's range
 
 
 def test_batched_augmentation_per_sample_and_seeded():
     x = _batch(8)
-    a = m.augment_batch(x, torch.Generator().manual_seed(1))
+    a = clouds.augment_batch(x, torch.Generator().manual_seed(1))
     assert a.shape == (8, 3, 64, 64) and a.dtype == torch.float32
     assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
     # identical inputs, different outputs: every sample draws its own flip/angle/contrast
     assert len({tuple(a[i].flatten()[:512].tolist()) for i in range(8)}) == 8
-    assert torch.equal(a, m.augment_batch(x, torch.Generator().manual_seed(1)))      # seeded: reproducible
-    assert not torch.equal(a, m.augment_batch(x, torch.Generator().manual_seed(2)))  # other seed: other draws
+    assert torch.equal(a, clouds.augment_batch(x, torch.Generator().manual_seed(1)))      # seeded: reproducible
+    assert not torch.equal(a, clouds.augment_batch(x, torch.Generator().manual_seed(2)))  # other seed: other draws
     # test-time transform: deterministic, just uint8 -> [0, 1]
-    assert torch.equal(m.to_float(x), m.to_float(x)) and torch.allclose(m.to_float(x), x.float() / 255)
-    assert m.to_float(x).shape == (8, 3, 64, 64)
+    assert torch.equal(clouds.to_float(x), clouds.to_float(x)) and torch.allclose(clouds.to_float(x), x.float() / 255)
+    assert clouds.to_float(x).shape == (8, 3, 64, 64)
 
 
 def test_augmentation_components():
     x = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
     g = torch.Generator().manual_seed(0)
-    flipped = m.augment_batch(x, g, p_flip=1.0, max_degrees=0.0, p_autocontrast=0.0)
-    assert torch.allclose(flipped, m.to_float(x).flip(-1), atol=1e-5)
-    same = m.augment_batch(x, g, p_flip=0.0, max_degrees=0.0, p_autocontrast=0.0)
-    assert torch.allclose(same, m.to_float(x), atol=1e-5)
+    flipped = clouds.augment_batch(x, g, p_flip=1.0, max_degrees=0.0, p_autocontrast=0.0)
+    assert torch.allclose(flipped, clouds.to_float(x).flip(-1), atol=1e-5)
+    same = clouds.augment_batch(x, g, p_flip=0.0, max_degrees=0.0, p_autocontrast=0.0)
+    assert torch.allclose(same, clouds.to_float(x), atol=1e-5)
     # rotation: +90 degrees is counter-clockwise, as torchvision's rotate and torch.rot90(k=1)
     f = torch.rand(2, 3, 16, 16)
-    assert torch.allclose(m.rotate_batch(f, torch.tensor([90.0, 0.0]))[0], torch.rot90(f[0], 1, (-2, -1)), atol=1e-5)
-    assert torch.allclose(m.rotate_batch(f, torch.tensor([30.0, 0.0]))[0],
+    assert torch.allclose(clouds.rotate_batch(f, torch.tensor([90.0, 0.0]))[0], torch.rot90(f[0], 1, (-2, -1)),
+                          atol=1e-5)
+    assert torch.allclose(clouds.rotate_batch(f, torch.tensor([30.0, 0.0]))[0],
                           TF.rotate(f[:1], 30.0, interpolation=TF.InterpolationMode.BILINEAR)[0], atol=1e-5)
     # rotation angles: (2u - 1) * 45 by default, u * 45 with from_zero, from the second of the three draws
     u = torch.rand(3, 4, generator=torch.Generator().manual_seed(3))
     for from_zero, angles in ((False, (u[1] * 2 - 1) * 45), (True, u[1] * 45)):
-        rotated = m.augment_batch(x, torch.Generator().manual_seed(3), p_flip=0.0, p_autocontrast=0.0,
+        rotated = clouds.augment_batch(x, torch.Generator().manual_seed(3), p_flip=0.0, p_autocontrast=0.0,
                                   from_zero=from_zero)
-        assert torch.equal(rotated, m.rotate_batch(m.to_float(x), angles))
+        assert torch.equal(rotated, clouds.rotate_batch(clouds.to_float(x), angles))
     assert float(u[1].min() * 2 - 1) < 0     # the default draws include negative angles here
     # autocontrast stretches every image and channel to [0, 1]
     low = (torch.rand(4, 3, 64, 64) * 80 + 60).to(torch.uint8)
-    ac = m.augment_batch(low, g, p_flip=0.0, max_degrees=0.0, p_autocontrast=1.0)
+    ac = clouds.augment_batch(low, g, p_flip=0.0, max_degrees=0.0, p_autocontrast=1.0)
     assert torch.allclose(ac.amin((-2, -1)), torch.zeros(4, 3)) and torch.allclose(ac.amax((-2, -1)), torch.ones(4, 3))
 
 
 # ------------------------------------------------------------------ models, metrics, data quality
 def test_model_output_shapes():
-    course = m.CourseNet(7)
+    course = clouds.CourseNet(7)
     assert course(torch.rand(5, 3, 64, 64)).shape == (5, 7)
     assert course.classifier.in_features == 64 * 16 * 16
-    assert m.ImprovedNet(7)(torch.rand(3, 3, 64, 64)).shape == (3, 7)
-    assert m.ImprovedNet(7)(torch.rand(2, 3, 96, 96)).shape == (2, 7)
+    assert clouds.ImprovedNet(7)(torch.rand(3, 3, 64, 64)).shape == (3, 7)
+    assert clouds.ImprovedNet(7)(torch.rand(2, 3, 96, 96)).shape == (2, 7)
 
 
 def test_per_class_mapping_and_observations():
     class_to_idx = {c: i for i, c in enumerate(data.CLOUD_CLASSES)}
     # per-class scores are named through class_to_idx (the course's {k: scores[v]}), not by dict position
-    two = m.evaluate(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 1]), {"b": 1, "a": 0})
+    two = clouds.evaluate(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 1]), {"b": 1, "a": 0})
     assert two["recall.a"] == pytest.approx(0.5) and two["recall.b"] == pytest.approx(1.0)
     assert two["precision.a"] == pytest.approx(1.0) and two["precision.b"] == pytest.approx(2 / 3)
-    only_first = m.evaluate(torch.zeros(7, dtype=torch.long), torch.arange(7), class_to_idx)
+    only_first = clouds.evaluate(torch.zeros(7, dtype=torch.long), torch.arange(7), class_to_idx)
     assert only_first["recall.cirriform clouds"] == 1.0 and only_first["recall.stratocumulus clouds"] == 0.0
     # clear sky (1) always right; high cumuliform (4) half wrong (predicted as cumulus, 3); others right
     target = torch.arange(7).repeat_interleave(4)
     preds = target.clone()
     preds[(target == 4).nonzero().flatten()[:2]] = 3
-    r = m.evaluate(preds, target, class_to_idx)
+    r = clouds.evaluate(preds, target, class_to_idx)
     assert r["recall.clear sky"] == 1.0 and r["recall.high cumuliform clouds"] == 0.5
     assert r["precision.cumulus clouds"] == pytest.approx(4 / 6)
     assert r["accuracy"] == pytest.approx(26 / 28) and r["recall_micro"] == pytest.approx(26 / 28)
@@ -119,7 +121,7 @@ def test_per_class_mapping_and_observations():
 def test_find_duplicates_counts():
     def split(hashes, name):
         return SimpleNamespace(file_sha256=hashes, paths=[f"/r/{name}/{i}.jpg" for i in range(len(hashes))])
-    d = m.find_duplicates(split(["a", "b", "a", "c", "a"], "tr"), split(["b", "d", "d", "e"], "te"), "/r")
+    d = clouds.find_duplicates(split(["a", "b", "a", "c", "a"], "tr"), split(["b", "d", "d", "e"], "te"), "/r")
     assert (d["pairs_within_train"], d["pairs_within_test"], d["pairs_across_splits"]) == (3, 1, 1)
     assert d["test_in_train"] == [0]
     assert d["paths"] == {"groups_within_train": [["tr/0.jpg", "tr/2.jpg", "tr/4.jpg"]],
@@ -130,13 +132,13 @@ def test_find_duplicates_counts():
 @real_data("clouds")
 def test_real_duplicates_dedupe_and_class_to_idx():
     train, test, _ = data.load_clouds(size=64)
-    d = m.find_duplicates(train, test)
+    d = clouds.find_duplicates(train, test)
     # PROVENANCE.md: 5 pairs across train/test, 3 inside train, 3 inside test
     assert (d["pairs_within_train"], d["pairs_within_test"], d["pairs_across_splits"]) == (3, 3, 5)
     assert len(d["test_in_train"]) == 5
-    _, deduped = m.run_splits(train, test, d["test_in_train"], smoke=False)
+    _, deduped = clouds.run_splits(train, test, d["test_in_train"], smoke=None)
     assert len(deduped) == 481 and not set(deduped.file_sha256) & set(train.file_sha256)
-    assert len(m.run_splits(train, test, [], smoke=False)[1]) == 486      # --keep-duplicates: the course's set
+    assert len(clouds.run_splits(train, test, [], smoke=None)[1]) == 486      # --keep-duplicates: the course's set
     folder = data.clouds_image_folder("test")
     assert folder.class_to_idx == {c: i for i, c in enumerate(train.classes)}
 
@@ -144,7 +146,7 @@ def test_real_duplicates_dedupe_and_class_to_idx():
 @real_data("clouds")
 def test_real_folds_carved_from_train_stratified_and_apart_from_test():
     train, test, _ = data.load_clouds(size=64)
-    _, test = m.run_splits(train, test, m.find_duplicates(train, test)["test_in_train"], smoke=False)
+    _, test = clouds.run_splits(train, test, clouds.find_duplicates(train, test)["test_in_train"], smoke=None)
     folds = m.cv_folds(train, 3)
     assert sorted(torch.cat([val for _, val in folds]).tolist()) == list(range(474))   # each validates once
     total = torch.bincount(train.labels, minlength=7)
@@ -305,7 +307,7 @@ def test_rotation_flag_reaches_the_specs():
 def _spied_main(argv: list[str], results_dir) -> tuple[int, dict | None, list, list]:
     """``main(argv)`` in this process with every ``predict`` call's images and the loaded data recorded."""
     calls, loaded = [], []
-    predict, load_data = m.predict, m.load_data
+    predict, load_data = m.predict, clouds.load_data
 
     def spy_predict(model, images, *args, **kw):
         calls.append(images.cpu().clone())
@@ -314,7 +316,7 @@ def _spied_main(argv: list[str], results_dir) -> tuple[int, dict | None, list, l
     def spy_load(*args, **kw):
         loaded.append(load_data(*args, **kw))
         return loaded[-1]
-    with mock.patch.object(m, "predict", spy_predict), mock.patch.object(m, "load_data", spy_load):
+    with mock.patch.object(m, "predict", spy_predict), mock.patch.object(clouds, "load_data", spy_load):
         rc = m.main([*argv, "--results-dir", str(results_dir)])
     path = results_dir / f"{SCRIPT}.json"
     return rc, (json.loads(path.read_text()) if path.exists() else None), calls, loaded

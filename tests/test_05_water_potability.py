@@ -12,6 +12,7 @@ import torch
 
 from conftest import check_deviations, main_in_process, real_data, run_script
 from common import data, repro
+from experiments import water
 
 exp = importlib.import_module("experiments.05_water_potability")
 SCRIPT = "05_water_potability"
@@ -21,7 +22,7 @@ CONFIGS = [*exp.OPTIMIZERS, *(f"grad.{v}" for v in exp.VARIANTS)]
 # ---------------------------------------------------------------- dataset class and model
 @real_data("water_potability")
 def test_water_dataset_reads_the_course_csv():
-    ds = exp.WaterDataset(data.data_dir() / "water_potability" / "water_train.csv")
+    ds = water.WaterDataset(data.data_dir() / "water_potability" / "water_train.csv")
     assert len(ds) == 1_508
     features, label = ds[0]
     assert features.shape == (9,) and features.dtype == np.float32 and np.ndim(label) == 0
@@ -64,10 +65,10 @@ def test_benchmark_cases_run_one_step():
 # ---------------------------------------------------------------- fast path == course path
 def test_fast_batches_equal_the_dataloader_batches_over_epochs():
     df, _ = data.synthetic_water(n=50, scaled=True)
-    ds = exp.WaterDataset(df)
-    X, y = exp.to_tensors(df, "cpu")
+    ds = water.WaterDataset(df)
+    X, y = water.to_tensors(df, "cpu")
     loader = repro.make_loader(ds, 8, True, seed=3)
-    orders = exp.epoch_orders(50, 8, [3, 4], device="cpu")  # seed 3 first, beside another seed
+    orders = water.epoch_orders(50, 8, [3, 4], device="cpu")  # seed 3 first, beside another seed
     for _ in range(3):
         order = next(orders)
         assert order.shape == (2, 50) and not torch.equal(order[0], order[1])
@@ -81,11 +82,11 @@ def test_fast_batches_equal_the_dataloader_batches_over_epochs():
 def test_seed_stack_matches_separate_nets():
     """A SeedNets copy trains like a plain Net on the same batches (same init, same losses)."""
     df, _ = data.synthetic_water(n=64, scaled=True)
-    X, y = exp.to_tensors(df, "cpu")
+    X, y = water.to_tensors(df, "cpu")
     for variant in ("relu_default", "kaiming_elu_bn"):
         runs, t = exp.train_stack("adam", variant, 1e-2, [0, 5], X, y, epochs=2, batch_size=16)
         assert t["seen"] == 2 * 64 * 2
-        ds = exp.WaterDataset(df)
+        ds = water.WaterDataset(df)
         course = exp.train_course_path("adam", variant, 1e-2, ds, ds, 5, 2, 16, "cpu")
         assert np.allclose(course["losses"], runs[1]["losses"], atol=1e-6)
         assert course["accuracy"] == pytest.approx(runs[1]["metrics"]["train_accuracy"])
@@ -117,7 +118,7 @@ def test_seed_stack_matches_separate_nets():
 # ---------------------------------------------------------------- the two protocols' splits
 @real_data("water_potability")
 def test_course_split_has_no_shared_rows():
-    split = exp.load_course()
+    split = water.load_course()
     assert (len(split.train), len(split.test)) == (1_508, 503)
     assert split.notes["train_test_identical_feature_rows"] == 0
     assert "train AND test together" in split.notes["preprocessing"]
@@ -125,7 +126,7 @@ def test_course_split_has_no_shared_rows():
 
 @real_data("water_potability")
 def test_clean_split_is_disjoint_stratified_and_fitted_on_train_only():
-    split = exp.load_clean(split_seed=0)
+    split = water.load_clean(split_seed=0)
     tr, te = split.raw_index["train"], split.raw_index["test"]
     assert len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == 3_276
     assert (len(tr), len(te)) == (2_457, 819)
@@ -233,8 +234,8 @@ def test_sgd_at_the_course_lr_stays_at_the_majority_answer():
     """Why the headline is Adam's, not the course loop's SGD (DEVIATIONS): SGD at lr 0.01, batch 16, answers
     the majority class on every validation row, epoch after epoch (5 folds, 10 epochs here; 100 in the full runs)."""
     from sklearn.model_selection import StratifiedKFold
-    split = exp.load_course()
-    X, y = exp.to_tensors(split.train, "cpu")
+    split = water.load_course()
+    X, y = water.to_tensors(split.train, "cpu")
     folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(y)), y.numpy()))
     runs, _ = exp.train_stack("sgd", "relu_default", exp.DEFAULTS["lr_sgd"], [0] * 5, X, y, epochs=10,
                               batch_size=exp.DEFAULTS["batch_size"], folds=folds)
@@ -368,17 +369,17 @@ def test_train_stack_folds_of_unequal_size_with_batch_2():
     folds = [(np.arange(9), np.arange(9, 12)), (np.arange(2, 12), np.arange(2))]
     runs, t = exp.train_stack("adam", "kaiming_elu_bn", 1e-3, [0, 1], X, y, epochs=2, batch_size=2, folds=folds)
     assert t["seen"] == 2 * 8 * 2 and all(len(r["val_acc"]) == 2 and len(r["losses"]) == 2 for r in runs)
-    orders = exp.epoch_orders([9, 10], 2, [0, 1], "cpu", stop=8)
+    orders = water.epoch_orders([9, 10], 2, [0, 1], "cpu", stop=8)
     order = next(orders)
     assert order.shape == (2, 8) and len(set(order[1].tolist())) == 8
 
 
 def test_comparison_uses_the_suites_noise_rule():
     from common import schema
-    assert exp.verdict((0.70, 0.01), (0.69, 0.02), 3) == schema.compare_means(0.70, 0.01, 0.69, 0.02, 3)
-    assert exp.verdict((0.70, 0.0), (0.60, 0.0), 1) == "higher (one seed: no spread to judge noise by)"
-    assert exp.verdict((0.70, 0.0), (0.70 + 5e-7, 0.0), 2) == "within noise"
-    assert exp.verdict((None, None), (0.6, 0.0), 2) == "n/a"
+    assert water.verdict((0.70, 0.01), (0.69, 0.02), 3) == schema.compare_means(0.70, 0.01, 0.69, 0.02, 3)
+    assert water.verdict((0.70, 0.0), (0.60, 0.0), 1) == "higher (one seed: no spread to judge noise by)"
+    assert water.verdict((0.70, 0.0), (0.70 + 5e-7, 0.0), 2) == "within noise"
+    assert water.verdict((None, None), (0.6, 0.0), 2) == "n/a"
 
 
 @real_data("water_potability")
@@ -412,7 +413,7 @@ def test_folds_are_training_rows_and_the_test_set_is_read_once_per_configuration
         assert sorted(vals) == list(range(n))    # the validation parts partition the training rows
         for tr, v in folds:
             assert len(np.intersect1d(tr, v)) == 0 and len(tr) + len(v) == n
-    clean = exp.load_clean(split_seed=0)
+    clean = water.load_clean(split_seed=0)
     raw_train = clean.raw_index["train"][:n]
     for tr, v in cv[1]:
         assert len(np.intersect1d(raw_train[v], clean.raw_index["test"])) == 0

@@ -1,0 +1,305 @@
+"""The clouds photos of 04_clouds_cnn (transcript lines 495-634): data, augmentation, the two CNNs, figures.
+
+Not an experiment (run_all.sh and the benchmarks pick only ``experiments/NN_*.py``); 04 chooses the epochs, trains
+and records, this holds what it trains on and with, and how its results are shown:
+  * data: the JPEGs decoded once per input size, the byte-identical duplicates, the deduplicated test set,
+    --smoke's subsets and the course's ImageFolder way in (run once, as a check);
+  * augmentation: the course's flip, rotation and autocontrast, drawn per image on whole batches;
+  * models: the course's CNN and the improved one;
+  * evaluation: the per-class figures, the course's three observations and the majority baseline;
+  * the plots and the printed summary.
+Imported as ``from experiments import clouds``.
+"""
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchmetrics.utilities.plot import plot_confusion_matrix
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+from torchvision.utils import make_grid
+
+from common import data, metrics, plots, repro
+from common.device import to_device
+
+NUM_CLASSES = 7
+COURSE_SIZE = 64          # the input size the course model's Linear(64*16*16, ...) is built for
+MAX_ROTATION = 45.0
+CLEAR_SKY, HIGH_CUMULIFORM = "clear sky", "high cumuliform clouds"
+HEADLINE_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+
+
+# --------------------------------------------------------------------------- models
+class CourseNet(nn.Module):
+    """The course's CNN: two (Conv 3x3 pad 1 -> ELU -> MaxPool 2) blocks, Flatten, Linear(64*16*16, classes)."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.feature_extractor = nn.Sequential(
+            nn.Conv2d(3, 32, kernel_size=3, padding=1), nn.ELU(), nn.MaxPool2d(kernel_size=2),
+            nn.Conv2d(32, 64, kernel_size=3, padding=1), nn.ELU(), nn.MaxPool2d(kernel_size=2),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Linear(64 * 16 * 16, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.feature_extractor(x))
+
+
+class ImprovedNet(nn.Module):
+    """Four (Conv-BN-ReLU -> MaxPool) blocks, global average pooling (any input size), dropout, Linear: four
+    times the course model's depth; 391k parameters to its 134k (of which its Linear holds 115k)."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, widths=(32, 64, 128, 256), dropout: float = 0.3):
+        super().__init__()
+        layers, c = [], 3
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            c = w
+        self.feature_extractor = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.feature_extractor(x))
+
+
+def as_format(t, channels_last: bool):
+    """A batch or a model in channels_last memory format when asked, else unchanged."""
+    return t.to(memory_format=torch.channels_last) if channels_last else t
+
+
+# --------------------------------------------------------------------------- transforms and augmentation
+def course_train_transforms(degrees=MAX_ROTATION) -> v2.Compose:
+    """The course's training transforms, per PIL image (run once through ImageFolder; training uses augment_batch)."""
+    return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomRotation(degrees), v2.RandomAutocontrast(),
+                       v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Resize((COURSE_SIZE, COURSE_SIZE))])
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """The test-time transform of a uint8 batch (resized at decode time): float in [0, 1]."""
+    return TF.to_dtype(images, torch.float32, scale=True)
+
+
+def rotate_batch(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image of ``x`` (N, C, H, W; H == W) by its own angle about the centre, zero fill."""
+    a = torch.deg2rad(degrees.to(x.device, x.dtype))
+    cos, sin, zero = torch.cos(a), torch.sin(a), torch.zeros_like(a)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def augment_batch(images: torch.Tensor, g: torch.Generator, p_flip: float = 0.5, max_degrees: float = MAX_ROTATION,
+                  p_autocontrast: float = 0.5, from_zero: bool = False) -> torch.Tensor:
+    """The course's augmentation in its order -- flip, rotation in [-max, max] degrees ([0, max] ``from_zero``),
+    autocontrast -- drawn per image from the CPU generator ``g`` (torchvision's v2 transforms draw once per
+    call, i.e. per batch); returns float in [0, 1]."""
+    x = to_float(images)
+    u = to_device(torch.rand(3, len(x), generator=g), x.device)   # one copy of every draw, not three
+    flip, contrast = (u[0] < p_flip).view(-1, 1, 1, 1), (u[2] < p_autocontrast).view(-1, 1, 1, 1)
+    x = torch.where(flip, TF.horizontal_flip(x), x)
+    x = rotate_batch(x, (u[1] if from_zero else u[1] * 2 - 1) * max_degrees)
+    return torch.where(contrast, TF.autocontrast(x), x)
+
+
+# --------------------------------------------------------------------------- data
+def find_duplicates(train: data.ImageSet, test: data.ImageSet, root: str | None = None) -> dict:
+    """Byte-identical files (same sha256) within train, within test and across the splits: pair counts (k identical
+    files in one split are k*(k-1)/2 pairs), the groups as paths under ``root``, ``test_in_train`` (dropped)."""
+    tr, te = defaultdict(list), defaultdict(list)
+    for groups, split in ((tr, train), (te, test)):
+        for i, h in enumerate(split.file_sha256):
+            groups[h].append(i)
+    cross = [(tr[h], te[h]) for h in te if h in tr]
+
+    def paths(split, idx):
+        return [str(Path(split.paths[i]).relative_to(root)) if root else split.paths[i] for i in idx]
+    return {"pairs_within_train": sum(len(v) * (len(v) - 1) // 2 for v in tr.values()),
+            "pairs_within_test": sum(len(v) * (len(v) - 1) // 2 for v in te.values()),
+            "pairs_across_splits": sum(len(a) * len(b) for a, b in cross),
+            "test_in_train": sorted(i for _, b in cross for i in b),
+            "paths": {"groups_within_train": [paths(train, v) for v in tr.values() if len(v) > 1],
+                      "groups_within_test": [paths(test, v) for v in te.values() if len(v) > 1],
+                      "groups_across": [[paths(train, a), paths(test, b)] for a, b in cross]}}
+
+
+def subset(s: data.ImageSet, idx) -> data.ImageSet:
+    idx = torch.as_tensor(idx, dtype=torch.long)
+    keep = idx.tolist()
+    return data.ImageSet(s.images[idx], s.labels[idx], s.classes, [s.paths[i] for i in keep],
+                         [s.file_sha256[i] for i in keep])
+
+
+def stratified_head(labels: torch.Tensor, per_class: int) -> torch.Tensor:
+    """Indices of the first ``per_class`` examples of every class."""
+    return torch.cat([torch.nonzero(labels == k).flatten()[:per_class] for k in labels.unique()]).sort().values
+
+
+def run_splits(train: data.ImageSet, test: data.ImageSet, dedupe_idx: list[int] | None, smoke: dict | None) -> tuple:
+    """The sets a run uses: test without ``dedupe_idx`` (unless --keep-duplicates); with ``smoke`` (04's SMOKE),
+    its ``train_images`` random training images and the first ``test_per_class`` test images of each class."""
+    if dedupe_idx:
+        drop = set(dedupe_idx)
+        test = subset(test, [i for i in range(len(test)) if i not in drop])
+    if smoke:
+        g = torch.Generator().manual_seed(0)
+        train = subset(train, torch.randperm(len(train), generator=g)[:smoke["train_images"]].sort().values)
+        test = subset(test, stratified_head(test.labels, smoke["test_per_class"]))
+    return train, test
+
+
+@dataclass
+class Clouds:
+    """The data of a run: what was read, the class names, duplicates, the course's ImageFolder check, the sets."""
+    info: data.DataInfo
+    class_to_idx: dict                 # = ImageFolder's class_to_idx (sorted folder names)
+    dups: dict                         # find_duplicates on the full splits
+    course_pipeline: dict | None       # course_pipeline(), on real data
+    splits: dict                       # input size -> (train, test) as the run uses them
+    dropped: int                       # test images dropped as byte-identical to a training image
+
+
+def course_pipeline(args, class_to_idx: dict) -> dict:
+    """The course's way in, run once: ImageFolder with its transforms, one sample through a DataLoader."""
+    degrees = (0.0, MAX_ROTATION) if args.rotation_from_zero else MAX_ROTATION
+    folder = data.clouds_image_folder("train", args.data_dir, transform=course_train_transforms(degrees))
+    loader = torch.utils.data.DataLoader(folder, batch_size=1, shuffle=True, generator=repro.make_generator(0))
+    image, _ = next(iter(loader))
+    print(f"  course ImageFolder: {len(folder)} images, first batch {tuple(image.shape)}", flush=True)
+    return {"imagefolder_train_len": len(folder), "sample_batch_shape": list(image.shape),
+            "class_to_idx": folder.class_to_idx, "class_to_idx_matches": folder.class_to_idx == class_to_idx}
+
+
+def load_data(args, specs: dict, smoke: dict | None) -> Clouds:
+    """Decode the clouds once per input size of ``specs`` (the course model's first); raises data.DataError."""
+    sizes = dict.fromkeys([COURSE_SIZE] + [s["size"] for s in specs.values()])
+    decoded = {size: data.load_clouds(args.data_dir, synthetic=args.synthetic, size=size) for size in sizes}
+    train, test, info = decoded[COURSE_SIZE]
+    class_to_idx = {c: i for i, c in enumerate(train.classes)}
+    dups = find_duplicates(train, test, info.path)
+    dedupe_idx = [] if args.keep_duplicates else dups["test_in_train"]
+    print(f"04_clouds_cnn: data {info.source}, train {len(train)}, test {len(test)}; duplicate pairs: "
+          f"{dups['pairs_within_train']} within train, {dups['pairs_within_test']} within test, "
+          f"{dups['pairs_across_splits']} across splits; {len(dedupe_idx)} test images dropped as also in train",
+          flush=True)
+    pipeline = course_pipeline(args, class_to_idx) if info.source == "real" else None
+    splits = {size: run_splits(tr, te, dedupe_idx, smoke) for size, (tr, te, _) in decoded.items()}
+    return Clouds(info, class_to_idx, dups, pipeline, splits, len(dedupe_idx))
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate(preds: torch.Tensor, target: torch.Tensor, class_to_idx: dict) -> dict:
+    """``metrics.classification_report`` (per-class scores named through ``class_to_idx``, as the course maps
+    them) and the course's three observations as 0/1 flags."""
+    m = metrics.classification_report(preds, target, sorted(class_to_idx, key=class_to_idx.get))
+    rec = {c: m[f"recall.{c}"] for c in class_to_idx}
+    m["obs.recall_macro_above_precision_macro"] = float(m["recall_macro"] > m["precision_macro"])
+    if CLEAR_SKY in rec:
+        m["obs.clear_sky_recall_is_1"] = float(rec[CLEAR_SKY] == 1.0)
+    if HIGH_CUMULIFORM in rec:
+        m["obs.high_cumuliform_lowest_recall"] = float(min(rec, key=rec.get) == HIGH_CUMULIFORM)
+    return m
+
+
+def fixed_metrics(photos: Clouds) -> dict:
+    """The figures every seed shares: the majority-class baseline (of the training labels) and the data."""
+    train, test = photos.splits[COURSE_SIZE]
+    majority = int(torch.bincount(train.labels, minlength=NUM_CLASSES).argmax())
+    base = evaluate(torch.full_like(test.labels, majority), test.labels, photos.class_to_idx)
+    pairs = ("pairs_within_train", "pairs_within_test", "pairs_across_splits")
+    return {"baseline.majority_accuracy": base["accuracy"], "baseline.majority_f1_macro": base["f1_macro"],
+            "baseline.majority_recall_macro": base["recall_macro"],
+            **{f"data.duplicate_{key}": photos.dups[key] for key in pairs},
+            "data.test_images_also_in_train": len(photos.dups["test_in_train"]),
+            "data.test_duplicates_dropped": photos.dropped,
+            "data.train_size": len(train), "data.test_size": len(test)}
+
+
+# --------------------------------------------------------------------------- figures and the printed summary
+def plot_selection(selection: dict, path) -> Path:
+    """Per model, the mean validation accuracy over the folds after each epoch; the chosen epoch starred."""
+    fig, ax = plots.plt.subplots(figsize=(7, 4.2))
+    for key, ys in selection["scores"].items():
+        e = selection["chosen"][key]
+        line, = ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, label=key.split(".")[0])
+        ax.plot(e, ys[e - 1], "*", ms=14, color=line.get_color(), label=f"chosen: {e} epochs")
+    ax.set(title=f"epochs by cross-validation ({selection['validation']['folds']} folds of the training images)",
+           xlabel="epoch", ylabel="mean validation accuracy")
+    ax.xaxis.set_major_locator(plots.matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return plots.save_figure(fig, path)
+
+
+def plot_augmentations(images: torch.Tensor, g: torch.Generator, from_zero: bool, path) -> Path:
+    """Originals (top row) above three augmented draws of each."""
+    tiles = torch.cat([to_float(images)] + [augment_batch(images, g, from_zero=from_zero) for _ in range(3)])
+    fig, ax = plots.plt.subplots(figsize=(1.6 * len(images), 1.7 * 4))
+    ax.imshow(make_grid(tiles, nrow=len(images), pad_value=1.0).permute(1, 2, 0).numpy())   # the course's permute
+    ax.set(xticks=[], yticks=[], title="top row: originals; below: three augmented draws of each")
+    fig.suptitle("training augmentation: flip, rotation <= 45 deg, autocontrast (per image)")
+    return plots.save_figure(fig, path)
+
+
+def plot_confusion(cms: dict, classes: list[str], path) -> Path:
+    """Per model, the confusion matrix summed over seeds as row shares (the diagonal is the recall)."""
+    fig, axes = plots.plt.subplots(1, len(cms), figsize=(6.2 * len(cms), 5.6), squeeze=False)
+    for ax, (name, cm) in zip(axes[0], cms.items()):
+        plot_confusion_matrix(cm.float() / cm.sum(1, keepdim=True).clamp(min=1), ax=ax, cmap="Blues",
+                              labels=[c.replace(" clouds", "") for c in classes])
+        ax.set_title(f"{name}: confusion, row shares (summed over seeds)")
+    return plots.save_figure(fig, path)
+
+
+def make_plots(pdir: Path, photos: Clouds, args, names, mean: dict, std: dict, fixed: dict, history: dict,
+               cms: dict, diverged: list, selection: dict) -> None:
+    """The run's figures under ``pdir``; the test-set ones only when no model diverged."""
+    def bars(keys, name, title, ylabel, **kw):
+        labels = [k.replace(".recall.", " ").replace(".", " ").replace(" clouds", "") for k in keys]
+        plots.bar_with_errors(labels, [mean[k] for k in keys], [std[k] for k in keys], pdir / name, title, ylabel, **kw)
+    train, classes = photos.splits[COURSE_SIZE][0], list(photos.class_to_idx)
+    show = stratified_head(train.labels, 1)[:7]
+    plot_augmentations(train.images[show], repro.make_generator(args.seed), args.rotation_from_zero,
+                       pdir / "augmentation_grid.png")
+    if not diverged:
+        plot_confusion(cms, classes, pdir / "confusion_matrix.png")
+        bars([f"{n}.recall.{c}" for n in names for c in classes], "per_class_recall.png",
+             "per-class recall (mean ± std over seeds)", "recall")
+        bars([f"{n}.{k}" for n in names for k in HEADLINE_KEYS], "headline_metrics.png",
+             "test metrics, mean ± std over seeds", "score",
+             baselines={"majority accuracy": fixed["baseline.majority_accuracy"],
+                        "majority macro F1": fixed["baseline.majority_f1_macro"]})
+    if selection["scores"]:
+        plot_selection(selection, pdir / "selection_validation_accuracy.png")
+    for key in ("train_loss", "train_accuracy"):
+        curves = {n: history[f"{n}.{key}"] for n in names if f"{n}.{key}" in history}
+        if curves:
+            plots.plot_curves(curves, pdir / f"training_{key}.png", f"{key.replace('_', ' ')} (mean over seeds)",
+                              ylabel=key.replace("_", " "))
+
+
+def report(photos: Clouds, seeds: list[int], names, mean: dict, std: dict, fixed: dict, timings: dict,
+           selection: dict) -> None:
+    """The printed summary of a run."""
+    print(f"\n04_clouds_cnn ({photos.info.source} data, {len(seeds)} seed(s), {timings['wall_s']:.1f}s): "
+          f"test set {fixed['data.test_size']} ({photos.dropped} byte-identical to training images dropped)")
+    if selection["chosen"]:
+        print(f"  epochs by {selection['validation']['folds']}-fold cross-validation ({timings['selection_s']:.1f}s): "
+              + ", ".join(f"{k} {v}" for k, v in selection["chosen"].items()))
+    print(f"  majority baseline: accuracy {fixed['baseline.majority_accuracy']:.3f}, "
+          f"macro F1 {fixed['baseline.majority_f1_macro']:.3f}")
+    for n in (n for n in names if mean.get(f"{n}.accuracy") is not None):
+        f = {k: f"{mean[f'{n}.{k}']:.3f}±{std[f'{n}.{k}']:.3f}" for k in HEADLINE_KEYS}
+        obs = [mean.get(f"{n}.obs.{k}", float("nan")) for k in
+               ("recall_macro_above_precision_macro", "clear_sky_recall_is_1", "high_cumuliform_lowest_recall")]
+        print(f"  {n:8s}: acc {f['accuracy']}  macro P {f['precision_macro']} R {f['recall_macro']} F1 {f['f1_macro']}"
+              "  | course's observations (share of seeds): macro R > P {:.1f}, clear-sky recall 1.0 {:.1f}, "
+              "high cumuliform lowest {:.1f}".format(*obs))
+    if timings.get("pipeline_ratio"):
+        print(f"  throughput: {timings['train_samples_per_s']:.0f} samples/s with the pipeline, "
+              f"{timings['model_only_samples_per_s']:.0f} model-only (ratio {timings['pipeline_ratio']:.2f}, "
+              f"{timings['memory_format']})")
