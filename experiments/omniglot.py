@@ -62,8 +62,8 @@ DEVIATIONS = [
     {"what": "improved model and headline",
      "course": "only the course's model",
      "here": "also an improved image subnet (a random affine jitter of each training image, three conv blocks with "
-             "batch norm, dropout, OneCycle lr over 12 epochs, batch 128; the best epoch's checkpoint on validation "
-             "kept); the headline is its character accuracy on the clean split",
+             "batch norm, dropout, OneCycle lr over 12 epochs, batch 128, channels_last memory format; the best "
+             "epoch's checkpoint on validation kept); the headline is its character accuracy on the clean split",
      "why": "to show what the same data allows beyond the course's tiny subnet; the course model's figures "
             "are reported beside it",
      "flag": "--model course"},
@@ -250,10 +250,14 @@ class ImprovedImageNet(nn.Module):
     at 32 px, None: none), average-pool to 32x32 (thin strokes survive), three conv blocks with batch norm
     (16-32-64 channels), dropout, a 256-wide batch-normed embedding. Cheaper per image than the course's subnet
     on a CPU (its 64x64 full-resolution conv and 16,384x128 linear layer dominate). The jitter and the epochs
-    were chosen on the validation drawings by 08's ``--ablation`` (IMPROVED_ABLATION)."""
+    were chosen on the validation drawings by 08's ``--ablation`` (IMPROVED_ABLATION). ``channels_last``: its
+    weights (and so its feature maps) in channels_last memory format, the same arithmetic up to float rounding;
+    measured 1.6x faster per training step on one CPU thread (oneDNN's convolutions and max pooling). The course's
+    subnet stays contiguous: its flatten of a 16x32x32 map gives the gain back (measured no faster)."""
     out_features = 256
 
-    def __init__(self, width: int = 16, dropout: float = 0.2, augment: str | None = "input"):
+    def __init__(self, width: int = 16, dropout: float = 0.2, augment: str | None = "input",
+                 channels_last: bool = True):
         super().__init__()
         if augment not in (None, "input", "pooled"):
             raise ValueError(f"augment must be None, 'input' or 'pooled', got {augment!r}")
@@ -262,6 +266,8 @@ class ImprovedImageNet(nn.Module):
                                     *(jitter if augment == "pooled" else []), *conv_block(1, w), *conv_block(w, 2 * w),
                                     *conv_block(2 * w, 4 * w), nn.Flatten(), nn.Dropout(dropout),
                                     nn.Linear(4 * w * 4 * 4, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU())
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x):
         return self.layers(x)

@@ -356,3 +356,20 @@ def test_ablation_reads_only_validation_drawings(monkeypatch, tmp_path):
     chosen = m.choose_candidate(r["targets"], {n: r["metrics"][f"{n}.best"] for n in m.ABLATION})
     assert r["selection"]["chosen"]["candidate"] == chosen and r["headline"] == f"{chosen}.best"
     assert not (tmp_path / f"{SCRIPT}.json").exists()
+
+
+def test_improved_subnet_runs_channels_last_with_the_same_arithmetic():
+    """The improved subnet's conv weights are channels_last by default; its eval outputs match the contiguous model
+    with the same weights up to float rounding (sums of at most 9 x 32 products reordered: relative 1e-5 is wide)."""
+    torch.manual_seed(0)
+    fast, plain = omniglot.ImprovedImageNet(), omniglot.ImprovedImageNet(channels_last=False)
+    plain.load_state_dict(fast.state_dict())
+    convs = lambda net: [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs(fast)) == 3
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs(fast))
+    assert not any(w.is_contiguous() for w in convs(fast)[1:])   # (the first has one input channel: both formats)
+    assert all(w.is_contiguous() for w in convs(plain))
+    x = (torch.rand(8, 1, 64, 64, generator=torch.Generator().manual_seed(1)) > 0.8).float()
+    out_fast, out_plain = fast.eval()(x), plain.eval()(x)
+    assert out_fast.shape == (8, 256)
+    torch.testing.assert_close(out_fast, out_plain, rtol=1e-5, atol=1e-5)
