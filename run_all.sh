@@ -8,6 +8,7 @@ ROOT=$(pwd)
 usage() {
   cat <<USAGE
 usage: bash run_all.sh [--only 04,07] [--smoke] [--device auto|cpu|cuda] [--results-dir DIR] [--seeds N]
+                      [--jobs N]
        bash run_all.sh --test [--only 04,07] [-- PYTEST ARGS...]
        bash run_all.sh --bench-ab [REF] | --bench-bless "REASON" | --bench[-update] [N]
        bash run_all.sh --gpu-check [--machine NAME] [--only 04,06] [--skip-benchmarks]
@@ -19,6 +20,8 @@ usage: bash run_all.sh [--only 04,07] [--smoke] [--device auto|cpu|cuda] [--resu
   --device D        auto (default), cpu or cuda
   --results-dir D   where result JSONs and plots go (default ./results)
   --seeds N         number of seeds for every experiment (default: each script's own)
+  --jobs N          experiments run at once (default: one per usable CPU core with --smoke, else 1:
+                    the full scripts already use every core, and their timings are measured alone)
   --get-data        download the missing datasets into \$DATA_DIR (pinned sources, sha256-checked;
                     DATA_MIRROR=URL for a mirror), print the data table, exit (2 if a download failed)
 
@@ -40,7 +43,7 @@ USAGE
 }
 
 TEST=0; BENCH=0; BENCH_UPDATE=0; BENCH_AB=0; AB_REF=""; BLESS=""; ONLY=""; SMOKE=0; DEVICE=auto
-RESULTS_DIR="$ROOT/results"; SEEDS=""; PYTEST_ARGS=(); FALLBACK=()
+RESULTS_DIR="$ROOT/results"; SEEDS=""; JOBS=""; PYTEST_ARGS=(); FALLBACK=()
 GET_DATA=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -62,6 +65,7 @@ while [ $# -gt 0 ]; do
     --device) DEVICE="${2:?--device needs auto, cpu or cuda}"; shift 2 ;;
     --results-dir) RESULTS_DIR="${2:?--results-dir needs a folder}"; shift 2 ;;
     --seeds) SEEDS="${2:?--seeds needs a number}"; shift 2 ;;
+    --jobs) JOBS="${2:?--jobs needs a number}"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run_all.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -72,6 +76,12 @@ modes=$(( TEST + (BENCH > 0) + BENCH_AB + (${#BLESS} > 0) ))
 case "$DEVICE" in auto|cpu|cuda) ;; *) echo "run_all.sh: unknown device '$DEVICE' (auto, cpu or cuda)" >&2; exit 2 ;; esac
 if [ -n "$SEEDS" ] && ! [[ "$SEEDS" =~ ^[1-9][0-9]*$ ]]; then
   echo "run_all.sh: --seeds must be a positive integer, got '$SEEDS'" >&2; exit 2
+fi
+if [ -n "$JOBS" ] && ! [[ "$JOBS" =~ ^[1-9][0-9]*$ ]]; then
+  echo "run_all.sh: --jobs must be a positive integer, got '$JOBS'" >&2; exit 2
+fi
+if [ -z "$JOBS" ]; then
+  if [ "$SMOKE" = 1 ]; then JOBS=$(nproc 2>/dev/null || echo 1); else JOBS=1; fi
 fi
 
 # ---- --gpu-check where no NVIDIA GPU is visible: say so at once (exit 2), before any slow venv set-up
@@ -167,7 +177,7 @@ fi
 
 # ---- real data or loud synthetic fallback
 DATA_REPORT=$(mktemp "${TMPDIR:-/tmp}/run_all_data.XXXXXX")
-trap 'rm -f "$DATA_REPORT"' EXIT
+trap 'rm -f "$DATA_REPORT" "${FAILED_LIST:-}"' EXIT
 trap 'exit 130' INT; trap 'exit 143' TERM   # Ctrl-C or kill: still through the EXIT trap, nothing left in /tmp
 if ! "$VPY" -m common.data > "$DATA_REPORT" 2>&1; then
   echo "############################################################################"
@@ -186,19 +196,15 @@ ARGS=(--device "$DEVICE" --results-dir "$RESULTS_DIR" "${FALLBACK[@]}")
 [ -n "$SEEDS" ] && ARGS+=(--seeds "$SEEDS")
 mkdir -p "$RESULTS_DIR"
 START=$(date +%s)
-FAILED=(); PREFIXES=()
-i=0
-for s in "${SCRIPTS[@]}"; do
-  i=$((i + 1)); name=$(basename "$s" .py); PREFIXES+=("${name:0:2}")
-  echo "== [$i/${#SCRIPTS[@]}] $name $(printf '%s ' "${ARGS[@]}")"
-  t0=$(date +%s)
-  if PYTHONPATH="$ROOT" "$VPY" "$s" "${ARGS[@]}"; then
-    echo "== [$i/${#SCRIPTS[@]}] $name ok in $(( $(date +%s) - t0 ))s"
-  else
-    rc=$?; FAILED+=("$name (exit $rc)")
-    echo "== [$i/${#SCRIPTS[@]}] $name FAILED (exit $rc) after $(( $(date +%s) - t0 ))s; carrying on"
-  fi
-done
+PREFIXES=()
+for s in "${SCRIPTS[@]}"; do name=$(basename "$s"); PREFIXES+=("${name:0:2}"); done
+# each script in its own process, forked after one shared import of torch/torchvision/torchmetrics
+# (tools/run_experiments.py); a failing one does not stop the rest
+FAILED_LIST=$(mktemp "${TMPDIR:-/tmp}/run_all_failed.XXXXXX")
+PYTHONPATH="$ROOT" "$VPY" -m tools.run_experiments --jobs "$JOBS" --failed-file "$FAILED_LIST" \
+  "${SCRIPTS[@]}" -- "${ARGS[@]}"
+mapfile -t FAILED < "$FAILED_LIST"
+rm -f "$FAILED_LIST"
 
 echo
 echo "== summary ($(( $(date +%s) - START ))s in all; results in $RESULTS_DIR)"

@@ -169,19 +169,32 @@ def aggregate_seeds(per_seed_metrics: list[dict]) -> tuple[dict, dict, dict]:
     return mean, std, per_seed
 
 
+def best_epoch(scores, higher_is_better: bool = True) -> int:
+    """The one best-epoch rule: the 1-based epoch of the best validation figure in ``scores`` (one per epoch, in
+    order): the highest, or the lowest when not ``higher_is_better``; ties -> the earlier epoch. NaN is never
+    best: it is passed over while any epoch has a number (a curve of nothing but NaN has no epoch better than
+    another: epoch 1, by the tie rule). Raises ValueError on an empty curve. A loop that keeps the best epoch's
+    weights asks after appending each epoch's figure: ``best_epoch(curve) == epoch`` (a strictly better one)."""
+    if len(scores) == 0:
+        raise ValueError("no epochs: the best epoch needs at least one validation figure")
+    sign = 1 if higher_is_better else -1
+    numbered = [i for i, v in enumerate(scores) if not math.isnan(v)]
+    return 1 + max(numbered or [0], key=lambda i: sign * scores[i])   # max keeps the first of equals
+
+
 def time_to_target(scores: list[float], seconds: list[float], target: float, higher_is_better: bool = True) -> dict:
     """When one run's validation curve first reached ``target`` (airbench's time-to-target): ``scores[i]`` is the
     validation figure and ``seconds[i]`` the training seconds so far (evaluation not counted) after epoch i + 1.
     {"time_to_target_s", "epochs_to_target" (None when never reached), "best" (the best figure reached),
-    "best_epoch", "train_s" (all the run's training seconds)}."""
+    "best_epoch" (``best_epoch``'s), "train_s" (all the run's training seconds)}."""
     if len(scores) != len(seconds) or not scores:
         raise ValueError(f"one score per epoch and one time per epoch: got {len(scores)} and {len(seconds)}")
     sign = 1 if higher_is_better else -1
     hit = next((i for i, v in enumerate(scores) if sign * v >= sign * target), None)
-    best = max(range(len(scores)), key=lambda i: sign * scores[i])   # max keeps the first: ties -> the earlier epoch
+    best = best_epoch(scores, higher_is_better)
     return {"time_to_target_s": None if hit is None else float(seconds[hit]),
             "epochs_to_target": None if hit is None else hit + 1,
-            "best": float(scores[best]), "best_epoch": best + 1, "train_s": float(seconds[-1])}
+            "best": float(scores[best - 1]), "best_epoch": best, "train_s": float(seconds[-1])}
 
 
 def target_record(metric: str, target: float, runs: dict, budget_s: float | None = None,

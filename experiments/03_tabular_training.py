@@ -265,7 +265,7 @@ def dropout_check(model: nn.Sequential, x: torch.Tensor) -> dict:
 def overfit_detect(hist: dict) -> dict:
     """Overfitting: the validation loss ends well above its minimum while the training loss kept falling."""
     val, tr = np.array(hist["val_loss"]), np.array(hist["train_eval_loss"])
-    best = int(val.argmin())
+    best = results.best_epoch(val, higher_is_better=False) - 1
     rise = float(val[-1] - val[best])
     detected = rise > 0.1 * val[best] + 0.01 and tr[-1] < tr[best]
     return {"best_val_epoch": best + 1, "val_loss_rise": rise, "detected": int(detected),

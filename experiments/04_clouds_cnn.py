@@ -222,8 +222,8 @@ def cv_folds(train: data.ImageSet, folds: int) -> list[tuple[torch.Tensor, torch
 
 def select_epochs(name: str, mdl: dict, folds: list, seed: int, device) -> dict:
     """Train on every fold's fit part (fold k: seed ``seed + k``) for max_epochs; choose the epoch count with the
-    highest mean validation accuracy (ties -> fewer; the means rounded to 9 decimals, so that a one-ulp difference
-    in summation does not break a real tie). {"chosen", "mean", "per_fold"[, "reached"]} or {"diverged"}."""
+    highest mean validation accuracy, rounded to 9 decimals so that a one-ulp summation difference breaks no tie
+    (``results.best_epoch``: ties -> fewer). {"chosen", "mean", "per_fold"[, "reached"]} or {"diverged"}."""
     spec, curves, reached = dict(mdl["spec"], epochs=mdl["spec"]["max_epochs"]), [], {}
     for k, (fit, val) in enumerate(folds):
         def val_accuracy(model, x=mdl["x_train"][val], y=mdl["y_train"][val].cpu()):
@@ -240,7 +240,7 @@ def select_epochs(name: str, mdl: dict, folds: list, seed: int, device) -> dict:
         if name in TARGETS:
             reached[f"fold {k + 1}"] = results.time_to_target(hist["val_accuracy"], hist["train_s"], TARGETS[name][0])
     mean = [sum(v) / len(v) for v in zip(*curves)]
-    chosen = max(range(1, len(mean) + 1), key=lambda e: (round(mean[e - 1], 9), -e))
+    chosen = results.best_epoch([round(v, 9) for v in mean])
     print(f"[{name}] epochs chosen: {chosen} (mean validation accuracy {mean[chosen - 1]:.3f})", flush=True)
     return {"chosen": chosen, "mean": mean, "per_fold": curves, **({"reached": reached} if reached else {})}
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """05_water_potability: the course's water-potability chapter (transcript lines 407-495) under two protocols.
 
-The 9-16-8-1 Net, BCELoss with SGD, Adagrad, RMSprop and Adam, and the three remedies for unstable gradients
-as a cumulative ablation (default init + ReLU; + Kaiming init; + ELU; + BatchNorm1d(16)) with per-layer gradient
-norms; all seeds trained together (torch.func). One JSON per protocol: `course` (the course's pre-scaled files)
-and `clean` (the raw Kaggle file, imputation and scaling fitted on the training part only). The data (WaterDataset,
-both protocols), the majority, logistic-regression and random-forest baselines and the record: experiments/water.py.
+The 9-16-8-1 Net, BCELoss with SGD, Adagrad, RMSprop and Adam, and the three remedies for unstable gradients as a
+cumulative ablation (default init + ReLU; + Kaiming init; + ELU; + BatchNorm1d(16)) with per-layer gradient norms;
+all seeds trained together (torch.func). One JSON per protocol: `course` (the course's pre-scaled files) and `clean`
+(the raw Kaggle file; imputation and scaling fitted on training rows only: per fold in the cross-validation, on all
+of them for the final nets). Data (WaterDataset), baselines and the record: experiments/water.py.
 """
 import copy
 import sys
@@ -65,7 +65,7 @@ DEVIATIONS = [
     dict(what="data", course="the course's files: the 2,011 complete rows, 'normalized to be between 0 and 1' "
                              "with min/max over train and test together",
          here="protocol course: those files; protocol clean: the raw file (3,276 rows), stratified 75/25 split, "
-              "median imputation and min-max scaling fitted on the training part only",
+              "median imputation and min-max scaling fitted on the training rows only (per fold in the CV)",
          why="the course's scaling saw the test rows, and its files drop every row with a missing value",
          flag="--protocol course"),
     dict(what="seeds", course="one training run", here="5 seeds, metrics as mean ± std",
@@ -186,9 +186,9 @@ def evaluate_stack(stack: SeedNets, X, y) -> tuple[list, list]:
 
 
 def train_stack(opt_name, variant, lr, seeds, X, y, epochs, batch_size, folds=None):
-    """One configuration, all seeds at once: per seed its metrics, per-epoch train loss and gradient norms; and
-    timings. ``folds`` (one (train rows, validation rows) per seed): copy s trains on its fold's training rows and
-    records its validation accuracy per epoch. No test data enters here. NaN/inf raises results.Diverged."""
+    """One configuration, all seeds at once: per seed its metrics, per-epoch train loss and gradient norms; timings.
+    ``folds`` (one (train rows, validation rows) per seed): copy s trains on its fold's training rows, records its
+    validation accuracy per epoch and reads X[s] if X is (S, rows, 9). No test data here; NaN/inf: results.Diverged."""
     stack = SeedNets.build(variant, seeds, X.device)
     optimizer = make_optimizer(opt_name, stack.params.values(), lr)
     S = len(seeds)
@@ -200,7 +200,7 @@ def train_stack(opt_name, variant, lr, seeds, X, y, epochs, batch_size, folds=No
     val = torch.zeros(S, len(y), dtype=torch.bool, device=X.device)
     for s, (_, v) in enumerate(folds or []):
         val[s, torch.as_tensor(v)] = True
-    weights = [stack.params[f"{name}.weight"] for name in LAYERS]
+    weights, copies = [stack.params[f"{name}.weight"] for name in LAYERS], torch.arange(S, device=X.device)[:, None]
     losses, val_accs, gnorms, train_s, step = [], [], [], 0.0, 0
     for epoch in range(epochs):
         synchronize(X.device)
@@ -211,7 +211,7 @@ def train_stack(opt_name, variant, lr, seeds, X, y, epochs, batch_size, folds=No
         for i in range(0, stop, batch_size):
             idx = order[:, i:i + batch_size]
             optimizer.zero_grad()
-            outputs = stack(X[idx]).squeeze(-1)
+            outputs = stack(X[idx] if X.dim() == 2 else X[copies, idx]).squeeze(-1)
             log.add(outputs.detach().sum(), epoch, step, what="output")  # NaN/inf anywhere -> a non-finite sum
             # BCELoss refuses NaN (on CUDA: a device-side assert) and the check above is read at the epoch's end
             outputs = torch.nan_to_num(outputs, nan=0.5)   # identical where the outputs are finite
@@ -269,14 +269,13 @@ def train_course_path(opt_name, variant, lr, ds_train, ds_eval, seed, epochs, ba
 
 
 # ----------------------------------------------------------------------------- one protocol, every seed
-def cross_validate(args, lr: float, seed: int, train: tuple) -> tuple[int, dict, list]:
-    """The epoch count, by stratified k-fold cross-validation on the training rows only: one copy of
-    --grad-optimizer's default Net per fold (seed, seed+1, ...), stacked; the criterion is the selection's.
-    -> (epochs, selection, mean validation curve over the folds)."""
-    from sklearn.model_selection import StratifiedKFold
+def cross_validate(args, lr: float, seed: int, train: tuple, raw_train=None) -> tuple[int, dict, list]:
+    """The epoch count, by stratified k-fold cross-validation on the training rows only: one copy of --grad-optimizer's
+    default Net per fold (seed, seed+1, ...), stacked; the criterion is the selection's. ``raw_train`` (clean): each
+    fold's imputer and scaler fitted on its training rows only. -> (epochs, selection, mean CV curve over the folds)."""
     X, y = train
-    kfold = StratifiedKFold(args.folds, shuffle=True, random_state=args.split_seed)
-    folds = list(kfold.split(np.zeros(len(y)), y.cpu().numpy()))
+    folds = water.stratified_folds(y, args.folds, args.split_seed)
+    X = X if raw_train is None else water.fold_features(raw_train, folds, X.device)[0]   # validation rows: not fitted
     step = max(1, args.epochs // 10)
     candidates = sorted({*range(step, args.epochs + 1, step), args.epochs})
     t0 = time.perf_counter()
@@ -295,11 +294,12 @@ def cross_validate(args, lr: float, seed: int, train: tuple) -> tuple[int, dict,
         curves = np.array([r["val_acc"] for r in runs])      # (folds, epochs)
         curve = curves.mean(0).tolist()
         scores = {e: float(curves[:, e - 1].mean()) for e in candidates}
-        chosen = max(candidates, key=lambda e: (round(scores[e], 9), -e))   # float noise is no difference
+        chosen = candidates[results.best_epoch([round(scores[e], 9) for e in candidates]) - 1]   # ascending
     selection = {
         "validation": {"method": f"stratified {args.folds}-fold cross-validation of the training rows "
                                  f"(StratifiedKFold, shuffle, random_state={args.split_seed})", "folds": args.folds,
-                       "sizes": {"train": [len(t) for t, _ in folds], "validation": [len(v) for _, v in folds]}},
+                       "sizes": {"train": [len(t) for t, _ in folds], "validation": [len(v) for _, v in folds]},
+                       "preprocessing": water.CV_PREPROCESSING["course" if raw_train is None else "clean"]},
         "chosen": {"epochs": chosen}, "candidates": {"epochs": candidates}, "criterion": criterion,
         "final_model": "retrained on all training rows for the chosen epochs, then the test set read once",
         "scores": {"epochs": [scores[e] for e in candidates]},
@@ -391,7 +391,7 @@ def run_protocol(protocol: str, split: water.Split, args, seeds: list[int], lrs:
     print(f"== {name}: {len(split.train)} train / {len(split.test)} test rows, {len(set(configs.values()))} "
           f"configurations x {len(seeds)} seeds, {args.epochs} epochs, batch {args.batch_size}, device {device}",
           flush=True)
-    epochs, selection, cv_curve = cross_validate(args, lrs[args.grad_optimizer], seeds[0], train)
+    epochs, selection, cv_curve = cross_validate(args, lrs[args.grad_optimizer], seeds[0], train, split.raw_train)
     trained, diverged = train_all(configs, lrs, seeds, train, test, epochs, args.batch_size)
     if "diverged" in selection:   # the epoch count is a fallback: the run is not "ok"
         diverged.insert(0, {"run": f"cross-validation/{args.grad_optimizer}/relu_default", "seed": seeds[0],

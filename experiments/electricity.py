@@ -251,9 +251,9 @@ def print_start(experiment: str, prep: dict, device) -> None:
 def train(model: nn.Module, loader, epochs: int, lr: float, device, val_batches, max_batches: int | None = None,
           log_prefix: str = "") -> dict:
     """The course's loop (view to (batch, 96, 1), squeeze the output, MSELoss, Adam) for ``epochs`` epochs, the
-    validation MSE after each; ``model`` ends with the weights of the epoch of lowest validation MSE (ties ->
-    the earlier). Returns the losses, the validation MSEs, that ``best_epoch`` and the timings (with
-    ``train_s_by_epoch``: the training seconds after each epoch, for the time to target).
+    validation MSE after each; ``model`` ends with the weights of the epoch of lowest validation MSE
+    (``results.best_epoch``: ties -> the earlier). Returns the losses, the validation MSEs, that ``best_epoch``
+    and the timings (with ``train_s_by_epoch``: the training seconds after each epoch, for the time to target).
 
     ``loader``: a DataLoader or :class:`DeviceBatches` (the same batches, already on the device). The
     losses stay on the device and are read, and checked for NaN/inf, once per epoch."""
@@ -292,7 +292,7 @@ def train(model: nn.Module, loader, epochs: int, lr: float, device, val_batches,
             raise results.Diverged(epoch, len(counts), mse, what="validation MSE")
         val_mse.append(mse)
         val_s += eval_s
-        if best is None or mse < val_mse[best - 1]:   # strictly lower: ties keep the earlier epoch
+        if results.best_epoch(val_mse, higher_is_better=False) == epoch:   # ties keep the earlier epoch
             best, weights = epoch, copy.deepcopy(model.state_dict())
         print(f"  {log_prefix}epoch {epoch}/{epochs}: train MSE {losses[-1]:.4f}, validation MSE {mse:.4f}  "
               f"({dt:.1f}s, {n / dt:,.0f} windows/s)", flush=True)

@@ -364,7 +364,7 @@ def train_run(model, step_loss, train_idx, *, epochs, batch_size, lr, seed, devi
     """Adam over ``epochs`` of seeded index batches. ``step_loss(model, idx) -> loss``; ``evaluate(model)
     -> dict`` after each epoch (history, with ``train_s``: the training seconds so far). OneCycle learning rate when ``onecycle`` (improved model).
     ``select``: a key of ``evaluate``'s dict (a validation figure); the model ends with the weights of the
-    epoch where it was highest (the first such epoch: ties -> fewer epochs), not those of the last.
+    epoch where it was highest (``results.best_epoch``: ties -> fewer epochs), not those of the last.
     Returns (history dict of lists, train seconds, samples seen, kept epoch): the kept epoch (1-based; the last
     without ``select``) is the one record of which epoch's weights the model ends with. Raises
     results.Diverged (the losses stay on the device and are checked once per epoch). The epoch's index order goes to ``device``
@@ -402,15 +402,15 @@ def train_run(model, step_loss, train_idx, *, epochs, batch_size, lr, seed, devi
         history["train_s"].append(train_s)   # training seconds so far (time to target)
         for k, v in (evaluate(model) if evaluate else {}).items():
             history.setdefault(k, []).append(v)
-        if select and (best is None or history[select][-1] > best[0]):   # strictly higher: ties keep the earlier
-            best = history[select][-1], {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch
+        if select and results.best_epoch(history[select]) == epoch:   # ties keep the earlier epoch
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch
         shown = "  ".join(f"{k} {v[-1]:.4g}" for k, v in history.items() if k != "train_s")
         if epoch % print_every == 0 or epoch == epochs:
             print(f"  {label} epoch {epoch}/{epochs}  {shown}  ({time.perf_counter() - t0:.0f}s)", flush=True)
     if best is None:
         return history, train_s, seen, epochs
-    model.load_state_dict(best[1])
-    return history, train_s, seen, best[2]
+    model.load_state_dict(best[0])
+    return history, train_s, seen, best[1]
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ what surrounds the training:
   * data: the course's WaterDataset, its rows as tensors (``to_tensors``) in the batch order of the course's
     DataLoader for every seed at once (``epoch_orders``), and the two protocols' splits (``load_split``):
     ``course``, the course's pre-scaled files, and ``clean``, the raw Kaggle file with imputation and scaling
-    fitted on the training part only;
+    fitted on the training part only (and, for the cross-validation, on each fold's training rows: ``fold_features``);
   * baselines: majority class, logistic regression and a random forest per seed, on the same split;
   * the record: the per-epoch history, the comparison of every configuration by the suite's noise rule, the
     plots and the printed summary.
@@ -26,6 +26,14 @@ VARIANTS = ("relu_default", "kaiming", "kaiming_elu", "kaiming_elu_bn")  # 05's 
 LAYERS = ("fc1", "fc2", "fc3")   # its Linear layers, whose gradient norms the record keeps
 COURSE_ACCURACY = 0.67  # "We got over 67%"
 BASELINES = ("majority", "logreg", "random_forest")
+# where the cross-validation's preprocessing was fitted, per protocol (selection["validation"]["preprocessing"])
+CV_PREPROCESSING = {
+    "clean": "fitted per fold on the fold's training rows: median imputation and min-max scaling "
+             "(make_pipeline(SimpleImputer(strategy='median'), MinMaxScaler())) fitted on the raw features of those "
+             "rows only, then applied to the fold's training and validation rows; the final models use the one "
+             "fitted on all training rows",
+    "course": "the course's files, pre-scaled by the course (min/max over train and test together); no raw "
+              "data to refit per fold"}
 
 
 # ----------------------------------------------------------------------------- data
@@ -68,6 +76,7 @@ class Split:
     test: pd.DataFrame
     info: data.DataInfo
     train_csv: Path | None = None   # the course file WaterDataset reads (real course data only)
+    raw_train: pd.DataFrame | None = None  # clean: the training rows' raw features (unimputed, unscaled), as train
     raw_index: dict = field(default_factory=dict)  # clean: raw-file row numbers of each part
     notes: dict = field(default_factory=dict)
 
@@ -88,18 +97,41 @@ def load_course(data_dir_=None, synthetic=False) -> Split:
     return Split("course", train, test, info, csv, notes=notes)
 
 
-def load_clean(data_dir_=None, synthetic=False, split_seed=0, test_size=0.25) -> Split:
-    """Raw Kaggle file: stratified split; median imputation and min-max scaling fitted on train only."""
+def preprocessing():
+    """The clean protocol's preprocessing, unfitted: median imputation, then min-max scaling."""
     from sklearn.impute import SimpleImputer          # sklearn is imported where used: it is slow to import
-    from sklearn.model_selection import train_test_split
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import MinMaxScaler
+    return make_pipeline(SimpleImputer(strategy="median"), MinMaxScaler())
+
+
+def stratified_folds(y: torch.Tensor, k: int, seed: int) -> list:
+    """The cross-validation's folds of the training rows: [(train rows, validation rows)] of StratifiedKFold(k,
+    shuffle, random_state=seed) on the labels ``y``."""
+    from sklearn.model_selection import StratifiedKFold
+    return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y.cpu().numpy()))
+
+
+def fold_features(raw_train: pd.DataFrame, folds: list, device) -> tuple[torch.Tensor, list]:
+    """The clean protocol's cross-validation features: per fold (training rows, validation rows) of
+    ``raw_train``, a preprocessing fitted on the fold's training rows only and applied to all its rows
+    -> ((folds, rows, 9) float32 on ``device``, the fitted pipelines)."""
+    f = data.WATER_FEATURES
+    fitted = [preprocessing().fit(raw_train.iloc[tr][f]) for tr, _ in folds]
+    X = np.stack([p.transform(raw_train[f]) for p in fitted]).astype(np.float32)  # as WaterDataset's float32
+    return torch.from_numpy(X).to(device), fitted
+
+
+def load_clean(data_dir_=None, synthetic=False, split_seed=0, test_size=0.25) -> Split:
+    """Raw Kaggle file: stratified split; median imputation and min-max scaling fitted on train only (the
+    cross-validation refits them per fold: ``fold_features`` over ``raw_train``)."""
+    from sklearn.model_selection import train_test_split
 
     raw, info = data.load_water_raw(data_dir_, synthetic)
     rows = train_test_split(np.arange(len(raw)), test_size=test_size, stratify=raw[LABEL], random_state=split_seed)
     rows = dict(zip(("train", "test"), map(np.sort, rows)))
     f = data.WATER_FEATURES
-    scale = make_pipeline(SimpleImputer(strategy="median"), MinMaxScaler()).fit(raw.loc[rows["train"], f])
+    scale = preprocessing().fit(raw.loc[rows["train"], f])
 
     def prep(r):
         df = pd.DataFrame(scale.transform(raw.loc[r, f]), columns=f)
@@ -111,12 +143,14 @@ def load_clean(data_dir_=None, synthetic=False, split_seed=0, test_size=0.25) ->
     missing = [c for c in f if raw[c].isna().any()]
     notes = {"preprocessing": f"stratified {1 - test_size:.0%}/{test_size:.0%} split of the raw file "
                               f"(random_state={split_seed}); median imputation and min-max scaling fitted "
-                              "on the training part only, then applied to both parts",
+                              "on the training part only, then applied to both parts (the cross-validation "
+                              "refits them per fold on the fold's training rows)",
              **{f"missing_{p}": {c: int(raw.loc[r, c].isna().sum()) for c in missing} for p, r in rows.items()},
              "imputed_medians": {c: float(v) for c, v in zip(f, scale[0].statistics_)},
              "train_test_shared_raw_rows": int(np.intersect1d(rows["train"], rows["test"]).size),
              "train_test_identical_feature_rows": _feature_overlap(raw.loc[rows["train"]], raw.loc[rows["test"]])}
-    return Split("clean", parts["train"], parts["test"], info, raw_index=rows, notes=notes)
+    raw_train = raw.loc[rows["train"], f].reset_index(drop=True)   # in the order of parts["train"]
+    return Split("clean", parts["train"], parts["test"], info, raw_train=raw_train, raw_index=rows, notes=notes)
 
 
 def load_split(protocol: str, args) -> Split:
@@ -125,6 +159,8 @@ def load_split(protocol: str, args) -> Split:
              else load_clean(args.data_dir, args.synthetic, args.split_seed))
     if args.smoke:
         split.train = split.train.iloc[:args.smoke_rows].reset_index(drop=True)
+        if split.raw_train is not None:
+            split.raw_train = split.raw_train.iloc[:args.smoke_rows].reset_index(drop=True)
         split.info.sizes = {**split.info.sizes, "train_used": len(split.train)}
     return split
 

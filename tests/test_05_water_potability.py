@@ -141,6 +141,67 @@ def test_clean_split_is_disjoint_stratified_and_fitted_on_train_only():
     assert split.notes["imputed_medians"]["ph"] == pytest.approx(raw.loc[tr, "ph"].median())
     assert split.notes["imputed_medians"]["ph"] != pytest.approx(raw["ph"].median(), abs=0)
     assert sum(split.notes["missing_train"].values()) + sum(split.notes["missing_test"].values()) == 491 + 781 + 162
+    # the raw training features kept for the cross-validation: the same rows, in the same order, unimputed
+    assert split.raw_train[f].equals(raw.loc[tr, f].reset_index(drop=True)) and split.raw_train.isna().any().any()
+
+
+def test_clean_cv_fits_each_folds_preprocessing_on_its_training_rows_only():
+    """The clean protocol's cross-validation: fold k's imputer and scaler are fitted on fold k's training rows
+    (medians, min and max are theirs, not those of all training rows), its validation rows never enter the fit,
+    and the fold's features are that fit applied to all rows. Real data where present, else synthetic."""
+    split = water.load_clean(synthetic=not data.DATASET_CHECKS["water_potability"](data.data_dir()))
+    raw, f = split.raw_train[data.WATER_FEATURES], data.WATER_FEATURES
+    X, y = water.to_tensors(split.train, "cpu")
+    folds = water.stratified_folds(y, 5, 0)
+    Xf, fitted = water.fold_features(raw, folds, "cpu")
+    assert Xf.shape == (5, len(raw), 9) and Xf.dtype == torch.float32
+    everything = water.preprocessing().fit(raw)   # the final models' fit: all training rows
+    assert torch.equal(water.fold_features(raw, [(np.arange(len(raw)), [])], "cpu")[0][0], X)   # same maths
+    for k, ((tr, val), pipe) in enumerate(zip(folds, fitted)):
+        own = raw.iloc[tr]
+        medians = own.median().to_numpy()                    # NaN-skipping, as SimpleImputer's
+        filled = own.fillna(own.median())
+        assert np.allclose(pipe[0].statistics_, medians)
+        assert np.array_equal(pipe[1].data_min_, filled.min()) and np.array_equal(pipe[1].data_max_, filled.max())
+        assert not np.allclose(pipe[0].statistics_, everything[0].statistics_)   # not the all-rows fit
+        assert np.array_equal(Xf[k].numpy(), pipe.transform(raw).astype(np.float32))
+        assert torch.equal(Xf[k, tr].amin(0), torch.zeros(9)) and torch.equal(Xf[k, tr].amax(0), torch.ones(9))
+        # the validation rows never enter: other values there (extreme, or missing) change nothing of the fit
+        # or of the training rows' features
+        changed = raw.copy()
+        changed.iloc[val] = np.where(np.arange(len(val))[:, None] % 2, np.nan, 1e9)
+        Xc, (pc,) = water.fold_features(changed, [(tr, val)], "cpu")
+        assert np.array_equal(pc[0].statistics_, pipe[0].statistics_)
+        assert np.array_equal(pc[1].data_min_, pipe[1].data_min_) and np.array_equal(pc[1].data_max_, pipe[1].data_max_)
+        assert torch.equal(Xc[0, tr], Xf[k, tr])
+    assert not all(np.array_equal(p[1].data_min_, everything[1].data_min_)
+                   and np.array_equal(p[1].data_max_, everything[1].data_max_) for p in fitted)
+
+
+def test_cross_validate_trains_the_clean_folds_on_their_own_features(monkeypatch):
+    """cross_validate hands train_stack, with raw_train (clean), one feature tensor per fold (water.fold_features)
+    and records where the preprocessing was fitted; without (course), the shared features as they are."""
+    split = water.load_clean(synthetic=True)
+    X, y = water.to_tensors(split.train, "cpu")
+    seen = []
+
+    def train_stack(opt, variant, lr, seeds, X, y, epochs, batch_size, folds=None):
+        seen.append((X, folds))
+        return [{"val_acc": [0.5] * epochs} for _ in folds], {}
+    monkeypatch.setattr(exp, "train_stack", train_stack)
+    args = exp.parse(["--epochs", "2", "--folds", "3"])
+    _, clean = exp.cross_validate(args, 1e-3, 0, (X, y), split.raw_train)[:2]
+    _, course = exp.cross_validate(args, 1e-3, 0, (X, y))[:2]
+    (Xcv, folds), (Xcourse, _) = seen
+    assert Xcourse is X and Xcv.shape == (3, len(y), 9)
+    assert torch.equal(Xcv, water.fold_features(split.raw_train, folds, "cpu")[0])
+    for k, (tr, val) in enumerate(folds):
+        assert torch.equal(Xcv[k, tr].amin(0), torch.zeros(9)) and torch.equal(Xcv[k, tr].amax(0), torch.ones(9))
+        assert not torch.equal(Xcv[k], X)   # not the all-training-rows scaling of the final models
+    assert clean["validation"]["preprocessing"] == water.CV_PREPROCESSING["clean"]
+    assert clean["validation"]["preprocessing"].startswith("fitted per fold on the fold's training rows")
+    assert course["validation"]["preprocessing"] == water.CV_PREPROCESSING["course"]
+    assert "pre-scaled by the course" in course["validation"]["preprocessing"]
 
 
 # ---------------------------------------------------------------- smoke runs
@@ -320,6 +381,7 @@ def test_smoke_selection_is_valid(smoke):
         assert all(t + w == 256 for t, w in zip(v["sizes"]["train"], v["sizes"]["validation"]))
         assert len(sel["scores"]["epochs"]) == 1 and 0 <= sel["scores"]["epochs"][0] <= 1
         assert "cross-validation" in [x for x in r["deviations"] if x["what"] == "epochs"][0]["here"]
+        assert v["preprocessing"] == water.CV_PREPROCESSING[protocol]   # where each fold's preprocessing was fitted
         for row in r["comparison"]:
             assert set(row["vs"].values()) <= {"higher", "lower", "within noise"}
             for b in ("majority", "logreg", "random_forest"):   # one verdict per pair: beats = higher beyond noise
@@ -374,6 +436,22 @@ def test_train_stack_folds_of_unequal_size_with_batch_2():
     assert order.shape == (2, 8) and len(set(order[1].tolist())) == 8
 
 
+def test_train_stack_reads_each_copys_own_features():
+    """X of shape (S, rows, 9): copy s trains and validates on X[s] only; all copies on the same X[s] train as
+    with one shared X."""
+    torch.manual_seed(0)
+    X, y = torch.rand(40, 9), torch.tensor([0.0, 1.0] * 20)
+    folds = [(np.arange(30), np.arange(30, 40)), (np.arange(10, 40), np.arange(10))]
+
+    def run(features):
+        return exp.train_stack("adam", "relu_default", 1e-2, [0, 1], features, y, 3, 8, folds)[0]   # 3 epochs, batch 8
+    shared, same, mixed = run(X), run(X.expand(2, -1, -1)), run(torch.stack([X, 1 - X]))
+    for a, b in zip(shared, same):
+        assert np.allclose(a["losses"], b["losses"], atol=1e-6) and a["val_acc"] == b["val_acc"]
+    assert np.allclose(mixed[0]["losses"], shared[0]["losses"], atol=1e-6)   # copy 0: X, as before
+    assert not np.allclose(mixed[1]["losses"], shared[1]["losses"], atol=1e-4)   # copy 1: 1 - X
+
+
 def test_comparison_uses_the_suites_noise_rule():
     from common import schema
     assert water.verdict((0.70, 0.01), (0.69, 0.02), 3) == schema.compare_means(0.70, 0.01, 0.69, 0.02, 3)
@@ -391,7 +469,7 @@ def test_folds_are_training_rows_and_the_test_set_is_read_once_per_configuration
     real_train, real_eval = exp.train_stack, exp.evaluate_stack
 
     def train_stack(opt, variant, lr, seeds, X, y, epochs, batch_size, folds=None):
-        calls.append((X.shape[0], folds))
+        calls.append((X.shape[-2], folds, X.shape))
         return real_train(opt, variant, lr, seeds, X, y, epochs, batch_size, folds)
 
     def evaluate_stack(stack, X, y):
@@ -404,8 +482,11 @@ def test_folds_are_training_rows_and_the_test_set_is_read_once_per_configuration
     assert main_in_process(monkeypatch, exp.main, ["--smoke", "--workers", "1", "--results-dir", str(tmp_path)]) == 0
     assert tests == {503: 7, 819: 7, 256: 14}   # test tensors: once per configuration; 256: training accuracy
     n = exp.DEFAULTS["smoke_rows"]
-    assert [x for x, _ in calls] == [n] * 16      # 2 protocols x (1 cross-validation + 7 configurations)
-    cv = [f for _, f in calls if f is not None]
+    assert [x for x, _, _ in calls] == [n] * 16      # 2 protocols x (1 cross-validation + 7 configurations)
+    # features: shared (rows, 9), but one (rows, 9) per fold in the clean protocol's cross-validation
+    assert [shape for _, f, shape in calls if f is not None] == [(n, 9), (5, n, 9)]
+    assert all(shape == (n, 9) for _, f, shape in calls if f is None)
+    cv = [f for _, f, _ in calls if f is not None]
     assert len(cv) == 2
     for folds in cv:
         assert len(folds) == 5

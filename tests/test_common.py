@@ -207,6 +207,67 @@ def test_time_to_target_counts_training_seconds_to_the_first_epoch_at_the_target
         _write(tmp_path, targets={"m": {**rec, "runs": {"seed 0": {"best": 1.0}}}})
 
 
+@pytest.mark.parametrize("scores, higher, epoch", [
+    ([0.5, 0.9, 0.7], True, 2),                 # 1-based
+    ([0.3], True, 1),
+    ([0.5, 0.9, 0.9, 0.2], True, 2),            # a tie: the earlier epoch
+    ([0.7, 0.7], True, 1),
+    ([0.0, -0.0], False, 1),                    # 0.0 == -0.0: a tie too
+    ([1.0, 0.4, 0.4, 0.6], False, 2),           # lower is better (an MSE), a tie: the earlier
+    ([1.0, 0.4, 0.6], True, 1),                 # the same curve, higher is better
+    ([-1.0, -3.0, -2.0], False, 2),             # the lowest, not the smallest in size
+    ([2.0, float("inf"), 1.0], False, 3),
+    ([float("-inf"), -5.0], True, 2),
+    (np.array([0.2, 0.1, 0.1]), False, 2),      # an array; torch tensors too
+    (torch.tensor([0.2, 0.6, 0.6]), True, 2),
+])
+def test_best_epoch_is_one_based_and_keeps_the_earlier_of_ties(scores, higher, epoch):
+    assert results.best_epoch(scores, higher_is_better=higher) == epoch
+
+
+@pytest.mark.parametrize("scores, higher, epoch", [
+    ([float("nan"), 0.5, 0.7], True, 3),        # NaN is never best: not the first epoch, not "the lowest"
+    ([float("nan"), 0.5, 0.7], False, 2),
+    ([0.5, float("nan"), 0.4], False, 3),
+    ([0.5, float("nan")], True, 1),
+    (np.array([np.nan, 0.3, 0.2]), False, 3),   # numpy's argmin would say 1
+    ([float("nan"), float("nan")], True, 1),    # nothing but NaN: no epoch better than another -> the first
+])
+def test_best_epoch_passes_over_nan(scores, higher, epoch):
+    assert results.best_epoch(scores, higher_is_better=higher) == epoch
+
+
+def test_best_epoch_refuses_an_empty_curve():
+    for empty in ([], np.array([]), torch.tensor([])):
+        with pytest.raises(ValueError, match="no epochs"):
+            results.best_epoch(empty)
+        with pytest.raises(ValueError, match="no epochs"):
+            results.best_epoch(empty, higher_is_better=False)
+
+
+def test_best_epoch_asked_after_each_epoch_marks_exactly_the_strict_records():
+    """The online use (keep the weights when ``best_epoch(curve so far) == epoch``) keeps the epoch a plain
+    "strictly better than the best so far" loop keeps, ties included (figures on a coarse grid: many ties)."""
+    gen = np.random.default_rng(0)
+    for higher in (True, False):
+        for _ in range(200):
+            curve = [float(v) for v in gen.integers(0, 4, size=int(gen.integers(1, 9)))]
+            kept, record = [], None
+            for epoch, v in enumerate(curve, 1):
+                if record is None or (v > record if higher else v < record):
+                    kept.append(epoch)
+                    record = v
+            asked = [e for e in range(1, len(curve) + 1) if results.best_epoch(curve[:e], higher) == e]
+            assert asked == kept and results.best_epoch(curve, higher) == kept[-1]
+
+
+def test_time_to_target_best_is_best_epochs():
+    run = results.time_to_target([float("nan"), 0.8, 0.8, 0.6], [1.0, 2.0, 3.0, 4.0], 0.9)
+    assert (run["best"], run["best_epoch"]) == (0.8, 2)
+    low = results.time_to_target([0.5, 0.2, 0.2], [1.0, 2.0, 3.0], 0.1, higher_is_better=False)
+    assert (low["best"], low["best_epoch"], low["epochs_to_target"]) == (0.2, 2, None)
+
+
 def test_check_finite_raises_diverged():
     results.check_finite(torch.tensor(1.0), 0, 0)
     with pytest.raises(results.Diverged) as e:

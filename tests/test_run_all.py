@@ -53,13 +53,14 @@ def scratch(tmp_path_factory) -> Path:
 def run(root: Path, *args: str, data_dir: str | None = None, env_extra: dict | None = None
         ) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env_extra or {})}
-    env["DATA_DIR"] = data_dir or os.environ.get("DATA_DIR", str(REPO / "data"))
+    # absolute: the scratch copy runs from another folder than the one a relative DATA_DIR was given for
+    env["DATA_DIR"] = str(Path(data_dir or os.environ.get("DATA_DIR", str(REPO / "data"))).resolve())
     return subprocess.run(["bash", str(root / "run_all.sh"), *args], capture_output=True, text=True,
                           env=env, timeout=300)
 
 
 def test_failing_experiment_does_not_stop_the_rest(scratch, tmp_path):
-    p = run(scratch, "--smoke", "--seeds", "2", "--results-dir", str(tmp_path))
+    p = run(scratch, "--smoke", "--jobs", "1", "--seeds", "2", "--results-dir", str(tmp_path))
     out = p.stdout
     assert p.returncode == 1, out + p.stderr
     assert out.index("ran 01_first smoke seeds 2") < out.index("02_broken FAILED (exit 1)") < out.index("ran 03_third")
@@ -70,6 +71,38 @@ def test_failing_experiment_does_not_stop_the_rest(scratch, tmp_path):
     assert "setting up .venv" not in out  # bootstrap is idempotent: nothing reinstalled
 
 
+def test_smoke_runs_scripts_at_once_each_output_in_one_block_each_in_a_fresh_process(scratch, tmp_path):
+    """--smoke runs one script per core (here --jobs 2); a script's output comes out whole, after its start line;
+    and each script runs in its own process: what one sets (a module global, torch's threads) is not there for
+    the next, and a script that exits with an exception or a message fails alone."""
+    root = tmp_path / "repo"
+    shutil.copytree(scratch, root, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "tests"))
+    setter = textwrap.dedent('''
+        import sys, time, torch, common
+        print("04 sees", getattr(common, "MARK", None), torch.get_num_threads() == 1)
+        common.MARK = "set by 04"; torch.set_num_threads(1)
+        time.sleep(1); print("04 done")
+    ''')
+    (root / "experiments" / "04_setter.py").write_text(setter)
+    (root / "experiments" / "05_setter.py").write_text(setter.replace("04", "05"))
+    (root / "experiments" / "06_raises.py").write_text("raise RuntimeError('bad input')\n")
+    (root / "experiments" / "07_message.py").write_text("import sys\nsys.exit('no data here')\n")
+    p = run(root, "--smoke", "--jobs", "2", "--only", "4,5,6,7", "--results-dir", str(tmp_path / "r"))
+    out = p.stdout
+    assert p.returncode == 1, out + p.stderr
+    threads_of_a_fresh_process = subprocess.run([str(REPO / ".venv/bin/python"), "-c",
+                                                 "import torch; print(torch.get_num_threads() == 1)"],
+                                                capture_output=True, text=True).stdout.strip()
+    for n in ("04", "05"):
+        block = f"{n}_setter: its output\n{n} sees None {threads_of_a_fresh_process}\n{n} done\n"
+        assert block in out, out
+    # both setters sleep 1 s: 05 starts before 04 ends (two at once)
+    assert out.index("[2/4] 05_setter --device") < out.index("04_setter ok in"), out
+    assert "06_raises: its output\nTraceback" in out and "RuntimeError: bad input" in out
+    assert "07_message: its output\nno data here\n" in out
+    assert "FAILED: 06_raises (exit 1) 07_message (exit 1)" in out
+
+
 def test_only_runs_a_subset(scratch, tmp_path):
     p = run(scratch, "--only", "3", "--results-dir", str(tmp_path))
     assert p.returncode == 0, p.stdout + p.stderr
@@ -77,7 +110,7 @@ def test_only_runs_a_subset(scratch, tmp_path):
 
 
 def test_only_runs_each_experiment_once_in_numeric_order(scratch, tmp_path):
-    p = run(scratch, "--only", "3,1,03", "--smoke", "--results-dir", str(tmp_path))
+    p = run(scratch, "--only", "3,1,03", "--smoke", "--jobs", "1", "--results-dir", str(tmp_path))
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count("ran 03_third") == 1 and p.stdout.index("ran 01_first") < p.stdout.index("ran 03_third")
     assert "[2/2]" in p.stdout and "[3/" not in p.stdout
@@ -121,6 +154,7 @@ def test_no_temporary_file_is_left_behind_even_on_ctrl_c(scratch, tmp_path):
     (["--only", "07"], "no experiment numbered 07"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--seeds", "0"], "--seeds must be a positive integer"),
+    (["--jobs", "0"], "--jobs must be a positive integer"),
     (["--frobnicate"], "unknown option '--frobnicate'"),
     (["--only", "4x"], "bad experiment number in --only: '4x'"),
     (["--test", "--bench-ab"], "separate modes"),
@@ -152,5 +186,6 @@ def test_real_data_runs_without_the_fallback_even_if_the_old_environment_switch_
 
 def test_help_lists_the_options(scratch):
     p = run(scratch, "--help")
-    for opt in ("--test", "--only", "--smoke", "--device", "--results-dir", "--seeds", "--bench-ab", "--bench-bless"):
+    for opt in ("--test", "--only", "--smoke", "--device", "--results-dir", "--seeds", "--jobs", "--bench-ab",
+                "--bench-bless"):
         assert opt in p.stdout
