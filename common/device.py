@@ -158,10 +158,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_identity() -> dict:
+    """What tells two CPUs of one model name apart ("AMD EPYC" names AVX2 and AVX-512 parts alike): the vector
+    instruction set torch's CPU kernels dispatch to (``torch.backends.cpu.get_cpu_capability()``: DEFAULT,
+    AVX2, AVX512, ...) and /proc/cpuinfo's cpu family and model numbers (None where absent)."""
+    ids = {"cpu family": None, "model": None}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ids and ids[key.strip()] is None and value.strip().isdigit():
+                    ids[key.strip()] = int(value)
+    except OSError:
+        pass
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_family": ids["cpu family"],
+            "cpu_model_number": ids["model"]}
+
+
 def describe_device(device: torch.device) -> dict:
-    """Name, type and (on CUDA) capability and memory of ``device``, plus CPU model and threads."""
+    """Name, type and (on CUDA) capability and memory of ``device``, plus the CPU (model name, ``cpu_identity``)
+    and threads. On the CPU the name carries the instruction set, e.g. "AMD EPYC (AVX512)"."""
     device = torch.device(device)
-    info = {"type": device.type, "cpu_model": cpu_model(), "torch_threads": torch.get_num_threads()}
+    info = {"type": device.type, "cpu_model": cpu_model(), **cpu_identity(), "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(idx)
@@ -170,7 +188,7 @@ def describe_device(device: torch.device) -> dict:
     elif device.type == "mps":
         info.update(name="Apple MPS")
     else:
-        info.update(name=info["cpu_model"])
+        info.update(name=f"{info['cpu_model']} ({info['cpu_capability']})")
     return info
 
 

@@ -52,7 +52,22 @@ def test_unknown_device_is_refused():
 
 def test_describe_cpu():
     d = device.describe_device(torch.device("cpu"))
-    assert d["type"] == "cpu" and d["torch_threads"] == torch.get_num_threads() and d["name"]
+    assert d["type"] == "cpu" and d["torch_threads"] == torch.get_num_threads()
+    # the name tells an AVX2 part from an AVX-512 part of the same model name ("AMD EPYC" is both)
+    assert d["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and d["cpu_capability"]
+    assert d["name"] == f"{d['cpu_model']} ({d['cpu_capability']})"
+
+
+def test_cpu_identity_reads_family_and_model_numbers(tmp_path, monkeypatch):
+    import builtins
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+                       "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 99\nmodel\t\t: 7\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k))
+    ident = device.cpu_identity()
+    assert (ident["cpu_family"], ident["cpu_model_number"]) == (26, 2)   # the first processor's, not the last's
+    assert device.cpu_model() == "AMD EPYC"
 
 
 # ---------------------------------------------------------------- time split and windows

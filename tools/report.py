@@ -153,8 +153,10 @@ def environment_lines(records: list[dict]) -> list[str]:
     lines = []
     for (_, _, _, _), (e, exps) in envs.items():
         di = e.get("device_info") or {}
-        lines += [f"- **device**: {di.get('name', e.get('device'))} ({e.get('device')}), CPU {di.get('cpu_model')}, "
-                  f"{e.get('torch_threads')} torch threads"
+        lines += [f"- **device**: {di.get('name', e.get('device'))} ({e.get('device')}), CPU {di.get('cpu_model')}"
+                  + (f" ({di['cpu_capability']}, family {di.get('cpu_family')} model {di.get('cpu_model_number')})"
+                     if di.get("cpu_capability") else "")
+                  + f", {e.get('torch_threads')} torch threads"
                   + (f", CUDA {e.get('cuda')}, cuDNN {e.get('cudnn')}" if e.get("cuda") else ""),
                   f"- **versions**: Python {e.get('python')}, torch {e.get('torch')}, torchvision {e.get('torchvision')}, "
                   f"torchmetrics {e.get('torchmetrics')}, numpy {e.get('numpy')}; float32 matmul precision "
