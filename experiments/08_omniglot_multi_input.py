@@ -19,8 +19,8 @@ improved model on the clean split, the training seconds until its validation acc
 experiments/omniglot.py.
 
 ``--ablation`` runs another story: the improved model with each candidate setting of ABLATION (augmentation,
-epochs, batch size, peak learning rate) on the clean split, compared on its validation drawings only; the improved model's defaults are the
-candidate it chose (its reference record: omniglot.IMPROVED_ABLATION).
+epochs, batch size, peak learning rate) on the clean split, compared on its validation drawings only; the
+improved model's defaults are the candidate it chose (its reference record: omniglot.IMPROVED_ABLATION).
 """
 import sys
 from functools import partial
@@ -289,7 +289,8 @@ def parse(argv=None):
                    help="instead of the experiment: train the improved model with each candidate setting of ABLATION "
                         "on the clean split and compare them on its validation drawings only (no test image read); "
                         "writes <results-dir>/ablation/08_omniglot_multi_input.ablation.json (the improved model's "
-                        "epochs and jitter were chosen so); about 12 min with 2 seeds on a 2-core EPYC")
+                        "epochs, jitter, batch and peak lr were chosen so); about 10 min with 3 seeds on a 2-core "
+                        "AVX-512 EPYC")
     return cli.parse_args(p, argv, smoke=SMOKE)
 
 

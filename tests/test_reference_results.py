@@ -166,7 +166,7 @@ def test_mean_sd_formatting_follows_the_spread():
 
 
 def test_the_improved_omniglot_settings_are_what_the_committed_ablation_chose():
-    """08/09's improved model trains with the augmentation and epochs that 08's --ablation chose on validation
+    """08/09's improved model trains with the augmentation, epochs, batch and peak lr that 08's --ablation chose on validation
     drawings, in a committed record made from a clean tree; the choice follows the script's rule."""
     import importlib
     import inspect
@@ -184,7 +184,7 @@ def test_the_improved_omniglot_settings_are_what_the_committed_ablation_chose():
     assert "no test image" in r["selection"]["validation"]["method"] and len(r["seeds"]) >= 2
     chosen = r["selection"]["chosen"]["candidate"]
     assert chosen == m08.choose_candidate(r["targets"], {n: r["metrics"][f"{n}.best"] for n in r["targets"]})
-    augment, epochs = r["selection"]["candidates"][chosen]
-    assert epochs == omniglot.IMPROVED["improved_epochs"]
+    augment, epochs, batch_size, lr = r["selection"]["candidates"][chosen]
+    assert (epochs, batch_size, lr) == tuple(omniglot.IMPROVED[f"improved_{k}"] for k in ("epochs", "batch_size", "lr"))
     assert augment == inspect.signature(omniglot.ImprovedImageNet).parameters["augment"].default
     assert {n: list(c) for n, c in m08.ABLATION.items()} == r["selection"]["candidates"]
