@@ -146,33 +146,34 @@ def peak_gpu_memory() -> int | None:
     return int(torch.cuda.max_memory_allocated())
 
 
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where present)."""
+def _first_cpuinfo() -> dict:
+    """The first processor's "key: value" lines of /proc/cpuinfo ({} where there is none)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():   # a blank line ends the first processor's block
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where present)."""
+    return _first_cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_identity() -> dict:
     """What tells two CPUs of one model name apart ("AMD EPYC" names AVX2 and AVX-512 parts alike): the vector
     instruction set torch's CPU kernels dispatch to (``torch.backends.cpu.get_cpu_capability()``: DEFAULT,
     AVX2, AVX512, ...) and /proc/cpuinfo's cpu family and model numbers (None where absent)."""
-    ids = {"cpu family": None, "model": None}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ids and ids[key.strip()] is None and value.strip().isdigit():
-                    ids[key.strip()] = int(value)
-    except OSError:
-        pass
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_family": ids["cpu family"],
-            "cpu_model_number": ids["model"]}
+    fields = _first_cpuinfo()
+    number = {k: int(fields[k]) if fields.get(k, "").isdigit() else None for k in ("cpu family", "model")}
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_family": number["cpu family"],
+            "cpu_model_number": number["model"]}
 
 
 def describe_device(device: torch.device) -> dict:

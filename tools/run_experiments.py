@@ -2,9 +2,9 @@
 ``run_all.sh`` runs the experiments with.
 
 Why not ``python SCRIPT`` per experiment: every fresh process pays for importing torch, torchvision and
-torchmetrics (torchmetrics pulls in torchvision and torch._dynamo) before it does anything, about 3 s on a
-2-core EPYC, and a smoke run of the nine scripts is mostly that. Here one process imports them once and each
-script then runs in its own forked child (``runpy``, as ``__main__``, with its own ``sys.argv``), so a script
+torchmetrics (torchmetrics pulls in torchvision and torch._dynamo) before it does anything: about 3 s on a
+2-core AVX-512 EPYC, more than half of a smoke run of the nine scripts. Here one process imports them once and
+each script then runs in its own forked child (``runpy``, as ``__main__``, with its own ``sys.argv``), so a script
 still starts from a fresh process state: nothing it sets (seeds, threads, determinism flags, globals) reaches the
 next one. The parent runs no torch op before forking, so no thread pool is copied into a child.
 
