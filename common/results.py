@@ -212,6 +212,16 @@ def target_record(metric: str, target: float, runs: dict, budget_s: float | None
     return rec
 
 
+def choose_candidate(targets: dict, best: dict) -> str:
+    """An ablation's pre-declared choice (04 and 08 ``--ablation``): of the candidates whose every run reached the
+    target (``targets``: name -> ``target_record``), the one with the least median time to it; if none did, the
+    highest ``best`` (name -> mean best validation score, higher is better); ties -> the first listed."""
+    every = [name for name, t in targets.items() if t["reached"] == t["of"]]
+    if every:
+        return min(every, key=lambda name: targets[name]["median_time_to_target_s"])
+    return max(best, key=best.get)
+
+
 def _check_flat(name: str, d: dict) -> None:
     for k, v in d.items():
         if v is not None and not isinstance(v, (int, float, bool, list)):

@@ -82,11 +82,13 @@ DEVIATIONS = [
 def model_specs(cfg: dict) -> dict:
     """What each model trains with (``cfg``: the options or DEFAULTS); ``epochs`` None: chosen by cross-validation.
     The improved model's one-cycle schedule spans its given epochs, else max_epochs (a chosen count stops it there)."""
+    widths = cfg.get("improved_widths", clouds.IMPROVED_WIDTHS)   # no option: --ablation tries others
     shared = dict(channels_last=cfg["memory_format"] == "channels_last", rotation_from_zero=cfg["rotation_from_zero"])
     return {"course": dict(make=clouds.CourseNet, size=COURSE_SIZE, batch=cfg["batch_size"], epochs=cfg["epochs"],
                            max_epochs=cfg["max_epochs"], lr=cfg["lr"], label_smoothing=0.0, one_cycle_epochs=None,
                            weight_decay=0.0, **shared),
-            "improved": dict(make=clouds.ImprovedNet, size=cfg["improved_size"], batch=cfg["improved_batch_size"],
+            "improved": dict(make=partial(clouds.ImprovedNet, widths=tuple(widths)), widths=list(widths),
+                             size=cfg["improved_size"], batch=cfg["improved_batch_size"],
                              epochs=cfg["improved_epochs"], max_epochs=cfg["improved_max_epochs"],
                              lr=cfg["improved_lr"], label_smoothing=0.1,
                              one_cycle_epochs=cfg["improved_epochs"] or cfg["improved_max_epochs"],
@@ -199,15 +201,17 @@ def benchmark_cases() -> list[dict]:
 
 
 # --------------------------------------------------------------------------- epochs by cross-validation, per-seed runs
-def prepare_model(name: str, spec: dict, split: tuple, args, device) -> dict:
-    """What every run of one model shares: its data on the device, its batches, its model-only step throughput."""
+def prepare_model(name: str, spec: dict, split: tuple, args, device, measure: bool = True) -> dict:
+    """What every run of one model shares: its data on the device, its batches, its model-only step throughput
+    (``measure``)."""
     train, test = split
     x_train, y_train = train.images.to(device), train.labels.to(device)
     max_batches = SMOKE["max_batches"] if args.smoke else None
     sizes = batch_sizes(len(train), spec["batch"], max_batches)
     repro.apply_determinism()   # the cuDNN/determinism flags the seeded training runs with
-    speed = model_only_throughput(spec, x_train, y_train, sizes, device)
-    print(f"[{name}] model-only training step: {speed:.0f} samples/s ({args.memory_format})", flush=True)
+    speed = model_only_throughput(spec, x_train, y_train, sizes, device) if measure else None
+    if measure:
+        print(f"[{name}] model-only training step: {speed:.0f} samples/s ({args.memory_format})", flush=True)
     return dict(spec=spec, x_train=x_train, y_train=y_train, sizes=sizes, max_batches=max_batches, test=test,
                 model_only=speed)
 
@@ -220,7 +224,7 @@ def cv_folds(train: data.ImageSet, folds: int) -> list[tuple[torch.Tensor, torch
     return [(torch.as_tensor(fit), torch.as_tensor(val)) for fit, val in splits]
 
 
-def select_epochs(name: str, mdl: dict, folds: list, seed: int, device) -> dict:
+def select_epochs(name: str, mdl: dict, folds: list, seed: int, device, target: float | None = None) -> dict:
     """Train on every fold's fit part (fold k: seed ``seed + k``) for max_epochs; choose the epoch count with the
     highest mean validation accuracy, rounded to 9 decimals so that a one-ulp summation difference breaks no tie
     (``results.best_epoch``: ties -> fewer). {"chosen", "mean", "per_fold"[, "reached"]} or {"diverged"}."""
@@ -237,18 +241,19 @@ def select_epochs(name: str, mdl: dict, folds: list, seed: int, device) -> dict:
             return {"diverged": {"run": name, "seed": seed + k, "phase": f"cross-validation fold {k + 1}",
                                  **e.to_json()}}
         curves.append(hist["val_accuracy"])
-        if name in TARGETS:
-            reached[f"fold {k + 1}"] = results.time_to_target(hist["val_accuracy"], hist["train_s"], TARGETS[name][0])
+        if target is not None:   # the fold's training seconds to it
+            reached[f"fold {k + 1}"] = results.time_to_target(hist["val_accuracy"], hist["train_s"], target)
     mean = [sum(v) / len(v) for v in zip(*curves)]
     chosen = results.best_epoch([round(v, 9) for v in mean])
     print(f"[{name}] epochs chosen: {chosen} (mean validation accuracy {mean[chosen - 1]:.3f})", flush=True)
     return {"chosen": chosen, "mean": mean, "per_fold": curves, **({"reached": reached} if reached else {})}
 
 
-def target_records(picks: dict) -> dict | None:
-    """The result's ``targets``: per cross-validated model with a target, each fold's time to it."""
-    return {name: results.target_record("val_accuracy (the cross-validation folds)", TARGETS[name][0], p["reached"],
-                                        budget_s=TARGETS[name][1], note=TARGET_NOTE)
+def target_records(picks: dict, goal: tuple = TARGETS["improved"]) -> dict | None:
+    """The result's ``targets``: per cross-validated run with a target (the improved model's ``goal``), each fold's
+    time to it."""
+    return {name: results.target_record("val_accuracy (the cross-validation folds)", goal[0], p["reached"],
+                                        budget_s=goal[1], note=TARGET_NOTE)
             for name, p in picks.items() if "reached" in p} or None
 
 
@@ -292,86 +297,57 @@ def run_seed(seed: int, models: dict, device, class_to_idx: dict) -> dict:
     return run
 
 
-# --------------------------------------------------------------------------- aggregate and record
-def seed_history(runs: list[dict], names) -> dict:
-    """Per model and curve: the mean over the seeds that finished, and every seed's curve."""
-    history = {}
-    for name in names:
-        hists = [run["history"][name] for run in runs if name in run["history"]]
-        for key in hists[0] if hists else ():
-            per_seed = [h[key] for h in hists]
-            history[f"{name}.{key}"] = [sum(v) / len(v) for v in zip(*per_seed)]
-            history[f"{name}.{key}_per_seed"] = per_seed
-    return history
+# --------------------------------------------------------------------------- --ablation
+# The improved model's candidates: (input size, one-cycle epochs, batch, peak lr, widths). Each one's final run (all
+# 475 training images) is meant to fit the 120 s budget on the 2-core AVX2 EPYC (measured there: 238 samples/s for
+# the 64 px models, before this ablation) -- larger inputs get fewer epochs.
+ABLATION = {"s64_e20": (64, 20, 32, 3e-3, (32, 64, 128, 256)),          # the settings before this ablation
+            "s64_e40": (64, 40, 32, 3e-3, (32, 64, 128, 256)),
+            "s64_e60": (64, 60, 32, 3e-3, (32, 64, 128, 256)),
+            "s64_e40_lr6e-3": (64, 40, 32, 6e-3, (32, 64, 128, 256)),
+            "s64_e40_b64_lr6e-3": (64, 40, 64, 6e-3, (32, 64, 128, 256)),
+            "s64_e30_wide": (64, 30, 32, 3e-3, (48, 96, 192, 384)),     # 2.25x the convolutions' work
+            "s96_e30": (96, 30, 32, 3e-3, (32, 64, 128, 256)),
+            "s128_e20": (128, 20, 32, 3e-3, (32, 64, 128, 256))}
+ABLATION_CRITERION = ("the candidate whose every fold reaches the target validation accuracy (TARGETS) with the least "
+                      "median training seconds to it; if none does, the highest best mean validation accuracy over "
+                      "the folds (at the epoch count cross-validation would choose); ties -> the first listed")
 
 
-def run_timings(runs: list[dict], models: dict, memory_format: str, wall_s: float) -> dict:
-    """Training, evaluation and data-pipeline seconds, and the throughput with the pipeline vs model-only."""
-    done = [dict(run["timing"][name], name=name) for run in runs for name in models if name in run["timing"]]
-
-    def total(key, name=None):   # data_s is None off the CPU (not measured)
-        values = [d[key] for d in done if name in (None, d["name"])]
-        return None if None in values else sum(values, 0.0)
-
-    def per_s(samples, seconds):
-        return samples / seconds if seconds else None
-    model_only_s = sum(total("samples", n) / m["model_only"] for n, m in models.items())
-    timings = {"wall_s": wall_s, "train_s": total("train_s"), "eval_s": total("eval_s"), "data_s": total("data_s"),
-               "memory_format": memory_format, "train_samples_per_s": per_s(total("samples"), total("train_s")),
-               "model_only_samples_per_s": per_s(total("samples"), model_only_s)}
-    if timings["train_samples_per_s"] and timings["model_only_samples_per_s"]:
-        timings["pipeline_ratio"] = timings["train_samples_per_s"] / timings["model_only_samples_per_s"]
-    for n, m in models.items():
-        timings.update({f"{n}.train_s": total("train_s", n), f"{n}.data_s": total("data_s", n),
-                        f"{n}.train_samples_per_s": per_s(total("samples", n), total("train_s", n)),
-                        f"{n}.model_only_samples_per_s": m["model_only"]})
-    return timings
-
-
-def selection_record(specs: dict, picks: dict, folds: list, n_train: int) -> dict:
-    """The result's "selection": the folds; per cross-validated model its epoch candidates, mean validation accuracy
-    per epoch (``scores``) and choice; the settings not selected on this data, with where they came from."""
-    done = {f"{n}.epochs": p for n, p in picks.items() if "chosen" in p}
-    fixed = {f"{n}.epochs": f"{s['epochs']}, given on the command line" for n, s in specs.items() if n not in picks}
-    if "course" in specs:
-        fixed["course.batch_size, course.lr"] = ("16 and Adam 1e-3 by default (torch's Adam default; the transcript "
-                                                 "gives neither for this model): set by earlier sessions of this "
-                                                 "project, not selected on validation data")
-    if "improved" in specs:
-        fixed["improved.architecture, optimizer, schedule, batch_size, size"] = (
-            "as in model_config: set by earlier development sessions of this project, partly by looking at test-set "
-            "figures of this data; not selected on validation data, so its test figures may be somewhat optimistic")
-    validation = {"method": f"stratified {len(folds)}-fold cross-validation on the training images (sklearn "
-                            f"StratifiedGroupKFold, seed {SPLIT_SEED}; byte-identical images in one fold); fold k "
-                            "trains with seed --seed + k", "folds": len(folds),
-                  "sizes": {"train": n_train, "fit": [len(a) for a, _ in folds],
-                            "validation": [len(b) for _, b in folds]}}
-    if not picks:
-        validation = {"method": "none: every epoch count was given", "folds": 0,
-                      "sizes": {"train": n_train, "validation": []}}
-    return {"validation": validation, "chosen": {k: p["chosen"] for k, p in done.items()},
-            "candidates": {k: list(range(1, len(p["mean"]) + 1)) for k, p in done.items()},
-            "criterion": f"mean validation accuracy over the {len(folds)} folds after each epoch, highest; ties -> "
-                         "fewer epochs",
-            "final_model": "retrained on all training images for the chosen epochs, once per seed; only these final "
-                           "models see the test set, once each",
-            "scores": {k: p["mean"] for k, p in done.items()},
-            "scores_per_fold": {k: p["per_fold"] for k, p in done.items()}, "fixed": fixed}
-
-
-def extra_record(photos: clouds.Clouds, specs: dict, per_seed: dict, cms: dict, diverged: list) -> dict:
-    classes = list(photos.class_to_idx)
-
-    def lowest_recall(name):   # the class with the lowest test recall, seed by seed (the first one on a tie)
-        by_seed = zip(*(per_seed[f"{name}.recall.{c}"] for c in classes))
-        return [classes[min(range(len(classes)), key=recalls.__getitem__)] for recalls in by_seed]
-    return {"diverged": diverged, "class_to_idx": photos.class_to_idx,
-            "lowest_recall_class_per_seed": {n: lowest_recall(n) for n in specs if f"{n}.accuracy" in per_seed},
-            "duplicates": photos.dups["paths"], "course_pipeline": photos.course_pipeline,
-            "confusion_matrix_summed_over_seeds": {n: cm.tolist() for n, cm in cms.items()},
-            "model_config": {n: {k: v for k, v in spec.items() if k != "make"} for n, spec in specs.items()},
-            "notes": "Augmentation per sample on batches (affine_grid + grid_sample rotation, torchvision v2 flip and "
-                     "autocontrast) from a seeded torch.Generator, on images decoded once at 64x64. See deviations."}
+def run_ablation(args, start: cli.Start, photos: clouds.Clouds) -> int:
+    """Every ABLATION candidate's improved model through the cross-validation folds of the training images (no test
+    image is read); the choice by ABLATION_CRITERION; the record ``<results-dir>/ablation/04_clouds_cnn.ablation.json``
+    (the defaults cite the reference run's, clouds.IMPROVED_ABLATION)."""
+    folds, picks = cv_folds(photos.splits[COURSE_SIZE][0], args.folds), {}
+    for name, (size, epochs, batch, lr, widths) in ABLATION.items():
+        cfg = dict(vars(args), improved_size=size, improved_max_epochs=args.improved_max_epochs if args.smoke else epochs,
+                   improved_batch_size=batch, improved_lr=lr, improved_widths=widths)
+        mdl = prepare_model(name, model_specs(cfg)["improved"], photos.splits[size], args, start.device, measure=False)
+        picks[name] = select_epochs(name, mdl, folds, args.seed, start.device, TARGETS["improved"][0])
+    done = {name: p for name, p in picks.items() if "chosen" in p}   # a candidate that diverged is not chosen
+    best = {name: p["mean"][p["chosen"] - 1] for name, p in done.items()}
+    targets = target_records(done)
+    chosen = results.choose_candidate(targets, best)
+    selection = {"validation": {"method": f"stratified {len(folds)}-fold cross-validation on the training images "
+                                          f"(04's folds); no test image is read", "folds": len(folds),
+                                "sizes": {"fit": [len(a) for a, _ in folds], "validation": [len(b) for _, b in folds]}},
+                 "chosen": {"improved.size, epochs, batch_size, lr, widths": list(ABLATION[chosen]), "candidate": chosen},
+                 "candidates": {name: list(c) for name, c in ABLATION.items()}, "criterion": ABLATION_CRITERION,
+                 "final_model": "none here: the chosen settings are the improved model's defaults in 04",
+                 "scores": {name: p["mean"] for name, p in done.items()}}
+    results.write_result(
+        f"{EXPERIMENT}.ablation", results_dir=Path(args.results_dir) / "ablation", status="ok",
+        started_at=start.started_at, config=cli.config_of(args), seeds=[args.seed + k for k in range(len(folds))],
+        data=photos.info, metrics={f"{n}.best": v for n, v in best.items()}, headline=f"{chosen}.best",
+        timings={"wall_s": start.wall_s()}, device=start.device, script=__file__, selection=selection,
+        targets=targets, extra={"diverged": [p["diverged"] for p in picks.values() if "diverged" in p]})
+    print(f"\n{EXPERIMENT} --ablation ({photos.info.source} data, {len(folds)} folds; training images only):")
+    for name, t in targets.items():
+        when = t["median_time_to_target_s"]
+        print(f"  {name:20s} best mean validation accuracy {best[name]:.4f} (epoch {done[name]['chosen']}), target "
+              f"{t['target']} reached in {t['reached']}/{t['of']} folds{'' if when is None else f' (median {when:.0f} s)'}")
+    print(f"  chosen: {chosen} ({ABLATION_CRITERION})")
+    return 0
 
 
 # --------------------------------------------------------------------------- main
@@ -396,6 +372,10 @@ def parse(argv=None):
                         "on the development CPU)")
     p.add_argument("--rotation-from-zero", action="store_true",
                    help="rotate by an angle in [0, 45] degrees, as the transcript says (otherwise in [-45, 45])")
+    p.add_argument("--ablation", action="store_true",
+                   help="instead of the experiment: the improved model with each candidate of ABLATION (input size, "
+                        "epochs, batch, lr, widths) through the cross-validation folds (no test image read); writes "
+                        "<results-dir>/ablation/04_clouds_cnn.ablation.json")
     p.add_argument("--keep-duplicates", action="store_true",
                    help="keep the test images that are byte-identical to a training image (the course's 486)")
     return cli.parse_args(p, argv, smoke=SMOKE)
@@ -406,31 +386,34 @@ def main(argv=None) -> int:
     specs = {name: spec for name, spec in model_specs(vars(args)).items() if args.model in ("both", name)}
     try:
         start = cli.start(args)
-        photos = clouds.load_data(args, specs, SMOKE if args.smoke else None)
+        sized = {name: {"size": c[0]} for name, c in ABLATION.items()} if args.ablation else specs   # to decode
+        photos = clouds.load_data(args, sized, SMOKE if args.smoke else None)
     except (data.DataError, DeviceError) as e:
         return cli.fail(e)
+    if args.ablation:
+        return run_ablation(args, start, photos)
     seeds, device, train = cli.seed_list(args), start.device, photos.splits[COURSE_SIZE][0]
     fixed = clouds.fixed_metrics(photos)   # the majority baseline and the data figures, the same for every seed
 
     models = {name: prepare_model(name, spec, photos.splits[spec["size"]], args, device)
               for name, spec in specs.items()}
     t0, folds = time.perf_counter(), cv_folds(train, args.folds)
-    picks = {name: select_epochs(name, mdl, folds, args.seed, device)   # on the training images only
+    picks = {name: select_epochs(name, mdl, folds, args.seed, device, TARGETS.get(name, (None,))[0])   # training images
              for name, mdl in models.items() if not mdl["spec"]["epochs"]}
     models = with_chosen_epochs(models, picks)   # not: those that diverged in cross-validation
     selection_s = time.perf_counter() - t0
     runs = [run_seed(seed, models, device, photos.class_to_idx) for seed in seeds]   # the only test-set reads
 
     mean, std, per_seed = results.aggregate_seeds([dict(fixed, **run["metrics"]) for run in runs])
-    history = seed_history(runs, specs)
+    history = clouds.seed_history(runs, specs)
     cms = {name: sum((run["confusion"][name] for run in runs if name in run["confusion"]),
                      torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)) for name in specs}
     diverged = [p["diverged"] for p in picks.values() if "diverged" in p] + sorted(
         (d for run in runs for d in run["diverged"]), key=lambda d: list(specs).index(d["run"]))
-    selection = selection_record(specs, picks, folds, len(train))
+    selection = clouds.selection_record(specs, picks, folds, len(train), SPLIT_SEED)
     clouds.make_plots(plots.plot_dir(args.results_dir, EXPERIMENT), photos, args, list(specs), mean, std, fixed,
                       history, cms, diverged, selection)
-    timings = dict(run_timings(runs, models, args.memory_format, start.wall_s()), selection_s=selection_s)
+    timings = dict(clouds.run_timings(runs, models, args.memory_format, start.wall_s()), selection_s=selection_s)
 
     headline = next((k for k in ("course.f1_macro", "improved.f1_macro") if k in mean), "baseline.majority_accuracy")
     # --rotation-from-zero only when given (as common.cli does for --tf32): older results still compare equal
@@ -440,7 +423,7 @@ def main(argv=None) -> int:
                          metrics=mean, std=std, per_seed=per_seed, headline=headline, history=history,
                          timings=timings, device=device, script=__file__, deviations=DEVIATIONS,
                          selection=selection, targets=target_records(picks),
-                         extra=extra_record(photos, specs, per_seed, cms, diverged))
+                         extra=clouds.extra_record(photos, specs, per_seed, cms, diverged))
     clouds.report(photos, seeds, list(specs), mean, std, fixed, timings, selection)
     return 3 if diverged else 0
 

@@ -232,16 +232,6 @@ def ablation_run(seed: int, candidate: str, om: omniglot.Omniglot, smoke: bool =
     return results.time_to_target(h["val_char_accuracy"], h["train_s"], target) | {"curve": h["val_char_accuracy"]}
 
 
-def choose_candidate(targets: dict, best: dict) -> str:
-    """ABLATION_CRITERION: of the candidates whose every run reached the target (``targets``: name ->
-    ``results.target_record``), the one with the least median time to it; if none, the highest ``best`` (name ->
-    mean best validation accuracy); ties -> the first listed."""
-    every = [name for name, t in targets.items() if t["reached"] == t["of"]]
-    if every:
-        return min(every, key=lambda name: targets[name]["median_time_to_target_s"])
-    return max(best, key=best.get)
-
-
 def run_ablation(args, start: cli.Start, om: omniglot.Omniglot) -> int:
     """Every ABLATION candidate with every seed on the clean split's validation drawings; the choice by
     ABLATION_CRITERION; the record ``<results-dir>/ablation/08_omniglot_multi_input.ablation.json`` (the improved
@@ -257,7 +247,7 @@ def run_ablation(args, start: cli.Start, om: omniglot.Omniglot) -> int:
     _, target, budget = omniglot.TARGETS["clean.improved"]
     targets = {name: results.target_record("val_char_accuracy (the clean split's validation drawings)", target, r,
                                            budget_s=budget, note=omniglot.TARGET_NOTE) for name, r in runs.items()}
-    chosen = choose_candidate(targets, {name: mean[f"{name}.best"] for name in ABLATION})
+    chosen = results.choose_candidate(targets, {name: mean[f"{name}.best"] for name in ABLATION})
     selection = {"validation": {"method": "the clean split's hold-out drawings (one per character); no test image "
                                           "is read", "folds": None, "sizes": {"validation": len(om.splits["clean"].val),
                                                                                "trained_on": len(om.splits["clean"].train)}},

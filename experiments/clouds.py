@@ -30,6 +30,9 @@ COURSE_SIZE = 64          # the input size the course model's Linear(64*16*16, .
 MAX_ROTATION = 45.0
 CLEAR_SKY, HIGH_CUMULIFORM = "clear sky", "high cumuliform clouds"
 HEADLINE_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+IMPROVED_WIDTHS = (32, 64, 128, 256)   # the improved model's channels per block
+# The record of 04 --ablation that chose the improved model's input size, epochs, batch, lr and widths
+IMPROVED_ABLATION = "results/reference/epyc-avx512-2cpu/ablation/04_clouds_cnn.ablation.json"
 
 
 # --------------------------------------------------------------------------- models
@@ -53,7 +56,7 @@ class ImprovedNet(nn.Module):
     """Four (Conv-BN-ReLU -> MaxPool) blocks, global average pooling (any input size), dropout, Linear: four
     times the course model's depth; 391k parameters to its 134k (of which its Linear holds 115k)."""
 
-    def __init__(self, num_classes: int = NUM_CLASSES, widths=(32, 64, 128, 256), dropout: float = 0.3):
+    def __init__(self, num_classes: int = NUM_CLASSES, widths=IMPROVED_WIDTHS, dropout: float = 0.3):
         super().__init__()
         layers, c = [], 3
         for w in widths:
@@ -217,6 +220,90 @@ def fixed_metrics(photos: Clouds) -> dict:
             "data.test_images_also_in_train": len(photos.dups["test_in_train"]),
             "data.test_duplicates_dropped": photos.dropped,
             "data.train_size": len(train), "data.test_size": len(test)}
+
+
+# --------------------------------------------------------------------------- what a run records
+def seed_history(runs: list[dict], names) -> dict:
+    """Per model and curve: the mean over the seeds that finished, and every seed's curve."""
+    history = {}
+    for name in names:
+        hists = [run["history"][name] for run in runs if name in run["history"]]
+        for key in hists[0] if hists else ():
+            per_seed = [h[key] for h in hists]
+            history[f"{name}.{key}"] = [sum(v) / len(v) for v in zip(*per_seed)]
+            history[f"{name}.{key}_per_seed"] = per_seed
+    return history
+
+
+def run_timings(runs: list[dict], models: dict, memory_format: str, wall_s: float) -> dict:
+    """Training, evaluation and data-pipeline seconds, and the throughput with the pipeline vs model-only."""
+    done = [dict(run["timing"][name], name=name) for run in runs for name in models if name in run["timing"]]
+
+    def total(key, name=None):   # data_s is None off the CPU (not measured)
+        values = [d[key] for d in done if name in (None, d["name"])]
+        return None if None in values else sum(values, 0.0)
+
+    def per_s(samples, seconds):
+        return samples / seconds if seconds else None
+    model_only_s = sum(total("samples", n) / m["model_only"] for n, m in models.items())
+    timings = {"wall_s": wall_s, "train_s": total("train_s"), "eval_s": total("eval_s"), "data_s": total("data_s"),
+               "memory_format": memory_format, "train_samples_per_s": per_s(total("samples"), total("train_s")),
+               "model_only_samples_per_s": per_s(total("samples"), model_only_s)}
+    if timings["train_samples_per_s"] and timings["model_only_samples_per_s"]:
+        timings["pipeline_ratio"] = timings["train_samples_per_s"] / timings["model_only_samples_per_s"]
+    for n, m in models.items():
+        timings.update({f"{n}.train_s": total("train_s", n), f"{n}.data_s": total("data_s", n),
+                        f"{n}.train_samples_per_s": per_s(total("samples", n), total("train_s", n)),
+                        f"{n}.model_only_samples_per_s": m["model_only"]})
+    return timings
+
+
+def extra_record(photos: Clouds, specs: dict, per_seed: dict, cms: dict, diverged: list) -> dict:
+    classes = list(photos.class_to_idx)
+
+    def lowest_recall(name):   # the class with the lowest test recall, seed by seed (the first one on a tie)
+        by_seed = zip(*(per_seed[f"{name}.recall.{c}"] for c in classes))
+        return [classes[min(range(len(classes)), key=recalls.__getitem__)] for recalls in by_seed]
+    return {"diverged": diverged, "class_to_idx": photos.class_to_idx,
+            "lowest_recall_class_per_seed": {n: lowest_recall(n) for n in specs if f"{n}.accuracy" in per_seed},
+            "duplicates": photos.dups["paths"], "course_pipeline": photos.course_pipeline,
+            "confusion_matrix_summed_over_seeds": {n: cm.tolist() for n, cm in cms.items()},
+            "model_config": {n: {k: v for k, v in spec.items() if k != "make"} for n, spec in specs.items()},
+            "notes": "Augmentation per sample on batches (affine_grid + grid_sample rotation, torchvision v2 flip and "
+                     "autocontrast) from a seeded torch.Generator, on images decoded once at 64x64. See deviations."}
+
+
+def selection_record(specs: dict, picks: dict, folds: list, n_train: int, split_seed: int) -> dict:
+    """The result's "selection": the folds; per cross-validated model its epoch candidates, mean validation accuracy
+    per epoch (``scores``) and choice; the settings not selected on this data, with where they came from."""
+    done = {f"{n}.epochs": p for n, p in picks.items() if "chosen" in p}
+    fixed = {f"{n}.epochs": f"{s['epochs']}, given on the command line" for n, s in specs.items() if n not in picks}
+    if "course" in specs:
+        fixed["course.batch_size, course.lr"] = ("16 and Adam 1e-3 by default (torch's Adam default; the transcript "
+                                                 "gives neither for this model): set by earlier sessions of this "
+                                                 "project, not selected on validation data")
+    if "improved" in specs:
+        fixed["improved.depth, optimizer, weight_decay, label_smoothing, dropout"] = (
+            "4 blocks, AdamW with a one-cycle schedule, 1e-4, 0.1, 0.3: set by earlier development sessions of this "
+            "project, partly by looking at test-set figures of this data; not selected on validation data. Its input "
+            "size, schedule epochs, batch size, peak lr and widths were chosen by 04 --ablation on these folds ("
+            + IMPROVED_ABLATION + "), its epochs here")
+    validation = {"method": f"stratified {len(folds)}-fold cross-validation on the training images (sklearn "
+                            f"StratifiedGroupKFold, seed {split_seed}; byte-identical images in one fold); fold k "
+                            "trains with seed --seed + k", "folds": len(folds),
+                  "sizes": {"train": n_train, "fit": [len(a) for a, _ in folds],
+                            "validation": [len(b) for _, b in folds]}}
+    if not picks:
+        validation = {"method": "none: every epoch count was given", "folds": 0,
+                      "sizes": {"train": n_train, "validation": []}}
+    return {"validation": validation, "chosen": {k: p["chosen"] for k, p in done.items()},
+            "candidates": {k: list(range(1, len(p["mean"]) + 1)) for k, p in done.items()},
+            "criterion": f"mean validation accuracy over the {len(folds)} folds after each epoch, highest; ties -> "
+                         "fewer epochs",
+            "final_model": "retrained on all training images for the chosen epochs, once per seed; only these final "
+                           "models see the test set, once each",
+            "scores": {k: p["mean"] for k, p in done.items()},
+            "scores_per_fold": {k: p["per_fold"] for k, p in done.items()}, "fixed": fixed}
 
 
 # --------------------------------------------------------------------------- figures and the printed summary

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from common import data
+from common import data, results
 from common.schema import check_selection
 from conftest import check_deviations, real_data, run_script, smoke_fixture
 from experiments import clouds
@@ -276,7 +276,8 @@ def test_smoke_selection_valid(smoke_runs):
     assert v["folds"] == 2 and "StratifiedGroupKFold" in v["method"]
     assert v["sizes"]["train"] == 32                                     # --smoke's training images, split in 2
     assert [a + b for a, b in zip(v["sizes"]["fit"], v["sizes"]["validation"])] == [32, 32]
-    assert "test-set figures" in sel["fixed"]["improved.architecture, optimizer, schedule, batch_size, size"]
+    fixed = sel["fixed"]["improved.depth, optimizer, weight_decay, label_smoothing, dropout"]
+    assert "test-set figures" in fixed and "04 --ablation" in fixed and clouds.IMPROVED_ABLATION in fixed
     assert "fewer epochs" in sel["criterion"] and "retrained on all training images" in sel["final_model"]
     t = smoke_runs["seed0"][0]["targets"]["improved"]   # the time to target, measured on the folds
     assert set(smoke_runs["seed0"][0]["targets"]) == {"improved"} and (t["target"], t["budget_s"]) == (0.90, 120.0)
@@ -348,6 +349,32 @@ def test_test_set_read_only_by_the_final_model(synthetic_run):
     assert [len(c) for c in calls[:4]] == [n for n in val_sizes for _ in range(2)]     # fold by fold, epoch by epoch
     for c in calls[:4]:     # validation images: training images, none of them a test image
         assert all(bytes(x.numpy()) in rows["train"] and bytes(x.numpy()) not in rows["test"] for x in c)
+
+
+def test_ablation_reads_only_training_images_and_follows_its_rule(tmp_path):
+    """--ablation runs every candidate through the folds, reads no test image, chooses by the script's rule and leaves
+    the experiment's own result alone; each candidate's spec has its size, epochs, batch, lr and widths."""
+    rc, r, calls, (photos,) = _spied_main(["--ablation", "--smoke", "--synthetic"], tmp_path)
+    assert rc == 0 and r is None                                      # no 04_clouds_cnn.json
+    rec = json.loads((tmp_path / "ablation" / f"{SCRIPT}.ablation.json").read_text())
+    assert len(calls) == len(m.ABLATION) * 2 * 2                      # candidates x 2 folds x 2 epochs (--smoke)
+    for c in calls:
+        size = c.shape[-1]
+        train, test = photos.splits[size]
+        train_rows = {bytes(x.numpy()) for x in train.images}
+        assert all(bytes(x.numpy()) in train_rows for x in c) and len(c) < len(train)
+    assert sorted({c.shape[-1] for c in calls}) == sorted({c[0] for c in m.ABLATION.values()})
+    sel = rec["selection"]
+    assert sel["candidates"] == {n: [*c[:4], list(c[4])] for n, c in m.ABLATION.items()}
+    best = {n: rec["metrics"][f"{n}.best"] for n in m.ABLATION}
+    assert sel["chosen"]["candidate"] == results.choose_candidate(rec["targets"], best) == rec["headline"][:-5]
+    for name, scores in sel["scores"].items():
+        assert best[name] == max(scores) and rec["targets"][name]["of"] == 2
+    size, epochs, batch, lr, widths = m.ABLATION["s64_e30_wide"]
+    spec = m.model_specs(dict(m.DEFAULTS, improved_size=size, improved_max_epochs=epochs, improved_widths=widths))
+    assert spec["improved"]["widths"] == [48, 96, 192, 384] and spec["improved"]["one_cycle_epochs"] == 30
+    assert [mod.out_channels for mod in spec["improved"]["make"]().modules() if hasattr(mod, "out_channels")] == \
+        [48, 96, 192, 384]
 
 
 def test_epochs_given_skip_the_selection(tmp_path):

@@ -334,9 +334,9 @@ def test_ablation_choice_rule():
         return results.target_record("v", 0.92, runs)
     best = {"a": 0.93, "b": 0.925, "c": 0.95, "d": 0.90}
     # c is best and fastest once, but misses the target in a seed: of those that always reach it, the quicker
-    assert m.choose_candidate({"a": target(100, 120), "b": target(80, 90), "c": target(10, None),
+    assert results.choose_candidate({"a": target(100, 120), "b": target(80, 90), "c": target(10, None),
                                "d": target(None, None)}, best) == "b"
-    assert m.choose_candidate({n: target(None) for n in best}, best) == "c"   # none reaches: the best validation
+    assert results.choose_candidate({n: target(None) for n in best}, best) == "c"   # none reaches: the best validation
 
 
 def test_ablation_reads_only_validation_drawings(monkeypatch, tmp_path):
@@ -353,7 +353,7 @@ def test_ablation_reads_only_validation_drawings(monkeypatch, tmp_path):
     for name, t in r["targets"].items():
         assert t["runs"]["seed 0"]["best"] == max(r["history"][f"{name}.val_char_accuracy.seed 0"]) == \
             r["metrics"][f"{name}.best"]
-    chosen = m.choose_candidate(r["targets"], {n: r["metrics"][f"{n}.best"] for n in m.ABLATION})
+    chosen = results.choose_candidate(r["targets"], {n: r["metrics"][f"{n}.best"] for n in m.ABLATION})
     assert r["selection"]["chosen"]["candidate"] == chosen and r["headline"] == f"{chosen}.best"
     assert not (tmp_path / f"{SCRIPT}.json").exists()
 

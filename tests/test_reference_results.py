@@ -171,7 +171,7 @@ def test_the_improved_omniglot_settings_are_what_the_committed_ablation_chose():
     import importlib
     import inspect
 
-    from common import schema
+    from common import results, schema
     from experiments import omniglot
     m08 = importlib.import_module("experiments.08_omniglot_multi_input")
 
@@ -183,7 +183,7 @@ def test_the_improved_omniglot_settings_are_what_the_committed_ablation_chose():
     assert hashlib.sha256(committed).hexdigest() == env["script_sha256"]
     assert "no test image" in r["selection"]["validation"]["method"] and len(r["seeds"]) >= 2
     chosen = r["selection"]["chosen"]["candidate"]
-    assert chosen == m08.choose_candidate(r["targets"], {n: r["metrics"][f"{n}.best"] for n in r["targets"]})
+    assert chosen == results.choose_candidate(r["targets"], {n: r["metrics"][f"{n}.best"] for n in r["targets"]})
     augment, epochs, batch_size, lr = r["selection"]["candidates"][chosen]
     assert (epochs, batch_size, lr) == tuple(omniglot.IMPROVED[f"improved_{k}"] for k in ("epochs", "batch_size", "lr"))
     assert augment == inspect.signature(omniglot.ImprovedImageNet).parameters["augment"].default
