@@ -19,8 +19,9 @@ improved model on the clean split, the training seconds until its validation acc
 experiments/omniglot.py.
 
 ``--ablation`` runs another story: the improved model with each candidate setting of ABLATION (augmentation,
-epochs, batch size, peak learning rate) on the clean split, compared on its validation drawings only; the
-improved model's defaults are the candidate it chose (its reference record: omniglot.IMPROVED_ABLATION).
+epochs, batch size, peak learning rate, the image subnet's width, dropout and embedding) on the clean split,
+compared on its validation drawings only; the improved model's defaults are the candidate it chose (its reference
+record: omniglot.IMPROVED_ABLATION).
 """
 import sys
 from functools import partial
@@ -201,16 +202,23 @@ def report(om, out: omniglot.Outcome, found: dict, wall_s) -> None:
 
 
 # ----------------------------------------------------------------------------- --ablation
-ABLATION = {   # candidate: (the improved subnet's jitter, the epochs of its OneCycle schedule, batch, peak lr)
-    "no_jitter_8": (None, 8, 128, 3e-3),          # the settings before the first ablation
-    "no_jitter_12": (None, 12, 128, 3e-3),
-    "jitter64_10": ("input", 10, 128, 3e-3),
-    "jitter64_12": ("input", 12, 128, 3e-3),
-    "jitter32_12": ("pooled", 12, 128, 3e-3),     # the jitter after the 2x2 average pooling: a quarter of the pixels
-    "jitter64_12_lr1.5e-3": ("input", 12, 128, 1.5e-3),
-    "jitter64_12_lr6e-3": ("input", 12, 128, 6e-3),
-    "jitter64_12_b64": ("input", 12, 64, 3e-3),
-    "jitter64_12_b256_lr6e-3": ("input", 12, 256, 6e-3),   # twice the batch, the peak lr scaled with it
+ABLATION = {   # candidate: (the improved subnet's jitter, the epochs of its OneCycle schedule, batch, peak lr,
+    #             the subnet's width, dropout, embedding)
+    "no_jitter_8": (None, 8, 128, 3e-3, 16, 0.2, 256),          # the settings before the first ablation
+    "no_jitter_12": (None, 12, 128, 3e-3, 16, 0.2, 256),
+    "jitter64_10": ("input", 10, 128, 3e-3, 16, 0.2, 256),
+    "jitter64_12": ("input", 12, 128, 3e-3, 16, 0.2, 256),
+    "jitter32_12": ("pooled", 12, 128, 3e-3, 16, 0.2, 256),     # the jitter after the 2x2 average pooling
+    "jitter64_12_lr1.5e-3": ("input", 12, 128, 1.5e-3, 16, 0.2, 256),
+    "jitter64_12_lr6e-3": ("input", 12, 128, 6e-3, 16, 0.2, 256),
+    "jitter64_12_b64": ("input", 12, 64, 3e-3, 16, 0.2, 256),
+    "jitter64_12_b256_lr6e-3": ("input", 12, 256, 6e-3, 16, 0.2, 256),   # twice the batch, the peak lr scaled
+    "jitter64_12_lr6e-3_w24": ("input", 12, 128, 6e-3, 24, 0.2, 256),    # the subnet 1.5x wider
+    "jitter64_12_lr6e-3_w32": ("input", 12, 128, 6e-3, 32, 0.2, 256),    # 2x wider
+    "jitter64_12_lr6e-3_drop0.1": ("input", 12, 128, 6e-3, 16, 0.1, 256),
+    "jitter64_12_lr6e-3_drop0.4": ("input", 12, 128, 6e-3, 16, 0.4, 256),
+    "jitter64_12_lr6e-3_emb128": ("input", 12, 128, 6e-3, 16, 0.2, 128),
+    "jitter64_12_lr6e-3_emb512": ("input", 12, 128, 6e-3, 16, 0.2, 512),
 }
 ABLATION_CRITERION = ("the candidate that reaches the target validation character accuracy (omniglot.TARGETS) in every "
                       "seed with the least median training seconds to it; if none does, the highest mean of the "
@@ -220,11 +228,11 @@ ABLATION_CRITERION = ("the candidate that reaches the target validation characte
 def ablation_run(seed: int, candidate: str, om: omniglot.Omniglot, smoke: bool = False) -> dict:
     """The improved model with one ABLATION candidate's settings (``smoke``: one epoch), trained on the clean split:
     its validation curve and the training seconds to the target (``results.time_to_target``). No test image is read."""
-    augment, epochs, batch_size, lr = ABLATION[candidate]
+    augment, epochs, batch_size, lr, width, dropout, embedding = ABLATION[candidate]
     epochs = SMOKE["improved_epochs"] if smoke else epochs
     split = om.splits["clean"]
     repro.seed_everything(seed)
-    model = TwoInputNet("improved", augment=augment).to(om.device)
+    model = TwoInputNet("improved", augment=augment, width=width, dropout=dropout, embedding=embedding).to(om.device)
     h, *_ = omniglot.train_run(model, partial(step_loss, om), split.train, seed=seed, device=om.device,
                                evaluate=partial(epoch_val_accuracy, om, split.val), label=f"{candidate} seed {seed}",
                                **dict(om.settings["improved"], epochs=epochs, batch_size=batch_size, lr=lr))
@@ -251,8 +259,8 @@ def run_ablation(args, start: cli.Start, om: omniglot.Omniglot) -> int:
     selection = {"validation": {"method": "the clean split's hold-out drawings (one per character); no test image "
                                           "is read", "folds": None, "sizes": {"validation": len(om.splits["clean"].val),
                                                                                "trained_on": len(om.splits["clean"].train)}},
-                 "chosen": {"improved.augment, improved.epochs, improved.batch_size, improved.lr": list(ABLATION[chosen]),
-                            "candidate": chosen},
+                 "chosen": {"improved.augment, epochs, batch_size, lr, width, dropout, embedding":
+                            list(ABLATION[chosen]), "candidate": chosen},
                  "candidates": {name: list(c) for name, c in ABLATION.items()}, "criterion": ABLATION_CRITERION,
                  "final_model": "none here: the chosen settings are the improved model's defaults in 08 and 09"}
     results.write_result(

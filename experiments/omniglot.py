@@ -248,25 +248,26 @@ def conv_block(c_in, c_out):
 class ImprovedImageNet(nn.Module):
     """Beyond the course: a random affine jitter of each training image (``augment``: "input" at 64 px, "pooled"
     at 32 px, None: none), average-pool to 32x32 (thin strokes survive), three conv blocks with batch norm
-    (16-32-64 channels), dropout, a 256-wide batch-normed embedding. Cheaper per image than the course's subnet
-    on a CPU (its 64x64 full-resolution conv and 16,384x128 linear layer dominate). The jitter and the epochs
-    were chosen on the validation drawings by 08's ``--ablation`` (IMPROVED_ABLATION). ``channels_last``: its
-    weights (and so its feature maps) in channels_last memory format, the same arithmetic up to float rounding;
-    oneDNN's convolutions and max pooling run faster so: the subnet's forward + backward 1.6x on one CPU thread
-    (microbenchmark), 08's training throughput 1.26x (reference run, EPYC). The course's subnet stays contiguous:
-    its flatten of a 16x32x32 map gives the gain back (measured no faster)."""
-    out_features = 256
+    (``width`` 16: 16-32-64 channels), dropout, a batch-normed ``embedding`` (256 wide). Cheaper per image than
+    the course's subnet on a CPU (its 64x64 full-resolution conv and 16,384x128 linear layer dominate). The jitter,
+    width, dropout, embedding and the epochs were chosen on the validation drawings by 08's ``--ablation``
+    (IMPROVED_ABLATION). ``channels_last``: its weights (and so its feature maps) in channels_last memory format,
+    the same arithmetic up to float rounding; oneDNN's convolutions and max pooling run faster so: the subnet's
+    forward + backward 1.6x on one CPU thread (microbenchmark), 08's training throughput 1.26x (reference run,
+    EPYC). The course's subnet stays contiguous: its flatten of a 16x32x32 map gives the gain back (measured no
+    faster)."""
 
-    def __init__(self, width: int = 16, dropout: float = 0.2, augment: str | None = "input",
+    def __init__(self, width: int = 16, dropout: float = 0.2, augment: str | None = "input", embedding: int = 256,
                  channels_last: bool = True):
         super().__init__()
         if augment not in (None, "input", "pooled"):
             raise ValueError(f"augment must be None, 'input' or 'pooled', got {augment!r}")
-        w, jitter = width, [RandomAffine()]
+        w, jitter, self.out_features = width, [RandomAffine()], embedding
         self.layers = nn.Sequential(*(jitter if augment == "input" else []), nn.AvgPool2d(2),
                                     *(jitter if augment == "pooled" else []), *conv_block(1, w), *conv_block(w, 2 * w),
                                     *conv_block(2 * w, 4 * w), nn.Flatten(), nn.Dropout(dropout),
-                                    nn.Linear(4 * w * 4 * 4, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU())
+                                    nn.Linear(4 * w * 4 * 4, embedding, bias=False), nn.BatchNorm1d(embedding),
+                                    nn.ReLU())
         if channels_last:
             self.to(memory_format=torch.channels_last)
 

@@ -2,6 +2,7 @@
 
 Not an experiment (run_all.sh and the benchmarks pick only ``experiments/NN_*.py``); 05 trains, this holds
 what surrounds the training:
+  * ``SeedNets``: every seed's copy of 05's Net stacked into one network, trained as S separate runs would be;
   * data: the course's WaterDataset, its rows as tensors (``to_tensors``) in the batch order of the course's
     DataLoader for every seed at once (``epoch_orders``), and the two protocols' splits (``load_split``):
     ``course``, the course's pre-scaled files, and ``clean``, the raw Kaggle file with imputation and scaling
@@ -11,12 +12,16 @@ what surrounds the training:
     plots and the printed summary.
 Imported as ``from experiments import water``.
 """
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import stack_module_state
 from torch.utils.data import Dataset
 
 from common import cli, data, plots, repro, schema
@@ -34,6 +39,69 @@ CV_PREPROCESSING = {
              "fitted on all training rows",
     "course": "the course's files, pre-scaled by the course (min/max over train and test together); no raw "
               "data to refit per fold"}
+
+
+# ----------------------------------------------------------------------------- the seeds' nets stacked
+@dataclass
+class SeedNets:
+    """05's ``Net(variant)``, one per seed (built after ``seed_everything(seed)``), parameters and buffers stacked
+    and run as one network: each Linear one batched matmul over the stacked weights, BatchNorm one call with the copies'
+    features side by side as channels (so each copy keeps its own statistics). The maths of S separate runs
+    (elementwise optimizers, each copy its own batches, loss and BatchNorm statistics) in one small forward/backward
+    instead of S. Written out rather than torch.func.vmap(functional_call): vmap's per-call Python work was a third
+    of 05's training time (cProfile) for a net this small."""
+    template: nn.Module   # on the meta device: only its layers' presence, activation and train/eval flag are used
+    params: dict          # name -> (S, ...) leaf tensors: what the optimizer updates
+    buffers: dict         # BatchNorm's running_mean, running_var, num_batches_tracked
+
+    @classmethod
+    def build(cls, make_net, seeds: list[int], device) -> "SeedNets":
+        """``make_net()``: 05's Net of one variant, built once per seed after ``seed_everything(seed)``."""
+        nets = []
+        for seed in seeds:
+            repro.seed_everything(seed)
+            nets.append(make_net().to(device))
+        return cls(copy.deepcopy(nets[0]).to("meta"), *stack_module_state(nets))
+
+    def _linear(self, name: str, h: torch.Tensor) -> torch.Tensor:
+        """(S, B, in) -> (S, B, out): copy s through its own layer ``name``."""
+        return torch.baddbmm(self.params[f"{name}.bias"].unsqueeze(1), h, self.params[f"{name}.weight"].mT)
+
+    def _batch_norm(self, h: torch.Tensor) -> torch.Tensor:
+        """BatchNorm1d per copy: (S, B, F) as a (B, S*F) batch of S*F channels; the running statistics update in
+        place through views of the stacked buffers, as nn.BatchNorm1d's would (momentum 0.1, eps 1e-5)."""
+        S, B, width = h.shape
+        p, b, training = self.params, self.buffers, self.template.training
+        out = F.batch_norm(h.transpose(0, 1).reshape(B, S * width), b["bn1.running_mean"].view(-1),
+                           b["bn1.running_var"].view(-1), p["bn1.weight"].view(-1), p["bn1.bias"].view(-1),
+                           training=training, momentum=0.1, eps=1e-5)
+        if training:
+            b["bn1.num_batches_tracked"].add_(1)
+        return out.reshape(B, S, width).transpose(0, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (S, B, 9), each copy its own batch, or (B, 9), one batch for all -> (S, B, 1)."""
+        if x.dim() == 2:
+            x = x.expand(len(self.params["fc1.weight"]), *x.shape)
+        act, h = self.template.act, self._linear("fc1", x)
+        if self.template.bn1 is not None:
+            h = self._batch_norm(h)
+        h = act(self._linear("fc2", act(h)))
+        return torch.sigmoid(self._linear("fc3", h))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval mode (BatchNorm's running statistics), no gradients: (B, 9) -> (S, B)."""
+        self.template.eval()
+        out = self(x).squeeze(-1)
+        self.template.train()
+        return out
+
+    def net(self, s: int) -> nn.Module:
+        """Copy s as a plain Net (parameters and BatchNorm statistics)."""
+        net = copy.deepcopy(self.template).to_empty(device=self.params["fc1.weight"].device)
+        net.load_state_dict({k: v[s] for k, v in {**self.params, **self.buffers}.items()})
+        return net
 
 
 # ----------------------------------------------------------------------------- data

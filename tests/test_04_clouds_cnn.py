@@ -216,8 +216,8 @@ def test_benchmark_cases_run_one_step():
 def test_options_epochs_given_or_chosen():
     specs = m.model_specs(m.DEFAULTS)
     assert specs["course"]["epochs"] is None and specs["improved"]["epochs"] is None      # chosen by CV
-    assert (specs["course"]["max_epochs"], specs["improved"]["max_epochs"]) == (20, 20)
-    assert specs["course"]["one_cycle_epochs"] is None and specs["improved"]["one_cycle_epochs"] == 20
+    assert (specs["course"]["max_epochs"], specs["improved"]["max_epochs"]) == (30, 60)
+    assert specs["course"]["one_cycle_epochs"] is None and specs["improved"]["one_cycle_epochs"] == 60
     given = m.model_specs(vars(m.parse(["--epochs", "3", "--improved-epochs", "7"])))
     assert given["course"]["epochs"] == 3 and given["improved"]["epochs"] == given["improved"]["one_cycle_epochs"] == 7
     smoke = m.parse(["--smoke"])

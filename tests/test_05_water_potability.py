@@ -293,7 +293,7 @@ def test_smoke_records_the_deviations(smoke):
 @real_data("water_potability")
 def test_sgd_at_the_course_lr_stays_at_the_majority_answer():
     """Why the headline is Adam's, not the course loop's SGD (DEVIATIONS): SGD at lr 0.01, batch 16, answers
-    the majority class on every validation row, epoch after epoch (5 folds, 10 epochs here; 100 in the full runs)."""
+    the majority class on every validation row, epoch after epoch (5 folds, 10 epochs here; up to 600 in the full runs)."""
     from sklearn.model_selection import StratifiedKFold
     split = water.load_course()
     X, y = water.to_tensors(split.train, "cpu")

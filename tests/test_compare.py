@@ -261,3 +261,28 @@ def test_the_time_to_target_table_says_per_model_how_many_runs_reached_it_and_wh
     assert rows[3] == "| 06_electricity_rnn rnn | val_mse <= 0.036 | 0 of 1 (no budget) | not reached | 0.05 | 170 s |"
     assert len(rows) == 4 and report.targets_table([result("05_water_potability")]) == []
     assert "Time to target" in report.readme_table([omni], "REPORT.md")
+
+
+def test_the_ablation_table_lists_every_candidate_and_bolds_the_rules_choice(tmp_path):
+    hit = {"time_to_target_s": 40.0, "epochs_to_target": 10, "best": 0.93, "best_epoch": 12, "train_s": 50.0}
+    miss = dict(hit, time_to_target_s=None, epochs_to_target=None, best=0.91)
+    r = result("04_clouds_cnn")
+    r.update(experiment="04_clouds_cnn.ablation", metrics={"a.best": 0.91, "b.best": 0.935}, std={})
+    r["targets"] = {"a": results.target_record("val_accuracy", 0.92, {"fold 1": miss, "fold 2": miss}),
+                    "b": results.target_record("val_accuracy", 0.92, {"fold 1": hit, "fold 2": dict(hit, time_to_target_s=44.0)})}
+    r["selection"] = {"validation": {"method": "2 folds"}, "chosen": {"size, epochs": [96, 30], "candidate": "b"},
+                      "candidates": {"a": [64, 20], "b": [96, 30]}, "criterion": "the rule"}
+    (tmp_path / "ablation").mkdir()
+    path = tmp_path / "ablation" / "04_clouds_cnn.ablation.json"
+    path.write_text(json.dumps(r))
+    loaded = report.load_ablations(tmp_path)
+    assert [p for p, _ in loaded] == [path]
+    lines = report.ablation_tables(loaded, tmp_path)
+    assert lines[0].startswith("`ablation/04_clouds_cnn.ablation.json` (04_clouds_cnn.ablation, 2 runs per candidate: "
+                               "fold 1, fold 2; 2 folds)")
+    assert lines[2] == "| candidate | size, epochs | best validation | runs that reached the target | median time to target |"
+    assert lines[4] == "| a | 64, 20 | 0.91 | 0 of 2 (target 0.92) | – |"
+    assert lines[5] == "| **b** | **96, 30** | 0.935 | 2 of 2 (target 0.92) | 42 s |"
+    assert lines[7] == "Chosen: **b**, by the rule declared before the run: the rule."
+    assert "ablations behind" in report.readme_table([result("04_clouds_cnn")], "R.md", loaded, tmp_path)
+    assert "ablations behind" not in report.readme_table([result("04_clouds_cnn")], "R.md")

@@ -47,7 +47,9 @@ def test_the_reference_run_comes_from_one_clean_committed_tree():
 
 def test_the_readme_table_is_exactly_what_the_report_tool_makes_from_the_reference_jsons():
     link = "results/REPORT.md"
-    assert BLOCK[1] == report.readme_table(list(RECORDS.values()), link), (
+    ablations = report.load_ablations(REFERENCE)
+    assert [r["experiment"] for _, r in ablations] == ["04_clouds_cnn.ablation", "08_omniglot_multi_input.ablation"]
+    assert BLOCK[1] == report.readme_table(list(RECORDS.values()), link, ablations, REPO), (
         "README.md's results table differs from the reference JSONs; regenerate it with "
         f"python -m tools.report {BLOCK[0]} --out results/REPORT.md --readme README.md")
 
@@ -165,26 +167,54 @@ def test_mean_sd_formatting_follows_the_spread():
     assert shown(None, None) == "n/a"
 
 
-def test_the_improved_omniglot_settings_are_what_the_committed_ablation_chose():
-    """08/09's improved model trains with the augmentation, epochs, batch and peak lr that 08's --ablation chose on validation
-    drawings, in a committed record made from a clean tree; the choice follows the script's rule."""
-    import importlib
-    import inspect
-
+def committed_ablation(path: str, script: str) -> tuple[dict, str]:
+    """An ablation record made from a clean tree whose script is byte-identical to its commit's, that read no test
+    image, and whose choice follows the shared rule: (record, chosen candidate)."""
     from common import results, schema
-    from experiments import omniglot
-    m08 = importlib.import_module("experiments.08_omniglot_multi_input")
 
-    r = schema.read_result(REPO / omniglot.IMPROVED_ABLATION)
+    r = schema.read_result(REPO / path)
     env = r["environment"]
-    assert env["git_dirty"] is False and env["script"] == "experiments/08_omniglot_multi_input.py"
+    assert env["git_dirty"] is False and env["script"] == script
     committed = subprocess.run(["git", "show", f"{env['git_commit']}:{env['script']}"], cwd=REPO,
                                capture_output=True, check=True).stdout
     assert hashlib.sha256(committed).hexdigest() == env["script_sha256"]
     assert "no test image" in r["selection"]["validation"]["method"] and len(r["seeds"]) >= 2
     chosen = r["selection"]["chosen"]["candidate"]
     assert chosen == results.choose_candidate(r["targets"], {n: r["metrics"][f"{n}.best"] for n in r["targets"]})
-    augment, epochs, batch_size, lr = r["selection"]["candidates"][chosen]
+    return r, chosen
+
+
+def test_the_improved_clouds_settings_are_what_the_committed_ablation_chose():
+    """04's improved CNN trains with the input size, schedule epochs, batch, peak lr and widths that 04's --ablation
+    chose on the cross-validation folds of the training images."""
+    import importlib
+
+    from experiments import clouds
+    m04 = importlib.import_module("experiments.04_clouds_cnn")
+
+    r, chosen = committed_ablation(clouds.IMPROVED_ABLATION, "experiments/04_clouds_cnn.py")
+    assert r["selection"]["validation"]["folds"] == m04.DEFAULTS["folds"] == len(r["seeds"])
+    size, epochs, batch_size, lr, widths = r["selection"]["candidates"][chosen]
+    assert (size, epochs, batch_size, lr) == tuple(m04.DEFAULTS[f"improved_{k}"] for k in
+                                                   ("size", "max_epochs", "batch_size", "lr"))
+    assert tuple(widths) == clouds.IMPROVED_WIDTHS
+    assert {n: [*c[:4], list(c[4])] for n, c in m04.ABLATION.items()} == r["selection"]["candidates"]
+
+
+def test_the_improved_omniglot_settings_are_what_the_committed_ablation_chose():
+    """08/09's improved model trains with the augmentation, epochs, batch, peak lr, width, dropout and embedding that
+    08's --ablation chose on validation drawings, in a committed record made from a clean tree; the choice follows
+    the script's rule."""
+    import importlib
+    import inspect
+
+    from experiments import omniglot
+    m08 = importlib.import_module("experiments.08_omniglot_multi_input")
+
+    r, chosen = committed_ablation(omniglot.IMPROVED_ABLATION, "experiments/08_omniglot_multi_input.py")
+    augment, epochs, batch_size, lr, width, dropout, embedding = r["selection"]["candidates"][chosen]
     assert (epochs, batch_size, lr) == tuple(omniglot.IMPROVED[f"improved_{k}"] for k in ("epochs", "batch_size", "lr"))
-    assert augment == inspect.signature(omniglot.ImprovedImageNet).parameters["augment"].default
+    subnet = inspect.signature(omniglot.ImprovedImageNet).parameters
+    assert (augment, width, dropout, embedding) == tuple(subnet[k].default for k in
+                                                         ("augment", "width", "dropout", "embedding"))
     assert {n: list(c) for n, c in m08.ABLATION.items()} == r["selection"]["candidates"]

@@ -144,6 +144,43 @@ def load_results(results_dir: Path) -> list[tuple[Path, dict]]:
     return out
 
 
+def load_ablations(results_dir: Path) -> list[tuple[Path, dict]]:
+    """The ablation records under ``results_dir/ablation/`` (04's and 08's ``--ablation``): the choices made on
+    validation data before the reference run."""
+    out = []
+    for path in sorted((results_dir / "ablation").glob("[0-9][0-9]_*.ablation.json")):
+        kind, data = classify(path)
+        if kind == "result":
+            out.append((path, data))
+    return out
+
+
+def ablation_tables(ablations: list[tuple[Path, dict]], base: Path) -> list[str]:
+    """Per ablation record: every candidate's settings, best validation figure (mean ± std over its seeds, or the
+    mean over its folds), the runs that reached the target and the median training seconds to it; the chosen
+    candidate in bold, the rule below. ``base``: the folder the record paths are shown relative to."""
+    lines = []
+    for path, r in ablations:
+        sel, targets = r["selection"], r.get("targets") or {}
+        chosen = sel["chosen"]["candidate"]
+        what = next(k for k in sel["chosen"] if k != "candidate")
+        runs = next(iter(targets.values()))["runs"] if targets else {}
+        lines += [f"`{Path(os.path.relpath(path, base)).as_posix()}` ({r['experiment']}, {len(runs)} runs per "
+                  f"candidate: {', '.join(runs)}; {sel['validation']['method']}):", "",
+                  f"| candidate | {what} | best validation | runs that reached the target | median time to target |",
+                  "| --- | --- | ---: | --- | ---: |"]
+        for name, settings in sel["candidates"].items():
+            t, key = targets.get(name), f"{name}.best"
+            shown = [f"**{x}**" for x in (name, ", ".join(map(str, settings)))] if name == chosen else \
+                [name, ", ".join(map(str, settings))]
+            median = None if t is None else t["median_time_to_target_s"]
+            reached = "n/a" if t is None else f"{t['reached']} of {t['of']} (target {t['target']:.4g})"
+            lines.append(f"| {shown[0]} | {shown[1]} | {_fmt(r['metrics'].get(key), (r.get('std') or {}).get(key))} "
+                         f"| {reached} | {'–' if median is None else f'{median:.0f} s'} |")
+        lines += ["", f"Chosen: **{chosen}**, by the rule declared before the run: {sel['criterion']}.", ""]
+    return lines
+
+
 def environment_lines(records: list[dict]) -> list[str]:
     envs = {}
     for r in records:
@@ -228,8 +265,10 @@ def comparison_sentence(r: dict, a_label: str, a: str, b_label: str, b: str, low
     return f"{a_label} {'beats' if better else 'does not beat'} {b_label}" + (f" {caveat}" if caveat else "")
 
 
-def readme_table(records: list[dict], report_link: str) -> str:
-    """The README's results table (Markdown) from the result records; rows follow ``TABLE``."""
+def readme_table(records: list[dict], report_link: str, ablations: list[tuple[Path, dict]] = (),
+                 base: Path = Path(".")) -> str:
+    """The README's results table (Markdown) from the result records; rows follow ``TABLE``; then the time-to-target
+    table and the ablations' tables (record paths relative to ``base``)."""
     by_name = {r["experiment"]: r for r in records}
     lines = ["| experiment | figure (mean ± std over seeds) | the course says | baselines | in plain words "
              "| deviations from the course | wall time |", "| --- | --- | --- | --- | --- | --- | ---: |"]
@@ -257,6 +296,10 @@ def readme_table(records: list[dict], report_link: str) -> str:
     if targets:
         lines += ["", "Time to target (airbench style): the training seconds until a model's validation figure first "
                       "reached its goal, per run, on the machine of this run (the JSONs' `targets`).", "", *targets]
+    if ablations:
+        lines += ["", "The ablations behind the improved models' settings, on validation data only (no test image "
+                      "read), run before the reference run with the same code:", "", *ablation_tables(ablations, base)]
+        lines.pop()   # the block ends with its table's last sentence
     return "\n".join(lines) + "\n"
 
 
@@ -338,7 +381,8 @@ def deviations_section(r: dict) -> list[str]:
     return lines + [""]
 
 
-def build_report(results_dir: Path, out: Path, loaded: list[tuple[Path, dict]]) -> str:
+def build_report(results_dir: Path, out: Path, loaded: list[tuple[Path, dict]],
+                 ablations: list[tuple[Path, dict]] = ()) -> str:
     if not loaded:
         raise CompareError(f"{results_dir}: no result JSONs (NN_*.json, schema_version 1) here")
     records = [r for _, r in loaded]
@@ -361,6 +405,9 @@ def build_report(results_dir: Path, out: Path, loaded: list[tuple[Path, dict]]) 
     if targets:
         lines += ["", "## Time to target", "", "Training seconds until each model's validation figure first reached "
                   "its goal (the JSONs' `targets`; `note` there says how each was measured).", "", *targets]
+    if ablations:
+        lines += ["", "## Ablations", "", "The choices of the improved models' settings, made on validation data "
+                  "only (`--ablation` of 04 and 08):", "", *ablation_tables(ablations, out.parent)]
     lines += ["", "## What the course reports", "", "| topic | figure | value | where |", "| --- | --- | --- | --- |"]
     lines += [f"| {e['topic']} | {w} | {v} | transcript {where} |" for e in COURSE_FIGURES for w, v, where in e["figures"]]
     lines.append("")
@@ -380,13 +427,13 @@ def main(argv=None) -> int:
     try:
         if not a.results_dir.is_dir():
             raise CompareError(f"{a.results_dir}: not a directory")
-        loaded = load_results(a.results_dir)
-        text = build_report(a.results_dir, a.out.resolve(), loaded)
+        loaded, ablations = load_results(a.results_dir), load_ablations(a.results_dir)
+        text = build_report(a.results_dir, a.out.resolve(), loaded, ablations)
         if a.readme:
             records = [r for _, r in loaded]
             link = Path(os.path.relpath(a.out.resolve(), a.readme.resolve().parent)).as_posix()
             source = Path(os.path.relpath(a.results_dir.resolve(), a.readme.resolve().parent)).as_posix()
-            rewrite_readme(a.readme, readme_table(records, link), source)
+            rewrite_readme(a.readme, readme_table(records, link, ablations, a.readme.resolve().parent), source)
     except CompareError as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2
