@@ -7,7 +7,11 @@ every seed, and an improved from-scratch CNN. Test images byte-identical to a tr
 (``--keep-duplicates`` keeps them). Each model's epochs are chosen by stratified 3-fold cross-validation on the
 training images; the final models (5 seeds) train on all of them and are the only ones to see the test set.
 Records the training throughput and the model-only step throughput of the same run. The data, augmentation,
-models and figures: experiments/clouds.py.
+models, figures and record: experiments/clouds.py.
+
+``--ablation`` runs another story: the improved model with each candidate setting of ABLATION (input size, epochs,
+batch, peak lr, widths) through the same folds, no test image read; the improved model's defaults are the
+candidate it chose (its reference record: clouds.IMPROVED_ABLATION).
 """
 import sys
 import time

@@ -19,6 +19,7 @@ import datetime as _dt
 import math
 import os
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -167,16 +168,19 @@ def ablation_tables(ablations: list[tuple[Path, dict]], base: Path) -> list[str]
         runs = next(iter(targets.values()))["runs"] if targets else {}
         lines += [f"`{Path(os.path.relpath(path, base)).as_posix()}` ({r['experiment']}, {len(runs)} runs per "
                   f"candidate: {', '.join(runs)}; {sel['validation']['method']}):", "",
-                  f"| candidate | {what} | best validation | runs that reached the target | median time to target |",
-                  "| --- | --- | ---: | --- | ---: |"]
+                  f"| candidate | {what} | best validation | runs that reached the target | median time to target "
+                  "| median epochs to target |", "| --- | --- | ---: | --- | ---: | ---: |"]
         for name, settings in sel["candidates"].items():
             t, key = targets.get(name), f"{name}.best"
             shown = [f"**{x}**" for x in (name, ", ".join(map(str, settings)))] if name == chosen else \
                 [name, ", ".join(map(str, settings))]
             median = None if t is None else t["median_time_to_target_s"]
             reached = "n/a" if t is None else f"{t['reached']} of {t['of']} (target {t['target']:.4g})"
+            epochs = sorted(x["epochs_to_target"] for x in (t or {"runs": {}})["runs"].values()
+                            if x.get("epochs_to_target") is not None)
             lines.append(f"| {shown[0]} | {shown[1]} | {_fmt(r['metrics'].get(key), (r.get('std') or {}).get(key))} "
-                         f"| {reached} | {'–' if median is None else f'{median:.0f} s'} |")
+                         f"| {reached} | {'–' if median is None else f'{median:.0f} s'} "
+                         f"| {f'{statistics.median(epochs):g}' if epochs else '–'} |")
         lines += ["", f"Chosen: **{chosen}**, by the rule declared before the run: {sel['criterion']}.", ""]
     return lines
 
@@ -266,9 +270,9 @@ def comparison_sentence(r: dict, a_label: str, a: str, b_label: str, b: str, low
 
 
 def readme_table(records: list[dict], report_link: str, ablations: list[tuple[Path, dict]] = (),
-                 base: Path = Path(".")) -> str:
+                 paths_from: Path = Path(".")) -> str:
     """The README's results table (Markdown) from the result records; rows follow ``TABLE``; then the time-to-target
-    table and the ablations' tables (record paths relative to ``base``)."""
+    table and the ablations' tables (record paths relative to ``paths_from``)."""
     by_name = {r["experiment"]: r for r in records}
     lines = ["| experiment | figure (mean ± std over seeds) | the course says | baselines | in plain words "
              "| deviations from the course | wall time |", "| --- | --- | --- | --- | --- | --- | ---: |"]
@@ -298,7 +302,7 @@ def readme_table(records: list[dict], report_link: str, ablations: list[tuple[Pa
                       "reached its goal, per run, on the machine of this run (the JSONs' `targets`).", "", *targets]
     if ablations:
         lines += ["", "The ablations behind the improved models' settings, on validation data only (no test image "
-                      "read), run before the reference run with the same code:", "", *ablation_tables(ablations, base)]
+                      "read), run before the reference run:", "", *ablation_tables(ablations, paths_from)]
         lines.pop()   # the block ends with its table's last sentence
     return "\n".join(lines) + "\n"
 
