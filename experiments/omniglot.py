@@ -30,6 +30,12 @@ SPLITS, MODELS = ("clean", "course"), ("course_model", "improved")
 COURSE_OVERLAP = 7_269  # test images of the course lists that are also training images (PROVENANCE.md)
 HEADLINE_ORDER = ("clean.improved", "clean.course_model", "course.improved", "course.course_model")
 
+# The improved model's training settings (08 and 09): the epochs, batch size and OneCycle peak lr (and the
+# subnet's jitter, width, dropout and embedding) chosen on the validation drawings by 08's --ablation, whose record
+# is IMPROVED_ABLATION.
+IMPROVED = {"improved_epochs": 12, "improved_batch_size": 128, "improved_lr": 3e-3}
+IMPROVED_ABLATION = "results/reference/epyc-avx512-2cpu/ablation/08_omniglot_multi_input.ablation.json"
+
 # Where 08 and 09 depart from the course transcript (lines 767-860), and why; each script adds its own.
 DEVIATIONS = [
     {"what": "image subnet sizes and image size",
@@ -63,8 +69,9 @@ DEVIATIONS = [
     {"what": "improved model and headline",
      "course": "only the course's model",
      "here": "also an improved image subnet (a random affine jitter of each training image, three conv blocks with "
-             "batch norm, dropout, a OneCycle lr schedule, channels_last memory format; its epochs, batch, peak lr, "
-             "jitter, width, dropout and embedding chosen by 08 --ablation on validation drawings; the best epoch's "
+             f"batch norm, dropout, OneCycle lr (peak {IMPROVED['improved_lr']:g}) over {IMPROVED['improved_epochs']} "
+             f"epochs, batch {IMPROVED['improved_batch_size']}, channels_last memory format; these and the jitter, "
+             "width, dropout and embedding chosen by 08 --ablation on validation drawings; the best epoch's "
              "checkpoint on validation kept); the headline is its character accuracy on the clean split",
      "why": "to show what the same data allows beyond the course's tiny subnet; the course model's figures "
             "are reported beside it",
@@ -278,10 +285,6 @@ class ImprovedImageNet(nn.Module):
 
 
 IMAGE_NETS = {"course_model": CourseImageNet, "improved": ImprovedImageNet}
-# The improved model's training settings (08 and 09): the epochs (and the subnet's jitter) chosen on the validation
-# drawings by 08's --ablation, with the batch size and the OneCycle peak lr; its record is IMPROVED_ABLATION.
-IMPROVED = {"improved_epochs": 12, "improved_batch_size": 128, "improved_lr": 3e-3}
-IMPROVED_ABLATION = "results/reference/epyc-avx512-2cpu/ablation/08_omniglot_multi_input.ablation.json"
 
 # The improved model's goal on the clean split (issue 15, airbench-style time to target): character accuracy on the
 # validation drawings, and the training seconds per seed it should take on a 2-core AVX2 CPU (one torch thread a run).
