@@ -305,7 +305,7 @@ def run_seed(seed: int, models: dict, device, class_to_idx: dict) -> dict:
 
 # --------------------------------------------------------------------------- --ablation
 # The improved model's candidates: (input size, one-cycle epochs, batch, peak lr, widths). Each one's final run (all
-# 475 training images) is meant to fit the 120 s budget on the 2-core AVX2 EPYC (measured there: 238 samples/s for
+# 474 training images) is meant to fit the 120 s budget on the 2-core AVX2 EPYC (measured there: 238 samples/s for
 # the 64 px models, before this ablation) -- larger inputs get fewer epochs.
 ABLATION = {"s64_e20": (64, 20, 32, 3e-3, (32, 64, 128, 256)),          # the settings before this ablation
             "s64_e40": (64, 40, 32, 3e-3, (32, 64, 128, 256)),
@@ -331,6 +331,9 @@ def run_ablation(args, start: cli.Start, photos: clouds.Clouds) -> int:
         mdl = prepare_model(name, model_specs(cfg)["improved"], photos.splits[size], args, start.device, measure=False)
         picks[name] = select_epochs(name, mdl, folds, args.seed, start.device, TARGETS["improved"][0])
     done = {name: p for name, p in picks.items() if "chosen" in p}   # a candidate that diverged is not chosen
+    if not done:
+        print(f"{EXPERIMENT} --ablation: every candidate diverged; nothing chosen, no record written", file=sys.stderr)
+        return 3
     best = {name: p["mean"][p["chosen"] - 1] for name, p in done.items()}
     targets = target_records(done)
     chosen = results.choose_candidate(targets, best)

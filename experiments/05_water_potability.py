@@ -3,9 +3,9 @@
 
 The 9-16-8-1 Net, BCELoss with SGD, Adagrad, RMSprop and Adam, and the three remedies for unstable gradients as a
 cumulative ablation (default init + ReLU; + Kaiming init; + ELU; + BatchNorm1d(16)) with per-layer gradient norms;
-all seeds trained together (torch.func). One JSON per protocol: `course` (the course's pre-scaled files) and `clean`
-(the raw Kaggle file; imputation and scaling fitted on training rows only: per fold in the cross-validation, on all
-of them for the final nets). Data (WaterDataset), baselines and the record: experiments/water.py.
+all seeds trained together as one stacked network (water.SeedNets). One JSON per protocol: `course` (the course's
+pre-scaled files) and `clean` (the raw Kaggle file; imputation and scaling fitted on training rows only: per fold in
+the cross-validation, on all of them for the final nets). Data (WaterDataset), baselines and the record: experiments/water.py.
 """
 import sys
 import time

@@ -45,8 +45,8 @@ CV_PREPROCESSING = {
 @dataclass
 class SeedNets:
     """05's ``Net(variant)``, one per seed (built after ``seed_everything(seed)``), parameters and buffers stacked
-    and run as one network: each Linear one batched matmul over the stacked weights, BatchNorm one call with the copies'
-    features side by side as channels (so each copy keeps its own statistics). The maths of S separate runs
+    and run as one network: each Linear one batched matmul over the stacked weights, BatchNorm one call with the
+    copies' features side by side as channels (so each copy keeps its own statistics). The maths of S separate runs
     (elementwise optimizers, each copy its own batches, loss and BatchNorm statistics) in one small forward/backward
     instead of S. Written out rather than torch.func.vmap(functional_call): vmap's per-call Python work was a third
     of 05's training time (cProfile) for a net this small."""
@@ -69,12 +69,12 @@ class SeedNets:
 
     def _batch_norm(self, h: torch.Tensor) -> torch.Tensor:
         """BatchNorm1d per copy: (S, B, F) as a (B, S*F) batch of S*F channels; the running statistics update in
-        place through views of the stacked buffers, as nn.BatchNorm1d's would (momentum 0.1, eps 1e-5)."""
+        place through views of the stacked buffers, with the template layer's momentum and eps, as its own would."""
         S, B, width = h.shape
-        p, b, training = self.params, self.buffers, self.template.training
+        p, b, bn, training = self.params, self.buffers, self.template.bn1, self.template.training
         out = F.batch_norm(h.transpose(0, 1).reshape(B, S * width), b["bn1.running_mean"].view(-1),
                            b["bn1.running_var"].view(-1), p["bn1.weight"].view(-1), p["bn1.bias"].view(-1),
-                           training=training, momentum=0.1, eps=1e-5)
+                           training=training, momentum=bn.momentum, eps=bn.eps)
         if training:
             b["bn1.num_batches_tracked"].add_(1)
         return out.reshape(B, S, width).transpose(0, 1)

@@ -377,6 +377,15 @@ def test_ablation_reads_only_training_images_and_follows_its_rule(tmp_path):
         [48, 96, 192, 384]
 
 
+def test_ablation_where_every_candidate_diverges_exits_3_and_writes_nothing(tmp_path, capsys):
+    def diverge(*a, **k):
+        raise results.Diverged(0, 0, float("nan"))
+    with mock.patch.object(m, "train_one", diverge):
+        rc = m.main(["--ablation", "--smoke", "--synthetic", "--results-dir", str(tmp_path)])
+    assert rc == 3 and "every candidate diverged" in capsys.readouterr().err
+    assert not (tmp_path / "ablation").exists() and not (tmp_path / f"{SCRIPT}.json").exists()
+
+
 def test_epochs_given_skip_the_selection(tmp_path):
     rc, r, calls, (clouds,) = _spied_main(["--smoke", "--synthetic", "--seeds", "1", "--epochs", "1",
                                            "--improved-epochs", "2"], tmp_path)
