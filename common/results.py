@@ -26,6 +26,7 @@ import torch
 from .device import describe_device
 
 from .schema import (REQUIRED_KEYS, SCHEMA_VERSION, STATUSES, check_deviations, check_selection, check_targets,  # noqa: F401
+                     compare_means,
                      read_result)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -212,14 +213,21 @@ def target_record(metric: str, target: float, runs: dict, budget_s: float | None
     return rec
 
 
-def choose_candidate(targets: dict, best: dict) -> str:
-    """An ablation's pre-declared choice (04 and 08 ``--ablation``): of the candidates whose every run reached the
-    target (``targets``: name -> ``target_record``), the one with the least median time to it; if none did, the
-    highest ``best`` (name -> mean best validation score, higher is better); ties -> the first listed."""
+def choose_candidate(targets: dict, best: dict, higher_is_better: bool = True, spread: dict | None = None,
+                     cost: dict | None = None) -> str:
+    """An ablation's pre-declared choice (04, 06 and 08 ``--ablation``): of the candidates whose every run reached
+    the target (``targets``: name -> ``target_record``), the one with the least median time to it; if none did, the
+    best of ``best`` (name -> mean best validation score). With ``spread`` (name -> std over seeds) and ``cost``
+    (name -> seconds): among the candidates within noise of that best (``schema.compare_means``: means apart by at
+    most the larger of the two stds), the cheapest. Ties -> the first listed."""
     every = [name for name, t in targets.items() if t["reached"] == t["of"]]
     if every:
         return min(every, key=lambda name: targets[name]["median_time_to_target_s"])
-    return max(best, key=best.get)
+    top = (max if higher_is_better else min)(best, key=best.get)
+    if spread is None or cost is None:
+        return top
+    close = [name for name in best if compare_means(best[name], spread[name], best[top], spread[top]) == "within noise"]
+    return min(close, key=cost.get)
 
 
 def _check_flat(name: str, d: dict) -> None:

@@ -179,6 +179,37 @@ def test_test_windows_are_read_once_per_model_after_the_selection(monkeypatch):
     assert out["metrics"]["rnn.val_mse"] == min(out["history"]["rnn.val_mse.seed0"])
 
 
+def test_ablation_reads_no_test_window_and_follows_its_rule(monkeypatch, tmp_path):
+    """--ablation trains the RNN with every (batch, lr) of ABLATION, scores it on the validation windows only and
+    chooses by its rule; the experiment's own result is not written."""
+    calls, evaluate, prepare = [], pipe.evaluate, pipe.prepare
+    preps = []
+
+    def counted(model, loader, device):
+        prep = preps[0]
+        calls.append("test" if loader.X.data_ptr() == prep["test_batches"].X.data_ptr() else
+                     "val" if loader.X.data_ptr() == prep["val_batches"].X.data_ptr() else "other")
+        return evaluate(model, loader, device)
+    monkeypatch.setattr(pipe, "evaluate", counted)
+    monkeypatch.setattr(pipe, "prepare", lambda *a, **k: preps.append(prepare(*a, **k)) or preps[-1])
+    rc = m.main(["--ablation", "--smoke", "--synthetic", "--results-dir", str(tmp_path), "--workers", "1"])
+    assert rc == 0 and not (tmp_path / f"{SCRIPT}.json").exists()
+    assert calls == ["val"] * (len(m.ABLATION) * 2 * 2)              # candidates x 2 seeds x 2 epochs (--smoke)
+    r = schema.read_result(tmp_path / "ablation" / f"{SCRIPT}.ablation.json")
+    sel = r["selection"]
+    assert sel["candidates"] == {n: list(c) for n, c in m.ABLATION.items()} and "no model reads a test" in \
+        sel["validation"]["method"]
+    names = list(m.ABLATION)
+    best = {n: r["metrics"][f"{n}.best"] for n in names}
+    assert all(best[n] == pytest.approx(sum(sel["scores"][n]) / 2) and len(sel["scores"][n]) == 2 for n in names)
+    from common import results
+    chosen = results.choose_candidate(r["targets"], best, higher_is_better=False,
+                                      spread={n: r["std"][f"{n}.best"] for n in names},
+                                      cost={n: r["timings"][f"{n}.train_s"] for n in names})
+    assert sel["chosen"] == {"batch_size, lr": list(m.ABLATION[chosen]), "candidate": chosen}
+    assert r["headline"] == f"{chosen}.best"
+
+
 @real_data("electricity")
 def test_real_validation_windows_lie_between_the_training_and_test_targets():
     train, _, _ = data.load_electricity()

@@ -337,6 +337,14 @@ def test_ablation_choice_rule():
     assert results.choose_candidate({"a": target(100, 120), "b": target(80, 90), "c": target(10, None),
                                "d": target(None, None)}, best) == "b"
     assert results.choose_candidate({n: target(None) for n in best}, best) == "c"   # none reaches: the best validation
+    # 06's rule (lower is better, spread and cost given): the cheapest of those within noise of the best
+    mse, spread, cost = {"a": 0.041, "b": 0.0415, "c": 0.050}, {"a": 0.001, "b": 0.0002, "c": 0.0}, \
+        {"a": 90.0, "b": 20.0, "c": 5.0}
+    none = {n: target(None) for n in mse}
+    assert results.choose_candidate(none, mse, higher_is_better=False) == "a"
+    assert results.choose_candidate(none, mse, higher_is_better=False, spread=spread, cost=cost) == "b"
+    assert results.choose_candidate(none, mse, higher_is_better=False, spread=dict(spread, a=0.0001),
+                                    cost=cost) == "a"                   # b no longer within noise of a
 
 
 def test_ablation_reads_only_validation_drawings(monkeypatch, tmp_path):
