@@ -21,17 +21,19 @@ architecture is the course's, unchanged):
     fewer), which alone are read on the 2014 test windows, once. The result's ``selection`` records the
     chosen epochs, the validation MSE per epoch and the baselines' validation MSE. (The 2 epochs used before
     had been picked by looking at test MSE after 1/2/3 epochs.)
-  * batch 512, Adam lr 2e-3; one torch thread per run, the runs (models x seeds) spread over the cores
-    (``--workers``, ``common/parallel.py``; the figures do not depend on it). Measured on a 2-core AMD EPYC
-    (training step, batch 512, median of 15): RNN 78 / 80 ms with 1 / 2 threads, GRU 246 / 228 ms, LSTM
-    325 / 196 ms. The RNN and GRU gain nothing from a second thread (torch runs them one time step at a
-    time, ops too small to split), so two runs on two cores do twice the work. The LSTM alone goes to
-    oneDNN's fused kernel, which does use both threads: that, not the models, is why the GRU trained
-    *slower* than the LSTM with two threads although it has 25 % fewer parameters (one thread each: GRU
-    1.3x faster). Batch 512 makes 16x fewer Adam steps than batch 32, so the lr is 2e-3
-    rather than the usual 1e-3. ``--batch-size 32 --lr 1e-3`` runs the course's batch.
+  * The batch and Adam lr (``electricity.TRAINING``) are what ``--ablation`` chose on the validation windows
+    (``electricity.BATCH_LR_ABLATION``; its rule: ABLATION_CRITERION): of six pairs from the course's batch 32
+    at lr 1e-3 to batch 512 at 5e-3, the quickest to reach 0.90 x persistence's validation MSE in every seed.
+    ``--batch-size 32 --lr 1e-3`` runs the course's batch.
+  * One torch thread per run, the runs (models x seeds) spread over the cores (``--workers``,
+    ``common/parallel.py``; the figures do not depend on it). Measured on a 2-core AMD EPYC (training step,
+    batch 512, median of 15): RNN 78 / 80 ms with 1 / 2 threads, GRU 246 / 228 ms, LSTM 325 / 196 ms. The
+    RNN and GRU gain nothing from a second thread (torch runs them one time step at a time, ops too small to
+    split), so two runs on two cores do twice the work. The LSTM alone goes to oneDNN's fused kernel, which
+    does use both threads: that, not the models, is why the GRU trained *slower* than the LSTM with two
+    threads although it has 25 % fewer parameters (one thread each: GRU 1.3x faster).
   * The DataLoader draws whole batches: a ``BatchSampler`` is its sampler, so ``TensorDataset`` is
-    indexed once per batch (one gather) instead of 512 times plus a collate.
+    indexed once per batch (one gather) instead of once per window plus a collate.
   * Test windows are built from the 2014 file alone, as in the course (34,944 windows); the first 96
     readings of 2014 only serve as inputs.
 Records: test MSE per seed (mean/std), the baselines, ratios, parameter count, training time and
@@ -53,7 +55,7 @@ from experiments.electricity import QUANTUM, UNITS, CourseRNN
 EXPERIMENT = "06_electricity_rnn"
 MODELS = {"rnn": CourseRNN}
 
-DEFAULTS = {"seeds": 3, "threads": 1, "max_epochs": 3, "batch_size": 512, "lr": 2e-3}   # why these: see the docstring
+DEFAULTS = {"seeds": 3, "threads": 1, "max_epochs": 3, **electricity.TRAINING}   # why these: see the docstring
 DEVIATIONS = electricity.DEVIATIONS   # 06 departs from the transcript only where 07 does too
 SMOKE = {"max_epochs": 2, "max_batches": 4,   # the last 2,048 training windows, the first validation week,
          "train_windows": 2048, "val_windows": 672, "test_windows": 3 * 672}   # the first three test weeks
@@ -69,7 +71,6 @@ ABLATION_CRITERION = ("the candidate whose every seed reaches the target validat
                       "validation MSE (mean over seeds, each run at its best epoch), and among the candidates within "
                       "noise of it (means apart by at most the larger std over seeds) the one with the least mean "
                       "training seconds; ties -> the first listed")
-BATCH_LR_ABLATION = "results/reference/epyc-avx512-2cpu/ablation/06_electricity_rnn.ablation.json"
 
 
 def ablation_run(batch_size: int, lr: float, seed: int, prep: dict, args, device, max_batches) -> dict:
@@ -90,7 +91,8 @@ def ablation_run(batch_size: int, lr: float, seed: int, prep: dict, args, device
 def run_ablation(args: argparse.Namespace) -> int:
     """Every ABLATION candidate through --seeds runs on the training windows, scored on the validation windows (no
     model reads a test window); the choice by ABLATION_CRITERION; the record
-    ``<results-dir>/ablation/06_electricity_rnn.ablation.json`` (the defaults cite the reference run's)."""
+    ``<results-dir>/ablation/06_electricity_rnn.ablation.json`` (the defaults cite the reference run's,
+    electricity.BATCH_LR_ABLATION)."""
     try:
         start = cli.start(args)
         prep = electricity.prepare(args.data_dir, args.synthetic, start.device, (

@@ -17,9 +17,9 @@ verdict (JSON ``verdict``, printed last) judges the course's claim on accuracy a
 MSE (GRU lower, higher, or within noise: a difference no larger than the seeds' spread, the suite's rule
 ``common.schema.compare_means``), parameters, and the measured training throughput, which on a CPU need not
 follow the parameter count. From one seed there is no spread, so accuracy and throughput are then "not
-judged" against the course (the parameter counts still are). Training settings (batch
-512, lr 2e-3, up to 3 epochs chosen on validation, one thread per run, runs spread over the cores) are 06's; see its docstring for
-why, and ``DEVIATIONS``.
+judged" against the course (the parameter counts still are). Training settings (the batch and lr 06
+--ablation chose with the RNN, ``electricity.TRAINING``; up to 3 epochs chosen on validation; one thread per run,
+runs spread over the cores) are 06's; see its docstring for why, and ``DEVIATIONS``.
 """
 import sys
 from pathlib import Path
@@ -35,7 +35,7 @@ from experiments.electricity import UNITS, CourseRNN
 
 EXPERIMENT = "07_lstm_vs_gru"
 
-DEFAULTS = {"seeds": 3, "threads": 1, "max_epochs": 3, "batch_size": 512, "lr": 2e-3}   # 06's settings: see its docstring
+DEFAULTS = {"seeds": 3, "threads": 1, "max_epochs": 3, **electricity.TRAINING}   # 06's settings: see its docstring
 DEVIATIONS = electricity.DEVIATIONS   # 06's: the same pipeline and settings
 SMOKE = {"max_epochs": 2, "max_batches": 4,   # the last 2,048 training windows, the first validation week,
          "train_windows": 2048, "val_windows": 672, "test_windows": 3 * 672}   # the first three test weeks

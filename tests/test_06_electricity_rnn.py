@@ -289,7 +289,7 @@ def test_smoke_records_the_deviations(runs):
                                  "units and scaling of the consumption values", "number of training windows"], m.parse)
     assert r["deviations"] == pipe.DEVIATIONS is m.DEVIATIONS      # 06 and 07 share them: one list
     course = flags["training batch size and learning rate"]      # the flag gives the course's batch
-    assert (course.batch_size, course.lr) == (32, 1e-3) and (r["config"]["batch_size"], r["config"]["lr"]) == (512, 2e-3)
+    assert (course.batch_size, course.lr) == (32, 1e-3) and (r["config"]["batch_size"], r["config"]["lr"]) == (128, 2e-3)
     assert r["metrics"]["data.train_windows_full"] == 105_119 and "not kW" in r["units"]   # what the entries say
 
 

@@ -48,7 +48,8 @@ def test_the_reference_run_comes_from_one_clean_committed_tree():
 def test_the_readme_table_is_exactly_what_the_report_tool_makes_from_the_reference_jsons():
     link = "results/REPORT.md"
     ablations = report.load_ablations(REFERENCE)
-    assert [r["experiment"] for _, r in ablations] == ["04_clouds_cnn.ablation", "08_omniglot_multi_input.ablation"]
+    assert [r["experiment"] for _, r in ablations] == ["04_clouds_cnn.ablation", "06_electricity_rnn.ablation",
+                                                       "08_omniglot_multi_input.ablation"]
     assert BLOCK[1] == report.readme_table(list(RECORDS.values()), link, ablations, REPO), (
         "README.md's results table differs from the reference JSONs; regenerate it with "
         f"python -m tools.report {BLOCK[0]} --out results/REPORT.md --readme README.md")
@@ -167,9 +168,10 @@ def test_mean_sd_formatting_follows_the_spread():
     assert shown(None, None) == "n/a"
 
 
-def committed_ablation(path: str, script: str) -> tuple[dict, str]:
+def committed_ablation(path: str, script: str, no_test: str = "no test image", rule=None) -> tuple[dict, str]:
     """An ablation record made from a clean tree whose script is byte-identical to its commit's, that read no test
-    image, and whose choice follows the shared rule: (record, chosen candidate)."""
+    image (its method says ``no_test``), and whose choice follows the shared rule (``rule(record)``: the rule's
+    further arguments, 06's): (record, chosen candidate)."""
     from common import results, schema
 
     r = schema.read_result(REPO / path)
@@ -178,9 +180,10 @@ def committed_ablation(path: str, script: str) -> tuple[dict, str]:
     committed = subprocess.run(["git", "show", f"{env['git_commit']}:{env['script']}"], cwd=REPO,
                                capture_output=True, check=True).stdout
     assert hashlib.sha256(committed).hexdigest() == env["script_sha256"]
-    assert "no test image" in r["selection"]["validation"]["method"] and len(r["seeds"]) >= 2
+    assert no_test in r["selection"]["validation"]["method"] and len(r["seeds"]) >= 2
     chosen = r["selection"]["chosen"]["candidate"]
-    assert chosen == results.choose_candidate(r["targets"], {n: r["metrics"][f"{n}.best"] for n in r["targets"]})
+    assert chosen == results.choose_candidate(r["targets"], {n: r["metrics"][f"{n}.best"] for n in r["targets"]},
+                                              **(rule(r) if rule else {}))
     return r, chosen
 
 
@@ -218,3 +221,29 @@ def test_the_improved_omniglot_settings_are_what_the_committed_ablation_chose():
     assert (augment, width, dropout, embedding) == tuple(subnet[k].default for k in
                                                          ("augment", "width", "dropout", "embedding"))
     assert {n: list(c) for n, c in m08.ABLATION.items()} == r["selection"]["candidates"]
+
+
+def test_the_electricity_batch_and_lr_are_what_the_committed_ablation_chose():
+    """06 and 07 train with the batch and Adam lr that 06's --ablation chose with the RNN on the validation windows
+    (lower MSE is better; within noise, the cheaper), and what their deviation says of the other candidates holds
+    in that record."""
+    import importlib
+
+    from experiments import electricity
+    m06, m07 = (importlib.import_module(f"experiments.{s}") for s in ("06_electricity_rnn", "07_lstm_vs_gru"))
+    names = list(m06.ABLATION)
+
+    def rule(r):
+        return dict(higher_is_better=False, spread={n: r["std"][f"{n}.best"] for n in names},
+                    cost={n: r["timings"][f"{n}.train_s"] for n in names})
+    r, chosen = committed_ablation(electricity.BATCH_LR_ABLATION, "experiments/06_electricity_rnn.py",
+                                   "no model reads a test window", rule)
+    assert {n: list(c) for n, c in m06.ABLATION.items()} == r["selection"]["candidates"]
+    assert r["selection"]["candidates"][chosen] == list(electricity.TRAINING.values()) == [128, 2e-3]
+    for m in (m06, m07):
+        assert (m.DEFAULTS["batch_size"], m.DEFAULTS["lr"]) == tuple(electricity.TRAINING.values())
+    t = r["targets"]     # the deviation: the course's batch 32 reached the target too, more slowly; batch 512 never
+    assert t[chosen]["reached"] == t["b32_lr1e-3"]["reached"] == len(r["seeds"]) == 3
+    assert t["b32_lr1e-3"]["median_time_to_target_s"] > t[chosen]["median_time_to_target_s"]
+    assert [t[n]["reached"] for n in names if n.startswith("b512")] == [0, 0, 0]
+    assert "more slowly" in electricity.DEVIATIONS[0]["why"] and "batch 512" in electricity.DEVIATIONS[0]["why"]

@@ -146,7 +146,7 @@ def load_results(results_dir: Path) -> list[tuple[Path, dict]]:
 
 
 def load_ablations(results_dir: Path) -> list[tuple[Path, dict]]:
-    """The ablation records under ``results_dir/ablation/`` (04's and 08's ``--ablation``): the choices made on
+    """The ablation records under ``results_dir/ablation/`` (04's, 06's and 08's ``--ablation``): the choices made on
     validation data before the reference run."""
     out = []
     for path in sorted((results_dir / "ablation").glob("[0-9][0-9]_*.ablation.json")):
@@ -301,8 +301,9 @@ def readme_table(records: list[dict], report_link: str, ablations: list[tuple[Pa
         lines += ["", "Time to target (airbench style): the training seconds until a model's validation figure first "
                       "reached its goal, per run, on the machine of this run (the JSONs' `targets`).", "", *targets]
     if ablations:
-        lines += ["", "The ablations behind the improved models' settings, on validation data only (no test image "
-                      "read), run before the reference run:", "", *ablation_tables(ablations, paths_from)]
+        lines += ["", "The ablations behind the improved models' settings and the recurrent models' batch and lr, on "
+                      "validation data only (no model reads a test image or window), run before the reference run:",
+                  "", *ablation_tables(ablations, paths_from)]
         lines.pop()   # the block ends with its table's last sentence
     return "\n".join(lines) + "\n"
 
@@ -410,8 +411,10 @@ def build_report(results_dir: Path, out: Path, loaded: list[tuple[Path, dict]],
         lines += ["", "## Time to target", "", "Training seconds until each model's validation figure first reached "
                   "its goal (the JSONs' `targets`; `note` there says how each was measured).", "", *targets]
     if ablations:
-        lines += ["", "## Ablations", "", "The choices of the improved models' settings, made on validation data "
-                  "only (`--ablation` of 04 and 08):", "", *ablation_tables(ablations, out.parent)]
+        scripts = [r["experiment"].split("_")[0] for _, r in ablations]
+        lines += ["", "## Ablations", "", "The choices of the improved models' settings and the recurrent models' batch "
+                  f"and lr, made on validation data only (`--ablation` of {', '.join(scripts)}):", "",
+                  *ablation_tables(ablations, out.parent)]
     lines += ["", "## What the course reports", "", "| topic | figure | value | where |", "| --- | --- | --- | --- |"]
     lines += [f"| {e['topic']} | {w} | {v} | transcript {where} |" for e in COURSE_FIGURES for w, v, where in e["figures"]]
     lines.append("")
