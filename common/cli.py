@@ -111,6 +111,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None,
     from . import data
     data.SYNTHETIC_IF_MISSING = getattr(args, "synthetic_if_missing", False)
     sigterm_as_interrupt()
+    from .device import tune_cpu_allocator
+    tune_cpu_allocator()   # before the data is loaded: every large buffer after this stays in the process
     repro.configure_numerics(tf32=getattr(args, "tf32", False),
                              strict_determinism=getattr(args, "strict_determinism", False))
     return args

@@ -133,6 +133,7 @@ def environment(device: torch.device | str, script: str | os.PathLike | None = N
         "torchmetrics": torchmetrics.__version__, "numpy": np.__version__,
         "device": str(device), "device_info": describe_device(device),
         "torch_threads": torch.get_num_threads(),
+        "cpu_allocator": _device.ALLOCATOR,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,

@@ -26,12 +26,14 @@ architecture is the course's, unchanged):
     at lr 1e-3 to batch 512 at 5e-3, the quickest to reach 0.90 x persistence's validation MSE in every seed.
     ``--batch-size 32 --lr 1e-3`` runs the course's batch.
   * One torch thread per run, the runs (models x seeds) spread over the cores (``--workers``,
-    ``common/parallel.py``; the figures do not depend on it). Measured on a 2-core AMD EPYC (training step,
+    ``common/parallel.py``; the figures do not depend on it). Measured on the 2-core AVX2 EPYC (training step,
     batch 512, median of 15): RNN 78 / 80 ms with 1 / 2 threads, GRU 246 / 228 ms, LSTM 325 / 196 ms. The
     RNN and GRU gain nothing from a second thread (torch runs them one time step at a time, ops too small to
     split), so two runs on two cores do twice the work. The LSTM alone goes to oneDNN's fused kernel, which
-    does use both threads: that, not the models, is why the GRU trained *slower* than the LSTM with two
-    threads although it has 25 % fewer parameters (one thread each: GRU 1.3x faster).
+    uses both threads, and whose workspace is large: with glibc's default allocator it came from fresh pages
+    every step in some processes and not in others (27 or 13 ms at batch 128, one thread, AVX-512 EPYC), which
+    ``common.device.tune_cpu_allocator`` now settles at the faster one. At batch 128, one thread each, the LSTM
+    (fused) trains about 2x faster than the GRU (step by step), although the GRU has 25 % fewer parameters.
   * The DataLoader draws whole batches: a ``BatchSampler`` is its sampler, so ``TensorDataset`` is
     indexed once per batch (one gather) instead of once per window plus a collate.
   * Test windows are built from the 2014 file alone, as in the course (34,944 windows); the first 96

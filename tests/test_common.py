@@ -157,11 +157,31 @@ def test_result_json_has_every_contract_key(tmp_path):
         assert k in r, k
     assert r["schema_version"] == 1 and r["data"]["source"] == "real" and r["data"]["fingerprint"] == "abc"
     for k in ("python", "torch", "torchvision", "torchmetrics", "device", "git_commit", "git_dirty",
-              "script_sha256", "torch_threads", "float32_matmul_precision"):
+              "script_sha256", "torch_threads", "float32_matmul_precision", "cpu_allocator"):
         assert k in r["environment"], k
     assert r["environment"]["device_info"]["cpu_model"]
     assert set(r["timings"]) >= {"wall_s", "train_s", "train_samples_per_s"}
     assert results.read_result(path)["metrics"]["acc"] == 0.5
+
+
+ALLOCATOR_PROBE = ("import sys; sys.path.insert(0, '.'); from common import device, results; "
+                   "print(device.tune_cpu_allocator(), device.tune_cpu_allocator() is device.ALLOCATOR, "
+                   "results.environment('cpu')['cpu_allocator'])")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux")
+def test_the_cpu_allocator_keeps_freed_memory_unless_the_user_set_malloc_options():
+    """A fresh process: tune_cpu_allocator sets glibc's mmap and trim thresholds (mallopt accepted both), says so
+    again when asked twice, and the result's environment records it; with a MALLOC_ variable of the user's it
+    leaves the allocator alone and records None."""
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    run = lambda extra: subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], env={**env, **extra}, cwd=results.REPO_ROOT,
+                                       capture_output=True, text=True, check=True).stdout.strip()
+    tuned = "{'via': 'glibc mallopt', 'mmap_threshold': %d, 'trim_threshold': %d}" % (
+        device.CPU_ALLOCATOR["mmap_threshold"][0], device.CPU_ALLOCATOR["trim_threshold"])
+    assert run({}) == f"{tuned} True {tuned}"
+    assert run({"MALLOC_ARENA_MAX": "2"}) == "None True None"
 
 
 def test_writer_survives_an_exception_mid_write(tmp_path):

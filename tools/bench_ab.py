@@ -226,6 +226,7 @@ def run_ab(repo: Path, ref: str | None, rounds: int, target_s: float, warmup: in
         tmp = Path(tmp)
         worker_py = tmp / "bench_worker.py"
         shutil.copy(WORKER, worker_py)      # the same worker code for both trees
+        shutil.copy(WORKER.parent.parent / "common" / "device.py", tmp / "worker_device.py")   # its allocator settings
         export_tree(repo, commit, tmp / "base")
         pairs = []
 

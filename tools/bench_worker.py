@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -97,13 +98,24 @@ def main() -> None:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+        # the scripts' allocator settings (common.device.tune_cpu_allocator), the same on both sides: without
+        # them one process times a step up to 2x slower than the next. The controller's common/device.py (copied
+        # beside this file by tools.bench_ab), loaded under another name: the timed tree's own ``common`` is
+        # imported by its experiments alone
+        here = Path(__file__).resolve()
+        copied = here.with_name("worker_device.py")
+        spec = importlib.util.spec_from_file_location(
+            "_bench_worker_device", copied if copied.exists() else here.parents[1] / "common" / "device.py")
+        own_device = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(own_device)
+        allocator = own_device.tune_cpu_allocator()
         device = torch.device(args.device)
         cases, problems = discover(tree)
     except BaseException as e:  # noqa: BLE001
         answer({"fatal": f"{type(e).__name__}: {e}"})
         return
     answer({"cases": sorted(cases), "problems": problems, "threads": torch.get_num_threads(),
-            "torch": torch.__version__})
+            "torch": torch.__version__, "cpu_allocator": allocator})
 
     default_threads = torch.get_num_threads()
     call = None

@@ -16,7 +16,7 @@ iterations per round that a round lasts >= 1 ms and enough rounds to fill a time
 
 ``BENCH_BUDGET_S`` and ``BENCH_MIN_ROUNDS`` override the budget and the minimum rounds;
 ``BENCH_THREADS=N`` sets torch's thread count first (default: torch's own, recorded in extra_info).
-Every benchmark runs with the experiments' numerics (``common.repro.apply_determinism``: TF32 off,
+Every benchmark runs with the scripts' allocator settings (``common.device.tune_cpu_allocator``) and the experiments' numerics (``common.repro.apply_determinism``: TF32 off,
 deterministic algorithms, cuDNN deterministic, no autotuning) and records them in ``extra_info``
 with the GPU's identity and peak memory (None on the CPU).
 """
@@ -40,7 +40,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from common import repro  # noqa: E402
-from common.device import describe_device, gpu_info  # noqa: E402
+from common.device import describe_device, gpu_info, tune_cpu_allocator  # noqa: E402
+
+tune_cpu_allocator()   # the scripts' allocator settings (common.cli.parse_args sets them there)
 
 if os.environ.get("BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
