@@ -49,7 +49,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find common/ and experiments/
-from common import cli, data, parallel, plots, repro, results
+from common import cli, data, parallel, plots, results
 from common.device import DeviceError
 from experiments import electricity
 from experiments.electricity import QUANTUM, UNITS, CourseRNN
@@ -78,13 +78,9 @@ ABLATION_CRITERION = ("the candidate whose every seed reaches the target validat
 def ablation_run(batch_size: int, lr: float, seed: int, prep: dict, args, device, max_batches) -> dict:
     """The course's RNN trained on the training windows with one candidate's batch and lr (perhaps in a worker); its
     validation MSE after every epoch and training seconds. No test window is read."""
-    repro.seed_everything(seed)
-    model = CourseRNN().to(device)
-    loader = electricity.DeviceBatches(electricity.make_loader(prep["X_train"], prep["y_train"], batch_size,
-                                                               shuffle=True, seed=seed), *prep["train_on_device"])
     try:
-        h = electricity.train(model, loader, args.max_epochs, lr, device, prep["val_batches"], max_batches,
-                              log_prefix=f"b{batch_size} lr {lr:g} seed {seed} ")
+        _, h = electricity.fit(CourseRNN, seed, prep, batch_size, lr, args.max_epochs, device, max_batches,
+                               log_prefix=f"b{batch_size} lr {lr:g} seed {seed} ")
     except results.Diverged as e:
         return {"diverged": {"run": f"b{batch_size}_lr{lr:g}", "seed": seed, **e.to_json()}}
     return {"val_mse": h["val_mse"], "train_s": h["train_s"], "train_s_by_epoch": h["train_s_by_epoch"]}
@@ -96,9 +92,7 @@ def run_ablation(args: argparse.Namespace) -> int:
     ``<results-dir>/ablation/06_electricity_rnn.ablation.json`` (the defaults cite the reference run's,
     electricity.BATCH_LR_ABLATION)."""
     try:
-        start = cli.start(args)
-        prep = electricity.prepare(args.data_dir, args.synthetic, start.device, (
-            SMOKE["train_windows"], SMOKE["val_windows"], SMOKE["test_windows"]) if args.smoke else None)
+        start, prep = electricity.begin(EXPERIMENT, args, SMOKE)
     except (data.DataError, DeviceError) as e:
         return cli.fail(e)
     seeds, max_batches = cli.seed_list(args), SMOKE["max_batches"] if args.smoke else None

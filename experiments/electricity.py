@@ -330,6 +330,18 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def fit(cls, seed: int, prep: dict, batch_size: int, lr: float, max_epochs: int, device,
+        max_batches: int | None = None, log_prefix: str = "") -> tuple[nn.Module, dict]:
+    """A fresh ``cls()`` seeded with ``seed`` (``seed_everything`` right before its initialisation, the same
+    shuffling order for every model) and trained on the training windows by ``train``: (model at its best
+    validation epoch, history). Raises results.Diverged. 06's --ablation trains its candidates with this too."""
+    repro.seed_everything(seed)
+    model = cls().to(device)
+    loader = DeviceBatches(make_loader(prep["X_train"], prep["y_train"], batch_size, shuffle=True, seed=seed),
+                           *prep["train_on_device"])
+    return model, train(model, loader, max_epochs, lr, device, prep["val_batches"], max_batches, log_prefix)
+
+
 def run_seed(seed: int, models: dict, prep: dict, args: argparse.Namespace, device,
              max_batches: int | None = None) -> dict:
     """Train every model of ``models`` (name -> class) with one seed, keep its best epoch by validation MSE
@@ -345,18 +357,15 @@ def run_seed(seed: int, models: dict, prep: dict, args: argparse.Namespace, devi
     persistence = prep["baselines"]["baseline.persistence_mse"]
     target = TARGET_VS_PERSISTENCE * prep["val_baselines"]["baseline.persistence_val_mse"]
     for name, cls in models.items():
-        repro.seed_everything(seed)
-        model = cls().to(device)
-        out["params"][name] = n_params(model)
-        loader = DeviceBatches(make_loader(prep["X_train"], prep["y_train"], args.batch_size, shuffle=True,
-                                           seed=seed), *prep["train_on_device"])
         try:
-            h = train(model, loader, args.max_epochs, args.lr, device, prep["val_batches"], max_batches,
-                      log_prefix=f"{name} seed {seed} ")
+            model, h = fit(cls, seed, prep, args.batch_size, args.lr, args.max_epochs, device, max_batches,
+                           log_prefix=f"{name} seed {seed} ")
         except results.Diverged as e:
             print(f"  {name} seed {seed}: DIVERGED ({e})", flush=True)
             out["diverged"].append({"run": name, "seed": seed, **e.to_json()})
+            out["params"][name] = n_params(cls())   # the comparison table still shows its size
             continue
+        out["params"][name] = n_params(model)
         mse, preds, eval_s = evaluate(model, prep["test_batches"], device)
         out["history"].update({f"{name}.train_loss.seed{seed}": h["train_loss"],
                                f"{name}.val_mse.seed{seed}": h["val_mse"]})
@@ -427,14 +436,21 @@ class Study:
         return 3 if self.run["diverged"] else 0
 
 
-def run_study(experiment: str, models: dict, args: argparse.Namespace, smoke: dict) -> Study:
-    """Choose the device, prepare the data (the smoke subset with ``--smoke``), train and evaluate ``models``
-    with every seed. Raises ``data.DataError`` or ``DeviceError`` if the data or the device is unusable (the
-    script's ``main`` reports it with ``cli.fail``, as 08/09 do with ``omniglot.begin``)."""
+def begin(experiment: str, args: argparse.Namespace, smoke: dict) -> tuple[cli.Start, dict]:
+    """Choose the device and prepare the data (the smoke subset with ``--smoke``), said in one line. Raises
+    ``data.DataError`` or ``DeviceError``."""
     start = cli.start(args)
     subset = (smoke["train_windows"], smoke["val_windows"], smoke["test_windows"]) if args.smoke else None
     prep = prepare(args.data_dir, args.synthetic, start.device, subset)
     print_start(experiment, prep, start.device)
+    return start, prep
+
+
+def run_study(experiment: str, models: dict, args: argparse.Namespace, smoke: dict) -> Study:
+    """Choose the device, prepare the data (the smoke subset with ``--smoke``), train and evaluate ``models``
+    with every seed. Raises ``data.DataError`` or ``DeviceError`` if the data or the device is unusable (the
+    script's ``main`` reports it with ``cli.fail``, as 08/09 do with ``omniglot.begin``)."""
+    start, prep = begin(experiment, args, smoke)
     seeds = cli.seed_list(args)
     max_batches = smoke["max_batches"] if args.smoke else None
     # one task per (seed, model), spread over the cores: these models are overhead-bound (common/parallel.py)
