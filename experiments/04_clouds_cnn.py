@@ -10,8 +10,8 @@ Records the training throughput and the model-only step throughput of the same r
 models, figures and record: experiments/clouds.py.
 
 ``--ablation`` runs another story: the improved model with each candidate setting of ABLATION (input size, epochs,
-batch, peak lr, widths) through the same folds, no test image read; the improved model's defaults are the
-candidate it chose (its reference record: clouds.IMPROVED_ABLATION).
+batch, peak lr, widths, regularisation) through the same folds, no test image read; the improved model's defaults
+are the candidate it chose (its reference record: clouds.IMPROVED_ABLATION).
 """
 import sys
 import time
@@ -35,8 +35,8 @@ EXPERIMENT = "04_clouds_cnn"
 
 # Epochs: chosen per model by cross-validation among 1..max_epochs (the course model: 30, its earlier 15 plus room,
 # widened from 20 when the choice sat at the top; the improved model: its one-cycle schedule's 60 epochs, which a
-# chosen count may stop earlier). The improved model's input size, schedule epochs, batch, peak lr and widths: the
-# candidate 04 --ablation chose (clouds.IMPROVED_ABLATION). How long 5 seeds take: the README table's wall time.
+# chosen count may stop earlier). The improved model's input size, schedule epochs, batch, peak lr, widths and
+# regularisation: the candidate 04 --ablation chose (clouds.IMPROVED_ABLATION). How long 5 seeds take: the README table's wall time.
 DEFAULTS = dict(seeds=5, folds=3, epochs=None, max_epochs=30, batch_size=16, lr=1e-3, improved_epochs=None,
                 improved_max_epochs=60, improved_size=64, improved_batch_size=32, improved_lr=3e-3,
                 memory_format="channels_last", rotation_from_zero=False)
@@ -78,9 +78,9 @@ DEVIATIONS = [
     dict(what="improved model", course="not built; 'larger images, more convolutional layers, and the classifier "
          "with more than one linear layer could improve both metrics'", here="4 Conv-BN-ReLU-MaxPool blocks, global "
          "average pooling, dropout, Linear; AdamW, a one-cycle schedule over 60 epochs stopped after the "
-         "cross-validated epoch count, label smoothing, batch 32; input size, schedule, batch, lr and widths chosen "
-         "by --ablation on the cross-validation folds", why="a stronger from-scratch reference",
-         flag="--model course"),
+         "cross-validated epoch count, label smoothing, batch 32; input size, schedule, batch, lr, widths, depth "
+         "and regularisation chosen by --ablation on the cross-validation folds",
+         why="a stronger from-scratch reference", flag="--model course"),
 ]
 
 
@@ -88,17 +88,19 @@ DEVIATIONS = [
 def model_specs(cfg: dict) -> dict:
     """What each model trains with (``cfg``: the options or DEFAULTS); ``epochs`` None: chosen by cross-validation.
     The improved model's one-cycle schedule spans its given epochs, else max_epochs (a chosen count stops it there)."""
-    widths = cfg.get("improved_widths", clouds.IMPROVED_WIDTHS)   # no option: --ablation tries others
+    widths = cfg.get("improved_widths", clouds.IMPROVED_WIDTHS)   # no options: --ablation tries others
+    smoothing, dropout, decay = cfg.get("improved_regularisation", clouds.IMPROVED_REGULARISATION)
     shared = dict(channels_last=cfg["memory_format"] == "channels_last", rotation_from_zero=cfg["rotation_from_zero"])
     return {"course": dict(make=clouds.CourseNet, size=COURSE_SIZE, batch=cfg["batch_size"], epochs=cfg["epochs"],
                            max_epochs=cfg["max_epochs"], lr=cfg["lr"], label_smoothing=0.0, one_cycle_epochs=None,
                            weight_decay=0.0, **shared),
-            "improved": dict(make=partial(clouds.ImprovedNet, widths=tuple(widths)), widths=list(widths),
+            "improved": dict(make=partial(clouds.ImprovedNet, widths=tuple(widths), dropout=dropout),
+                             widths=list(widths), dropout=dropout,
                              size=cfg["improved_size"], batch=cfg["improved_batch_size"],
                              epochs=cfg["improved_epochs"], max_epochs=cfg["improved_max_epochs"],
-                             lr=cfg["improved_lr"], label_smoothing=0.1,
+                             lr=cfg["improved_lr"], label_smoothing=smoothing,
                              one_cycle_epochs=cfg["improved_epochs"] or cfg["improved_max_epochs"],
-                             weight_decay=1e-4, **shared)}
+                             weight_decay=decay, **shared)}
 
 
 def make_optimizer(params, spec: dict) -> torch.optim.Optimizer:
@@ -304,30 +306,36 @@ def run_seed(seed: int, models: dict, device, class_to_idx: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- --ablation
-# The improved model's candidates: (input size, one-cycle epochs, batch, peak lr, widths). Each one's final run (all
-# 474 training images) is meant to fit the 120 s budget on the 2-core AVX2 EPYC (measured there: 238 samples/s for
-# the 64 px models, before this ablation) -- larger inputs get fewer epochs.
-ABLATION = {"s64_e20": (64, 20, 32, 3e-3, (32, 64, 128, 256)),          # the settings before this ablation
-            "s64_e40": (64, 40, 32, 3e-3, (32, 64, 128, 256)),
-            "s64_e60": (64, 60, 32, 3e-3, (32, 64, 128, 256)),
-            "s64_e40_lr6e-3": (64, 40, 32, 6e-3, (32, 64, 128, 256)),
-            "s64_e40_b64_lr6e-3": (64, 40, 64, 6e-3, (32, 64, 128, 256)),
-            "s64_e30_wide": (64, 30, 32, 3e-3, (48, 96, 192, 384)),     # 2.25x the convolutions' work
-            "s96_e30": (96, 30, 32, 3e-3, (32, 64, 128, 256)),
-            "s128_e20": (128, 20, 32, 3e-3, (32, 64, 128, 256))}
+# The improved model's candidates: (input size, one-cycle epochs, batch, peak lr, widths, (label smoothing, dropout,
+# weight decay)). Larger inputs get fewer epochs, for the 120 s budget a final run on the 2-core AVX2 EPYC. The last
+# six change one thing each of s64_e60 (the first eight's choice): its depth, each regulariser. s64_e20:
+W4, REG = (32, 64, 128, 256), (0.1, 0.3, 1e-4)   # the settings before this ablation, with these widths and regularisers
+ABLATION = {"s64_e20": (64, 20, 32, 3e-3, W4, REG),
+            "s64_e40": (64, 40, 32, 3e-3, W4, REG),
+            "s64_e60": (64, 60, 32, 3e-3, W4, REG),
+            "s64_e40_lr6e-3": (64, 40, 32, 6e-3, W4, REG),
+            "s64_e40_b64_lr6e-3": (64, 40, 64, 6e-3, W4, REG),
+            "s64_e30_wide": (64, 30, 32, 3e-3, (48, 96, 192, 384), REG),     # 2.25x the convolutions' work
+            "s96_e30": (96, 30, 32, 3e-3, W4, REG),
+            "s128_e20": (128, 20, 32, 3e-3, W4, REG),
+            "s64_e60_3blocks": (64, 60, 32, 3e-3, (32, 64, 128), REG),
+            "s64_e60_smooth0": (64, 60, 32, 3e-3, W4, (0.0, 0.3, 1e-4)),
+            "s64_e60_drop0": (64, 60, 32, 3e-3, W4, (0.1, 0.0, 1e-4)),
+            "s64_e60_drop0.5": (64, 60, 32, 3e-3, W4, (0.1, 0.5, 1e-4)),
+            "s64_e60_wd0": (64, 60, 32, 3e-3, W4, (0.1, 0.3, 0.0)),            # plain Adam
+            "s64_e60_wd1e-2": (64, 60, 32, 3e-3, W4, (0.1, 0.3, 1e-2))}        # AdamW's default decay
 ABLATION_CRITERION = ("the candidate whose every fold reaches the target validation accuracy (TARGETS) with the least "
                       "median training seconds to it; if none does, the highest best mean validation accuracy over "
                       "the folds (at the epoch count cross-validation would choose); ties -> the first listed")
 
 
 def run_ablation(args, start: cli.Start, photos: clouds.Clouds) -> int:
-    """Every ABLATION candidate's improved model through the cross-validation folds of the training images (no test
-    image is read); the choice by ABLATION_CRITERION; the record ``<results-dir>/ablation/04_clouds_cnn.ablation.json``
-    (the defaults cite the reference run's, clouds.IMPROVED_ABLATION)."""
+    """Every ABLATION candidate's improved model through the folds of the training images (no test image is read); the
+    choice by ABLATION_CRITERION; the record ``<results-dir>/ablation/04_clouds_cnn.ablation.json``."""
     folds, picks = cv_folds(photos.splits[COURSE_SIZE][0], args.folds), {}
-    for name, (size, epochs, batch, lr, widths) in ABLATION.items():
+    for name, (size, epochs, batch, lr, widths, reg) in ABLATION.items():
         cfg = dict(vars(args), improved_size=size, improved_max_epochs=args.improved_max_epochs if args.smoke else epochs,
-                   improved_batch_size=batch, improved_lr=lr, improved_widths=widths)
+                   improved_batch_size=batch, improved_lr=lr, improved_widths=widths, improved_regularisation=reg)
         mdl = prepare_model(name, model_specs(cfg)["improved"], photos.splits[size], args, start.device, measure=False)
         picks[name] = select_epochs(name, mdl, folds, args.seed, start.device, TARGETS["improved"][0])
     done = {name: p for name, p in picks.items() if "chosen" in p}   # a candidate that diverged is not chosen
@@ -340,8 +348,9 @@ def run_ablation(args, start: cli.Start, photos: clouds.Clouds) -> int:
     selection = {"validation": {"method": f"stratified {len(folds)}-fold cross-validation on the training images "
                                           f"(04's folds); no test image is read", "folds": len(folds),
                                 "sizes": {"fit": [len(a) for a, _ in folds], "validation": [len(b) for _, b in folds]}},
-                 "chosen": {"improved.size, epochs, batch_size, lr, widths": list(ABLATION[chosen]), "candidate": chosen},
-                 "candidates": {name: list(c) for name, c in ABLATION.items()}, "criterion": ABLATION_CRITERION,
+                 "chosen": {"improved.size, epochs, batch_size, lr, widths, (label_smoothing, dropout, weight_decay)":
+                            ABLATION[chosen], "candidate": chosen},   # tuples: JSON lists
+                 "candidates": dict(ABLATION), "criterion": ABLATION_CRITERION,
                  "final_model": "none here: the chosen settings are the improved model's defaults in 04",
                  "scores": {name: p["mean"] for name, p in done.items()}}
     results.write_result(
@@ -383,7 +392,7 @@ def parse(argv=None):
                    help="rotate by an angle in [0, 45] degrees, as the transcript says (otherwise in [-45, 45])")
     p.add_argument("--ablation", action="store_true",
                    help="instead of the experiment: the improved model with each candidate of ABLATION (input size, "
-                        "epochs, batch, lr, widths) through the cross-validation folds (no test image read); writes "
+                        "epochs, batch, lr, widths, regularisation) through the cross-validation folds (no test image read); writes "
                         "<results-dir>/ablation/04_clouds_cnn.ablation.json")
     p.add_argument("--keep-duplicates", action="store_true",
                    help="keep the test images that are byte-identical to a training image (the course's 486)")

@@ -30,8 +30,9 @@ COURSE_SIZE = 64          # the input size the course model's Linear(64*16*16, .
 MAX_ROTATION = 45.0
 CLEAR_SKY, HIGH_CUMULIFORM = "clear sky", "high cumuliform clouds"
 HEADLINE_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
-IMPROVED_WIDTHS = (32, 64, 128, 256)   # the improved model's channels per block
-# The record of 04 --ablation that chose the improved model's input size, epochs, batch, lr and widths
+IMPROVED_WIDTHS = (32, 64, 128, 256)   # the improved model's channels per block (and depth: one block each)
+IMPROVED_REGULARISATION = (0.1, 0.3, 1e-4)   # label smoothing, dropout, AdamW weight decay (0: plain Adam)
+# The record of 04 --ablation that chose the improved model's input size, epochs, batch, lr, widths and regularisation
 IMPROVED_ABLATION = "results/reference/epyc-avx512-2cpu/ablation/04_clouds_cnn.ablation.json"
 
 
@@ -56,7 +57,8 @@ class ImprovedNet(nn.Module):
     """Four (Conv-BN-ReLU -> MaxPool) blocks, global average pooling (any input size), dropout, Linear: four
     times the course model's depth; 391k parameters to its 134k (of which its Linear holds 115k)."""
 
-    def __init__(self, num_classes: int = NUM_CLASSES, widths=IMPROVED_WIDTHS, dropout: float = 0.3):
+    def __init__(self, num_classes: int = NUM_CLASSES, widths=IMPROVED_WIDTHS,
+                 dropout: float = IMPROVED_REGULARISATION[1]):
         super().__init__()
         layers, c = [], 3
         for w in widths:
@@ -283,11 +285,12 @@ def selection_record(specs: dict, picks: dict, folds: list, n_train: int, split_
                                                  "gives neither for this model): set by earlier sessions of this "
                                                  "project, not selected on validation data")
     if "improved" in specs:
-        fixed["improved.depth, optimizer, weight_decay, label_smoothing, dropout"] = (
-            "4 blocks, AdamW with a one-cycle schedule, 1e-4, 0.1, 0.3: set by earlier development sessions of this "
-            "project, partly by looking at test-set figures of this data; not selected on validation data. Its input "
-            "size, schedule epochs, batch size, peak lr and widths were chosen by 04 --ablation on these folds ("
-            + IMPROVED_ABLATION + "), its epochs here")
+        fixed["improved.optimizer, schedule"] = (
+            "AdamW (Adam where the weight decay is 0) with a one-cycle schedule: set by earlier development sessions "
+            "of this project, partly by looking at test-set figures of this data; not selected on validation data. "
+            "Its input size, schedule epochs, batch size, peak lr, widths and depth (3 or 4 blocks), label smoothing, "
+            "dropout and weight decay were chosen by 04 --ablation on these folds (" + IMPROVED_ABLATION + "), its "
+            "epochs here")
     validation = {"method": f"stratified {len(folds)}-fold cross-validation on the training images (sklearn "
                             f"StratifiedGroupKFold, seed {split_seed}; byte-identical images in one fold); fold k "
                             "trains with seed --seed + k", "folds": len(folds),

@@ -276,8 +276,9 @@ def test_smoke_selection_valid(smoke_runs):
     assert v["folds"] == 2 and "StratifiedGroupKFold" in v["method"]
     assert v["sizes"]["train"] == 32                                     # --smoke's training images, split in 2
     assert [a + b for a, b in zip(v["sizes"]["fit"], v["sizes"]["validation"])] == [32, 32]
-    fixed = sel["fixed"]["improved.depth, optimizer, weight_decay, label_smoothing, dropout"]
+    fixed = sel["fixed"]["improved.optimizer, schedule"]
     assert "test-set figures" in fixed and "04 --ablation" in fixed and clouds.IMPROVED_ABLATION in fixed
+    assert "label smoothing, dropout and weight decay were chosen" in fixed
     assert "fewer epochs" in sel["criterion"] and "retrained on all training images" in sel["final_model"]
     t = smoke_runs["seed0"][0]["targets"]["improved"]   # the time to target, measured on the folds
     assert set(smoke_runs["seed0"][0]["targets"]) == {"improved"} and (t["target"], t["budget_s"]) == (0.90, 120.0)
@@ -365,16 +366,26 @@ def test_ablation_reads_only_training_images_and_follows_its_rule(tmp_path):
         assert all(bytes(x.numpy()) in train_rows for x in c) and len(c) < len(train)
     assert sorted({c.shape[-1] for c in calls}) == sorted({c[0] for c in m.ABLATION.values()})
     sel = rec["selection"]
-    assert sel["candidates"] == {n: [*c[:4], list(c[4])] for n, c in m.ABLATION.items()}
+    assert sel["candidates"] == {n: [*c[:4], list(c[4]), list(c[5])] for n, c in m.ABLATION.items()}
     best = {n: rec["metrics"][f"{n}.best"] for n in m.ABLATION}
     assert sel["chosen"]["candidate"] == results.choose_candidate(rec["targets"], best) == rec["headline"][:-5]
     for name, scores in sel["scores"].items():
         assert best[name] == max(scores) and rec["targets"][name]["of"] == 2
-    size, epochs, batch, lr, widths = m.ABLATION["s64_e30_wide"]
+    size, epochs, batch, lr, widths, reg = m.ABLATION["s64_e30_wide"]
     spec = m.model_specs(dict(m.DEFAULTS, improved_size=size, improved_max_epochs=epochs, improved_widths=widths))
     assert spec["improved"]["widths"] == [48, 96, 192, 384] and spec["improved"]["one_cycle_epochs"] == 30
     assert [mod.out_channels for mod in spec["improved"]["make"]().modules() if hasattr(mod, "out_channels")] == \
         [48, 96, 192, 384]
+    *_, widths, reg = m.ABLATION["s64_e60_3blocks"]   # one block fewer
+    assert sum(isinstance(mod, torch.nn.Conv2d) for mod in
+               m.model_specs(dict(m.DEFAULTS, improved_widths=widths))["improved"]["make"]().modules()) == 3
+    for name, want in (("s64_e60_smooth0", (0.0, 0.3, 1e-4, "AdamW")), ("s64_e60_drop0.5", (0.1, 0.5, 1e-4, "AdamW")),
+                       ("s64_e60_wd0", (0.1, 0.3, 0.0, "Adam"))):   # each regulariser reaches the loss, model, optimizer
+        spec = m.model_specs(dict(m.DEFAULTS, improved_regularisation=m.ABLATION[name][5]))["improved"]
+        model = spec["make"]()
+        case = (spec["label_smoothing"], model.classifier[0].p, spec["weight_decay"],
+                type(m.make_optimizer(model.parameters(), spec)).__name__)
+        assert case == want, name
 
 
 def test_ablation_where_every_candidate_diverges_exits_3_and_writes_nothing(tmp_path, capsys):

@@ -208,8 +208,9 @@ def committed_ablation(path: str, script: str, no_test: str = "no test image", r
 
 
 def test_the_improved_clouds_settings_are_what_the_committed_ablation_chose():
-    """04's improved CNN trains with the input size, schedule epochs, batch, peak lr and widths that 04's --ablation
-    chose on the cross-validation folds of the training images."""
+    """04's improved CNN trains with the input size, schedule epochs, batch, peak lr, widths and regularisation
+    (label smoothing, dropout, weight decay) that 04's --ablation chose on the cross-validation folds of the training
+    images."""
     import importlib
 
     from experiments import clouds
@@ -217,11 +218,11 @@ def test_the_improved_clouds_settings_are_what_the_committed_ablation_chose():
 
     r, chosen = committed_ablation(clouds.IMPROVED_ABLATION, "experiments/04_clouds_cnn.py")
     assert r["selection"]["validation"]["folds"] == m04.DEFAULTS["folds"] == len(r["seeds"])
-    size, epochs, batch_size, lr, widths = r["selection"]["candidates"][chosen]
+    size, epochs, batch_size, lr, widths, regularisation = r["selection"]["candidates"][chosen]
     assert (size, epochs, batch_size, lr) == tuple(m04.DEFAULTS[f"improved_{k}"] for k in
                                                    ("size", "max_epochs", "batch_size", "lr"))
-    assert tuple(widths) == clouds.IMPROVED_WIDTHS
-    assert {n: [*c[:4], list(c[4])] for n, c in m04.ABLATION.items()} == r["selection"]["candidates"]
+    assert tuple(widths) == clouds.IMPROVED_WIDTHS and tuple(regularisation) == clouds.IMPROVED_REGULARISATION
+    assert {n: [*c[:4], list(c[4]), list(c[5])] for n, c in m04.ABLATION.items()} == r["selection"]["candidates"]
 
 
 def test_the_improved_omniglot_settings_are_what_the_committed_ablation_chose():
