@@ -51,8 +51,10 @@ def plot_curves(curves: dict[str, list], path, title: str, xlabel: str = "epoch"
 
 
 def bar_with_errors(labels: list[str], means: list[float], stds: list[float], path, title: str, ylabel: str,
-                    baselines: dict[str, float] | None = None) -> Path:
-    """Bars of means with ±std error bars; optional horizontal baseline lines (e.g. majority class)."""
+                    baselines: dict[str, float] | None = None, top: float | None = None) -> Path:
+    """Bars of means with ±std error bars; optional horizontal baseline lines (e.g. majority class). ``top``: the
+    y axis ends there, so that one far baseline does not flatten the bars; a baseline above it is named in the
+    legend ("above the plot") instead of drawn."""
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4.2))
     x = range(len(labels))
     ax.bar(x, means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
@@ -61,9 +63,13 @@ def bar_with_errors(labels: list[str], means: list[float], stds: list[float], pa
             ax.annotate(f"{m:.3g}", (i, m), ha="center", va="bottom", fontsize=8,
                         xytext=(0, 3), textcoords="offset points")
     for (name, value), color in zip((baselines or {}).items(), ("tab:red", "tab:green", "tab:purple", "tab:orange")):
-        ax.axhline(value, ls="--", color=color, label=f"{name} ({value:.3g})")
+        off = top is not None and value > top
+        ax.axhline(min(value, top) if off else value, ls="--", color=color, alpha=0 if off else 1,
+                   label=f"{name} ({value:.4g}{', above the plot' if off else ''})")
     ax.set_xticks(list(x), labels, rotation=20, ha="right")
     ax.set(title=title, ylabel=ylabel)
+    if top is not None:
+        ax.set_ylim(0, top)
     ax.grid(axis="y", alpha=0.3)
     if baselines:
         ax.legend(fontsize=8)

@@ -77,7 +77,7 @@ DEVIATIONS = [
          flag="--memory-format contiguous"),
     dict(what="improved model", course="not built; 'larger images, more convolutional layers, and the classifier "
          "with more than one linear layer could improve both metrics'", here="4 Conv-BN-ReLU-MaxPool blocks, global "
-         "average pooling, dropout, Linear; AdamW, a one-cycle schedule over 60 epochs stopped after the "
+         "average pooling, dropout, Linear; Adam, a one-cycle schedule over 60 epochs stopped after the "
          "cross-validated epoch count, label smoothing, batch 32; input size, schedule, batch, lr, widths, depth "
          "and regularisation chosen by --ablation on the cross-validation folds",
          why="a stronger from-scratch reference", flag="--model course"),
@@ -381,7 +381,7 @@ def parse(argv=None):
                                               "the one-cycle schedule's length"),
                       ("improved_size", "improved model: input size (the images are decoded once at this size)"),
                       ("improved_batch_size", "improved model: batch size"),
-                      ("improved_lr", "improved model: AdamW peak learning rate (one-cycle)"),
+                      ("improved_lr", "improved model: Adam peak learning rate (one-cycle)"),
                       ("folds", "cross-validation folds of the training images")):
         kind = cli.positive_float if isinstance(DEFAULTS[key], float) else cli.positive_int
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=DEFAULTS[key], help=what)

@@ -165,7 +165,9 @@ def make_plots(results_dir, table: list[dict], run: dict, prep: dict, seeds: lis
                               [r["test_mse_std"] for r in done], pdir / "test_mse.png",
                               f"Test MSE, mean ± std over {len(seeds)} seed(s)", "test MSE (z-scored units²)",
                               baselines={"persistence": base["baseline.persistence_mse"],
-                                         "seasonal naive": base["baseline.seasonal_naive_mse"]})
+                                         "seasonal naive": base["baseline.seasonal_naive_mse"]},
+                              top=1.3 * max(base["baseline.persistence_mse"],   # the models and persistence in view
+                                            *(r["test_mse_mean"] + (r["test_mse_std"] or 0) for r in done)))
     electricity.plot_loss_curves(pdir / "train_loss.png", run["history"],
                                  "Training loss and validation MSE per epoch (z-scored units²)")
     if run["preds"]:

@@ -320,6 +320,20 @@ def test_plots_write_pngs(tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["b.png", "c.png"]
 
 
+def test_a_far_baseline_is_named_above_the_plot_not_drawn(monkeypatch, tmp_path):
+    """``top`` ends the y axis: the bars (0.041, 0.042) and the near baseline stay readable, the far one (0.677, 07's
+    seasonal naive) is named in the legend only."""
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figs.append(fig) or path)
+    plots.bar_with_errors(["LSTM", "GRU"], [0.041, 0.042], [0.001, 0.002], tmp_path / "m.png", "MSE", "MSE",
+                          baselines={"persistence": 0.040, "seasonal naive": 0.677}, top=0.06)
+    ax = figs[0].axes[0]
+    assert ax.get_ylim() == (0, 0.06)
+    legend = {label: line for line, label in zip(*ax.get_legend_handles_labels())}
+    assert list(legend) == ["persistence (0.04)", "seasonal naive (0.677, above the plot)"]
+    assert [line.get_alpha() for line in legend.values()] == [1, 0]
+
+
 # ---------------------------------------------------------------- CLI
 def test_cli_rejects_bad_values(capsys):
     p = cli.base_parser("99_test", "test")
