@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sklearn.model_selection import StratifiedGroupKFold
 from torchmetrics.utilities.plot import plot_confusion_matrix
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -31,9 +32,20 @@ MAX_ROTATION = 45.0
 CLEAR_SKY, HIGH_CUMULIFORM = "clear sky", "high cumuliform clouds"
 HEADLINE_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 IMPROVED_WIDTHS = (32, 64, 128, 256)   # the improved model's channels per block (and depth: one block each)
-IMPROVED_REGULARISATION = (0.1, 0.3, 0.0)   # label smoothing, dropout, weight decay (0: Adam; above 0: AdamW)
+IMPROVED_REGULARISATION = (0.1, 0.3, 1e-4)   # label smoothing, dropout, weight decay (0: Adam; above 0: AdamW)
 # The record of 04 --ablation that chose the improved model's input size, epochs, batch, lr, widths and regularisation
 IMPROVED_ABLATION = "results/reference/epyc-avx512-2cpu/ablation/04_clouds_cnn.ablation.json"
+
+
+SPLIT_SEED = 0   # 04's cross-validation folds
+
+
+def cv_folds(train: data.ImageSet, folds: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(fit, validation) training-image indices of a stratified ``folds``-fold split (shuffled, seed SPLIT_SEED);
+    byte-identical training images (the same sha256) stay in one fold."""
+    cv = StratifiedGroupKFold(folds, shuffle=True, random_state=SPLIT_SEED)
+    splits = cv.split(train.labels, train.labels, groups=train.file_sha256)
+    return [(torch.as_tensor(fit), torch.as_tensor(val)) for fit, val in splits]
 
 
 # --------------------------------------------------------------------------- models
@@ -300,9 +312,11 @@ def selection_record(specs: dict, picks: dict, folds: list, n_train: int, split_
         validation = {"method": "none: every epoch count was given", "folds": 0,
                       "sizes": {"train": n_train, "validation": []}}
     return {"validation": validation, "chosen": {k: p["chosen"] for k, p in done.items()},
-            "candidates": {k: list(range(1, len(p["mean"]) + 1)) for k, p in done.items()},
+            "candidates": {k: p["candidates"] for k, p in done.items()},
             "criterion": f"mean validation accuracy over the {len(folds)} folds after each epoch, highest; ties -> "
-                         "fewer epochs",
+                         "fewer epochs; but a one-cycle model (the improved one) runs its whole schedule, whose length "
+                         "04 --ablation chose: before the schedule anneals its validation accuracy jumps from one "
+                         "epoch to the next (scores_per_fold), so its peak would be luck",
             "final_model": "retrained on all training images for the chosen epochs, once per seed; only these final "
                            "models see the test set, once each",
             "scores": {k: p["mean"] for k, p in done.items()},

@@ -147,13 +147,13 @@ def test_real_duplicates_dedupe_and_class_to_idx():
 def test_real_folds_carved_from_train_stratified_and_apart_from_test():
     train, test, _ = data.load_clouds(size=64)
     _, test = clouds.run_splits(train, test, clouds.find_duplicates(train, test)["test_in_train"], smoke=None)
-    folds = m.cv_folds(train, 3)
+    folds = clouds.cv_folds(train, 3)
     assert sorted(torch.cat([val for _, val in folds]).tolist()) == list(range(474))   # each validates once
     total = torch.bincount(train.labels, minlength=7)
 
     def hashes(idx):
         return {train.file_sha256[i] for i in idx.tolist()}
-    for (fit, val), (fit2, val2) in zip(folds, m.cv_folds(train, 3)):
+    for (fit, val), (fit2, val2) in zip(folds, clouds.cv_folds(train, 3)):
         assert torch.equal(fit, fit2) and torch.equal(val, val2)                     # fixed split seed
         assert (len(fit), len(val)) == (316, 158) and not set(fit.tolist()) & set(val.tolist())
         assert not hashes(fit) & hashes(val)          # the 3 byte-identical training pairs stay in one fold
@@ -266,12 +266,15 @@ def test_smoke_real_figures_and_plots(smoke_runs):
 def test_smoke_selection_valid(smoke_runs):
     sel = smoke_runs["seed0"][0]["selection"]
     assert check_selection(sel) is sel
-    assert sel["candidates"] == {"course.epochs": [1, 2], "improved.epochs": [1, 2]}    # --smoke: 1..2
+    assert sel["candidates"] == {"course.epochs": [1, 2], "improved.epochs": [2]}   # the one-cycle: its end
     for key, chosen in sel["chosen"].items():
         mean, folds = sel["scores"][key], sel["scores_per_fold"][key]
-        assert chosen in sel["candidates"][key] and len(folds) == 2
+        assert chosen in sel["candidates"][key] and len(folds) == 2 and len(mean) == 2
         assert mean == pytest.approx([sum(v) / 2 for v in zip(*folds)])
-        assert mean[chosen - 1] == max(mean) and max(mean) not in mean[:chosen - 1]   # best, fewer on ties
+    course = sel["scores"]["course.epochs"]
+    assert course[sel["chosen"]["course.epochs"] - 1] == max(course) and max(course) not in \
+        course[:sel["chosen"]["course.epochs"] - 1]                         # best, fewer on ties
+    assert sel["chosen"]["improved.epochs"] == 2 and "runs its whole schedule" in sel["criterion"]
     v = sel["validation"]
     assert v["folds"] == 2 and "StratifiedGroupKFold" in v["method"]
     assert v["sizes"]["train"] == 32                                     # --smoke's training images, split in 2
@@ -370,7 +373,7 @@ def test_ablation_reads_only_training_images_and_follows_its_rule(tmp_path):
     best = {n: rec["metrics"][f"{n}.best"] for n in m.ABLATION}
     assert sel["chosen"]["candidate"] == results.choose_candidate(rec["targets"], best) == rec["headline"][:-5]
     for name, scores in sel["scores"].items():
-        assert best[name] == max(scores) and rec["targets"][name]["of"] == 2
+        assert best[name] == round(scores[-1], 9) and rec["targets"][name]["of"] == 2   # the schedule's end
     size, epochs, batch, lr, widths, reg = m.ABLATION["s64_e30_wide"]
     spec = m.model_specs(dict(m.DEFAULTS, improved_size=size, improved_max_epochs=epochs, improved_widths=widths))
     assert spec["improved"]["widths"] == [48, 96, 192, 384] and spec["improved"]["one_cycle_epochs"] == 30

@@ -158,7 +158,8 @@ def load_ablations(results_dir: Path) -> list[tuple[Path, dict]]:
 
 def ablation_tables(ablations: list[tuple[Path, dict]], base: Path) -> list[str]:
     """Per ablation record: every candidate's settings, best validation figure (mean ± std over its seeds, or the
-    mean over its folds), the runs that reached the target and the median training seconds to it; the chosen
+    mean over its folds), its runs' own best figures (lowest to highest: the spread a difference between candidates
+    must beat), the runs that reached the target and the median training seconds to it; the chosen
     candidate in bold, the rule below. ``base``: the folder the record paths are shown relative to."""
     lines = []
     for path, r in ablations:
@@ -168,8 +169,8 @@ def ablation_tables(ablations: list[tuple[Path, dict]], base: Path) -> list[str]
         runs = next(iter(targets.values()))["runs"] if targets else {}
         lines += [f"`{Path(os.path.relpath(path, base)).as_posix()}` ({r['experiment']}, {len(runs)} runs per "
                   f"candidate: {', '.join(runs)}; {sel['validation']['method']}):", "",
-                  f"| candidate | {what} | best validation | runs that reached the target | median time to target "
-                  "| median epochs to target |", "| --- | --- | ---: | --- | ---: | ---: |"]
+                  f"| candidate | {what} | best validation | each run's best | runs that reached the target "
+                  "| median time to target | median epochs to target |", "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
         for name, settings in sel["candidates"].items():
             t, key = targets.get(name), f"{name}.best"
             shown = [f"**{x}**" for x in (name, ", ".join(map(str, settings)))] if name == chosen else \
@@ -178,8 +179,10 @@ def ablation_tables(ablations: list[tuple[Path, dict]], base: Path) -> list[str]
             reached = "n/a" if t is None else f"{t['reached']} of {t['of']} (target {t['target']:.4g})"
             epochs = sorted(x["epochs_to_target"] for x in (t or {"runs": {}})["runs"].values()
                             if x.get("epochs_to_target") is not None)
+            bests = sorted(x["best"] for x in (t or {"runs": {}})["runs"].values() if x.get("best") is not None)
+            spread = "–" if not bests else " – ".join(dict.fromkeys(f"{b:.4g}" for b in (bests[0], bests[-1])))
             lines.append(f"| {shown[0]} | {shown[1]} | {_fmt(r['metrics'].get(key), (r.get('std') or {}).get(key))} "
-                         f"| {reached} | {'–' if median is None else f'{median:.0f} s'} "
+                         f"| {spread} | {reached} | {'–' if median is None else f'{median:.0f} s'} "
                          f"| {f'{statistics.median(epochs):g}' if epochs else '–'} |")
         lines += ["", f"Chosen: **{chosen}**, by the rule declared before the run: {sel['criterion']}.", ""]
     return lines
