@@ -155,6 +155,30 @@ def test_the_recurrent_models_reach_the_validation_goal_but_the_readme_says_it_d
             assert m[f"{model}.test_mse"] > before["metrics"][f"{model}.test_mse"], (name, model)
 
 
+def test_the_readme_says_what_stopping_04s_improved_cnn_at_its_validation_peak_did():
+    """The superseded run (no weight decay, stopped at the folds' peak epoch) and the peak-scored ablation record of
+    commit c177729 hold the figures the README's paragraph gives; the new rule's tie is in the committed record."""
+    old = json.loads((REFERENCE / "superseded" / "04_clouds_cnn.json").read_text())
+    assert old["environment"]["git_commit"].startswith("c177729") and old["environment"]["git_dirty"] is False
+    acc = old["per_seed"]["improved.accuracy"]
+    assert old["selection"]["chosen"]["improved.epochs"] == 51 and old["config"]["improved_max_epochs"] == 60
+    assert f"{old['metrics']['improved.accuracy']:.3f} ± {old['std']['improved.accuracy']:.3f}" == "0.752 ± 0.103"
+    assert (f"{min(acc):.3f}", f"{max(acc):.3f}") == ("0.586", "0.854")
+    path = f"{REFERENCE.relative_to(REPO)}/ablation/04_clouds_cnn.ablation.json"
+    peak = json.loads(subprocess.run(["git", "show", f"c177729:{path}"], cwd=REPO, capture_output=True,
+                                     check=True).stdout)
+    n_val = sum(peak["selection"]["validation"]["sizes"]["validation"])
+    m = peak["metrics"]
+    assert peak["selection"]["chosen"]["candidate"] == "s64_e60_wd0" and len(m) == 14 and n_val == 474
+    assert round((m["s64_e60_wd0.best"] - m["s64_e60.best"]) * n_val) == 3   # 3 folds of 158: images = mean x 474
+    now = json.loads((REFERENCE / "ablation" / "04_clouds_cnn.ablation.json").read_text())["metrics"]
+    assert now["s64_e60.best"] == now["s64_e60_wd0.best"] and round(now["s64_e60.best"] * n_val) == 401
+    text = " ".join(README.split())
+    for said in ("0.752 ± 0.103 test accuracy, its seeds from 0.586 to 0.854", "peak epoch 51 of 60",
+                 "by 3 of 474 validation images", "401 of 474 each", "the ablation's 14 candidates"):
+        assert said in text, said
+
+
 def test_the_course_figures_stand_beside_their_own_model_only():
     """31 % / 24 % belongs to the course's two-output model on the course's split; 'over 67 %' to its water net."""
     for name, spec in report.TABLE.items():
