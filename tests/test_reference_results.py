@@ -179,6 +179,35 @@ def test_the_readme_says_what_stopping_04s_improved_cnn_at_its_validation_peak_d
         assert said in text, said
 
 
+def test_the_gate_threshold_and_the_readme_come_from_the_recorded_a_a_runs():
+    """The blessed threshold is what ``bench_ab --noise`` makes of the committed A/A runs, and the README's figures
+    about them and about the injected slowdown are those runs' own."""
+    import math
+
+    from tools import bench_ab
+
+    runs = [json.loads(p.read_text()) for p in sorted((REFERENCE / "ab").glob("aa*.json"))]
+    worst = {}
+    for rec in runs:
+        assert rec["tool"] == "tools.bench_ab" and rec["base"].startswith("c136405") and not rec["uncommitted"]
+        assert [r["benchmark"] for r in rec["results"] if r["verdict"] != "ok"] == []    # no false alarm
+        for r in rec["results"]:
+            worst[r["benchmark"]] = max(worst.get(r["benchmark"], 0.0), r["ratio"], 1 / r["ratio"])
+    name = max(worst, key=worst.get)
+    threshold = max(bench_ab.MIN_THRESHOLD, math.ceil((1 + bench_ab.K_NOISE * (worst[name] - 1)) * 20 - 1e-9) / 20)
+    blessed = json.loads((REPO / "tests" / "benchmarks" / "blessed.json").read_text())
+    assert len(runs) == 5 and blessed["threshold"] == threshold == 1.2
+    text = " ".join(README.split())
+    assert f"worst median ratio of {worst[name]:.3f} (`{name}`)" in text and f"1 + 2 x {worst[name] - 1:.3f}" in text
+    inject = {r["benchmark"]: r for r in json.loads((REFERENCE / "ab" / "inject_2x_forward_03_04.json").read_text())[
+        "results"]}
+    for case, said in (("forward[04.course_cnn]", "forward {:.2f}x and"), ("train_step[04.course_cnn]",
+                       "train step {:.2f}x (the latter"), ("forward[03.zoo_classifier]", "forward {:.2f}x;")):
+        assert inject[case]["verdict"] != "ok" and said.format(inject[case]["ratio"]) in text, case
+    zoo_step = inject["train_step[03.zoo_classifier]"]
+    assert zoo_step["verdict"] == "ok" and f"grows only {zoo_step['ratio']:.2f}x and passes" in text
+
+
 def test_the_course_figures_stand_beside_their_own_model_only():
     """31 % / 24 % belongs to the course's two-output model on the course's split; 'over 67 %' to its water net."""
     for name, spec in report.TABLE.items():
