@@ -64,7 +64,7 @@ def bar_with_errors(labels: list[str], means: list[float], stds: list[float], pa
                         xytext=(0, 3), textcoords="offset points")
     for (name, value), color in zip((baselines or {}).items(), ("tab:red", "tab:green", "tab:purple", "tab:orange")):
         off = top is not None and value > top
-        ax.axhline(min(value, top) if off else value, ls="--", color=color, alpha=0 if off else 1,
+        ax.axhline(value, ls="--", color=color, alpha=0 if off else 1,   # set_ylim below keeps it off the axes
                    label=f"{name} ({value:.4g}{', above the plot' if off else ''})")
     ax.set_xticks(list(x), labels, rotation=20, ha="right")
     ax.set(title=title, ylabel=ylabel)

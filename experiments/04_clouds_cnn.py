@@ -248,7 +248,8 @@ def select_epochs(name: str, mdl: dict, folds: list, seed: int, device, target: 
     mean = [sum(v) / len(v) for v in zip(*curves)]
     candidates = [len(mean)] if spec["one_cycle_epochs"] else list(range(1, len(mean) + 1))
     chosen = len(mean) if spec["one_cycle_epochs"] else results.best_epoch([round(v, 9) for v in mean])
-    print(f"[{name}] epochs chosen: {chosen} (mean validation accuracy {mean[chosen - 1]:.3f})", flush=True)
+    how = "the whole one-cycle schedule" if spec["one_cycle_epochs"] else "chosen"
+    print(f"[{name}] epochs: {chosen}, {how} (mean validation accuracy {mean[chosen - 1]:.3f})", flush=True)
     return {"chosen": chosen, "candidates": candidates, "mean": mean, "per_fold": curves,
             **({"reached": reached} if reached else {})}
 

@@ -298,11 +298,11 @@ def selection_record(specs: dict, picks: dict, folds: list, n_train: int, split_
                                                  "project, not selected on validation data")
     if "improved" in specs:
         fixed["improved.optimizer, schedule"] = (
-            "Adam (AdamW where the weight decay is above 0) with a one-cycle schedule: set by earlier development "
-            "sessions of this project, partly by looking at test-set figures of this data; not selected on validation "
-            "data. Its input size, schedule epochs, batch size, peak lr, widths and depth (3 or 4 blocks), label "
-            "smoothing, dropout and weight decay were chosen by 04 --ablation on these folds (" + IMPROVED_ABLATION
-            + "), its epochs here")
+            "AdamW (plain Adam where the weight decay is 0) with a one-cycle schedule run to its end: set by earlier "
+            "development sessions of this project, partly by looking at test-set figures of this data; not selected "
+            "on validation data. Its input size, schedule epochs, batch size, peak lr, widths and depth (3 or 4 "
+            "blocks), label smoothing, dropout and weight decay were chosen by 04 --ablation on these folds ("
+            + IMPROVED_ABLATION + ")")
     validation = {"method": f"stratified {len(folds)}-fold cross-validation on the training images (sklearn "
                             f"StratifiedGroupKFold, seed {split_seed}; byte-identical images in one fold); fold k "
                             "trains with seed --seed + k", "folds": len(folds),
