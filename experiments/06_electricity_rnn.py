@@ -22,7 +22,7 @@ architecture is the course's, unchanged):
     chosen epochs, the validation MSE per epoch and the baselines' validation MSE. (The 2 epochs used before
     had been picked by looking at test MSE after 1/2/3 epochs.)
   * The batch and Adam lr (``electricity.TRAINING``) are what ``--ablation`` chose on the validation windows
-    (``electricity.BATCH_LR_ABLATION``; its rule: ABLATION_CRITERION): of six pairs from the course's batch 32
+    (``electricity.BATCH_LR_ABLATION``; its rule: ``electricity.ABLATION_CRITERION``): of six pairs from the course's batch 32
     at lr 1e-3 to batch 512 at 5e-3, the quickest to reach 0.90 x persistence's validation MSE in every seed.
     ``--batch-size 32 --lr 1e-3`` runs the course's batch.
   * One torch thread per run, the runs (models x seeds) spread over the cores (``--workers``,
@@ -43,13 +43,11 @@ throughput (windows/s), the split checks, window counts; plots of the training a
 test week of predictions against the truth. The pipeline (data, model, training loop, plots) is in
 ``experiments/electricity.py``, shared with 07_lstm_vs_gru.
 """
-import argparse
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find common/ and experiments/
-from common import cli, data, parallel, plots, results
+from common import cli, data, plots
 from common.device import DeviceError
 from experiments import electricity
 from experiments.electricity import QUANTUM, UNITS, CourseRNN
@@ -63,79 +61,6 @@ SMOKE = {"max_epochs": 2, "max_batches": 4,   # the last 2,048 training windows,
          "train_windows": 2048, "val_windows": 672, "test_windows": 3 * 672}   # the first three test weeks
 
 
-# --ablation: the training batch and Adam lr (06 and 07 train with them), chosen on the validation windows: the
-# course's batch 32 at its 'good default' lr 1e-3, and larger batches at 1x, 2x and 5x that lr. Every candidate has
-# the same epochs (1..max_epochs, the best kept), so the large batches take 4x and 16x fewer steps.
-ABLATION = {"b32_lr1e-3": (32, 1e-3), "b128_lr1e-3": (128, 1e-3), "b128_lr2e-3": (128, 2e-3),
-            "b512_lr1e-3": (512, 1e-3), "b512_lr2e-3": (512, 2e-3), "b512_lr5e-3": (512, 5e-3)}
-ABLATION_CRITERION = ("the candidate whose every seed reaches the target validation MSE (TARGET_VS_PERSISTENCE x "
-                      "persistence's) with the least median training seconds to it; if none does, the lowest best "
-                      "validation MSE (mean over seeds, each run at its best epoch), and among the candidates within "
-                      "noise of it (means apart by at most the larger std over seeds) the one with the least mean "
-                      "training seconds; ties -> the first listed")
-
-
-def ablation_run(batch_size: int, lr: float, seed: int, prep: dict, args, device, max_batches) -> dict:
-    """The course's RNN trained on the training windows with one candidate's batch and lr (perhaps in a worker); its
-    validation MSE after every epoch and training seconds. No test window is read."""
-    try:
-        _, h = electricity.fit(CourseRNN, seed, prep, batch_size, lr, args.max_epochs, device, max_batches,
-                               log_prefix=f"b{batch_size} lr {lr:g} seed {seed} ")
-    except results.Diverged as e:
-        return {"diverged": {"run": f"b{batch_size}_lr{lr:g}", "seed": seed, **e.to_json()}}
-    return {"val_mse": h["val_mse"], "train_s": h["train_s"], "train_s_by_epoch": h["train_s_by_epoch"]}
-
-
-def run_ablation(args: argparse.Namespace) -> int:
-    """Every ABLATION candidate through --seeds runs on the training windows, scored on the validation windows (no
-    model reads a test window); the choice by ABLATION_CRITERION; the record
-    ``<results-dir>/ablation/06_electricity_rnn.ablation.json`` (the defaults cite the reference run's,
-    electricity.BATCH_LR_ABLATION)."""
-    try:
-        start, prep = electricity.begin(EXPERIMENT, args, SMOKE)
-    except (data.DataError, DeviceError) as e:
-        return cli.fail(e)
-    seeds, max_batches = cli.seed_list(args), SMOKE["max_batches"] if args.smoke else None
-    tasks = [(*c, seed, prep, args, start.device, max_batches) for c in ABLATION.values() for seed in seeds]
-    outs = iter(parallel.run_tasks(ablation_run, tasks, parallel.workers_for(args, start.device, len(tasks)),
-                                   what="ablation runs (candidates x seeds)"))
-    runs = {name: [next(outs) for _ in seeds] for name in ABLATION}
-    done = {name: rs for name, rs in runs.items() if not any("diverged" in r for r in rs)}
-    if not done:
-        print(f"{EXPERIMENT} --ablation: every candidate diverged; nothing chosen, no record written", file=sys.stderr)
-        return 3
-    target = electricity.TARGET_VS_PERSISTENCE * prep["val_baselines"]["baseline.persistence_val_mse"]
-    best = {n: [min(r["val_mse"]) for r in rs] for n, rs in done.items()}   # each run at its best epoch
-    mean, std, _ = results.aggregate_seeds([{n: v[i] for n, v in best.items()} for i in range(len(seeds))])
-    cost = {n: statistics.mean(r["train_s"] for r in rs) for n, rs in done.items()}
-    targets = {n: results.target_record("val_mse (the validation windows)", target, {
-        f"seed {seed}": results.time_to_target(r["val_mse"], r["train_s_by_epoch"], target, higher_is_better=False)
-        for seed, r in zip(seeds, rs)}, higher_is_better=False) for n, rs in done.items()}
-    chosen = results.choose_candidate(targets, mean, higher_is_better=False, spread=std, cost=cost)
-    v = prep["split"]["validation"]
-    selection = {"validation": {"method": f"time-based hold-out: the training windows whose target lies in "
-                                          f"{v['validation_first']} to {v['validation_last']}; no model reads a test "
-                                          f"window", "folds": None,
-                                "sizes": {k: prep["info"].sizes[f"{k}_windows"] for k in ("train", "validation")}},
-                 "chosen": {"batch_size, lr": list(ABLATION[chosen]), "candidate": chosen},
-                 "candidates": {n: list(c) for n, c in ABLATION.items()}, "criterion": ABLATION_CRITERION,
-                 "final_model": "none here: the chosen batch and lr are 06's and 07's defaults",
-                 "scores": best}
-    results.write_result(
-        f"{EXPERIMENT}.ablation", results_dir=Path(args.results_dir) / "ablation", status="ok",
-        started_at=start.started_at, config=cli.config_of(args), seeds=seeds, data=prep["info"],
-        metrics={f"{n}.best": m for n, m in mean.items()}, std={f"{n}.best": sd for n, sd in std.items()},
-        headline=f"{chosen}.best", timings={"wall_s": start.wall_s(), **{f"{n}.train_s": c for n, c in cost.items()}},
-        device=start.device, script=__file__, selection=selection, targets=targets,
-        extra={"diverged": [r["diverged"] for rs in runs.values() for r in rs if "diverged" in r]})
-    print(f"\n{EXPERIMENT} --ablation ({prep['info'].source} data, {len(seeds)} seeds; validation windows only, "
-          f"persistence {prep['val_baselines']['baseline.persistence_val_mse']:.4f}):")
-    for n in done:
-        print(f"  {n:12s} best validation MSE {mean[n]:.5f} ± {std[n]:.5f}, {cost[n]:.1f} s training a run")
-    print(f"  chosen: {chosen} ({ABLATION_CRITERION})")
-    return 0
-
-
 def benchmark_cases() -> list[dict]:
     return [electricity.benchmark_case("06.course_rnn", CourseRNN, DEFAULTS)]
 
@@ -143,10 +68,6 @@ def benchmark_cases() -> list[dict]:
 def parse(argv=None):
     p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=DEFAULTS["seeds"], threads=DEFAULTS["threads"])
     electricity.add_training_options(p, DEFAULTS)
-    p.add_argument("--ablation", action="store_true",
-                   help="instead of the experiment: the RNN with each (batch, lr) of ABLATION, --seeds runs each, "
-                        "scored on the validation windows (no test window read); writes "
-                        "<results-dir>/ablation/06_electricity_rnn.ablation.json")
     return cli.parse_args(p, argv, smoke=SMOKE)
 
 
@@ -194,7 +115,7 @@ def report(prep: dict, run: dict, mean: dict, std: dict, timings: dict, seeds: l
 def main(argv=None) -> int:
     args = parse(argv)
     if args.ablation:
-        return run_ablation(args)
+        return electricity.run_ablation(EXPERIMENT, MODELS, args, SMOKE, __file__)
     try:
         study = electricity.run_study(EXPERIMENT, MODELS, args, SMOKE)
     except (data.DataError, DeviceError) as e:   # no usable data or device: one line on stderr, exit 2

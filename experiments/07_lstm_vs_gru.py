@@ -19,7 +19,8 @@ MSE (GRU lower, higher, or within noise: a difference no larger than the seeds' 
 follow the parameter count. From one seed there is no spread, so accuracy and throughput are then "not
 judged" against the course (the parameter counts still are). Training settings (the batch and lr 06
 --ablation chose with the RNN, ``electricity.TRAINING``; up to 3 epochs chosen on validation; one thread per run,
-runs spread over the cores) are 06's; see its docstring for why, and ``DEVIATIONS``.
+runs spread over the cores) are 06's; see its docstring for why, and ``DEVIATIONS``. ``--ablation`` tries 06's six (batch, lr)
+pairs with the LSTM and with the GRU on the validation windows (``electricity.run_ablation``; one record per model).
 """
 import sys
 from pathlib import Path
@@ -207,6 +208,8 @@ def extra_record(prep: dict, run: dict, table: list[dict], judged: dict) -> dict
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.ablation:   # the RNN's record is 06's
+        return electricity.run_ablation(EXPERIMENT, {n: MODELS[n] for n in ("lstm", "gru")}, args, SMOKE, __file__)
     try:
         study = electricity.run_study(EXPERIMENT, MODELS, args, SMOKE)
     except (data.DataError, DeviceError) as e:   # no usable data or device: one line on stderr, exit 2

@@ -14,6 +14,8 @@ baselines) is told in 06's docstring.
     JSON; ``run_study`` does all of that for a script (device, data, every seed; raises ``data.DataError`` or
     ``DeviceError`` for unusable data or device, which the script's ``main`` turns into ``cli.fail``) and
     ``write_study`` writes its result JSON with the ``selection`` record (``selection_record``).
+  * ``--ablation`` (06: the RNN; 07: the LSTM and the GRU): ``run_ablation`` trains each model with every
+    (batch, lr) of ``ABLATION`` on the training windows and chooses per model on the validation windows.
   * plots and records: ``plot_week``, ``week_start``, ``timings_of``, ``data_metrics``, ``windows_note``,
     and ``DEVIATIONS``, where both scripts depart from the course transcript.
 """
@@ -22,8 +24,11 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import statistics
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,7 +38,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from torchmetrics import MeanSquaredError
 
 from common import cli, data, metrics, parallel, plots, repro, results, timeseries
-from common.device import synchronize, to_device
+from common.device import DeviceError, synchronize, to_device
 
 SEQ_LEN = 96                       # 24 h of 15-minute readings
 HIDDEN, LAYERS = 32, 2
@@ -521,6 +526,92 @@ def selection_record(study: Study, args: argparse.Namespace) -> dict:
                       "architecture": "the course's (2 layers of 32, last step -> Linear(32, 1)), not selected"}}
 
 
+# ----------------------------------------------------------------------------- the batch and lr ablation
+
+# --ablation (06: the RNN; 07: the LSTM and the GRU): the training batch and Adam lr, chosen per model on the
+# validation windows: the course's batch 32 at its 'good default' lr 1e-3, and larger batches at 1x, 2x and 5x that
+# lr. Every candidate has the same epochs (1..max_epochs, the best kept), so the large batches take 4x and 16x fewer
+# steps.
+ABLATION = {"b32_lr1e-3": (32, 1e-3), "b128_lr1e-3": (128, 1e-3), "b128_lr2e-3": (128, 2e-3),
+            "b512_lr1e-3": (512, 1e-3), "b512_lr2e-3": (512, 2e-3), "b512_lr5e-3": (512, 5e-3)}
+ABLATION_CRITERION = ("the candidate whose every seed reaches the target validation MSE (TARGET_VS_PERSISTENCE x "
+                      "persistence's) with the least median training seconds to it; if none does, the lowest best "
+                      "validation MSE (mean over seeds, each run at its best epoch), and among the candidates within "
+                      "noise of it (means apart by at most the larger std over seeds) the one with the least mean "
+                      "training seconds; ties -> the first listed")
+
+
+def ablation_run(name: str, cls, batch_size: int, lr: float, seed: int, prep: dict, args, device,
+                 max_batches) -> dict:
+    """``cls`` trained on the training windows with one candidate's batch and lr (perhaps in a worker); its
+    validation MSE after every epoch and training seconds. No test window is read."""
+    try:
+        _, h = fit(cls, seed, prep, batch_size, lr, args.max_epochs, device, max_batches,
+                   log_prefix=f"{name} b{batch_size} lr {lr:g} seed {seed} ")
+    except results.Diverged as e:
+        return {"diverged": {"run": f"{name}.b{batch_size}_lr{lr:g}", "seed": seed, **e.to_json()}}
+    return {"val_mse": h["val_mse"], "train_s": h["train_s"], "train_s_by_epoch": h["train_s_by_epoch"]}
+
+
+def ablation_path(experiment: str, name: str, models: dict) -> str:
+    """The record's name under ``<results-dir>/ablation/``: ``<experiment>.ablation`` for one model (06's),
+    ``<experiment>.<model>.ablation`` for each of several (07's)."""
+    return f"{experiment}.ablation" if len(models) == 1 else f"{experiment}.{name}.ablation"
+
+
+def run_ablation(experiment: str, models: dict, args: argparse.Namespace, smoke: dict, script) -> int:
+    """Every model of ``models`` (name -> class) with every ABLATION candidate through --seeds runs on the training
+    windows, scored on the validation windows (no model reads a test window); per model the choice by
+    ABLATION_CRITERION and one record, ``<results-dir>/ablation/<ablation_path>.json`` (the defaults cite the
+    reference run's: BATCH_LR_ABLATION, MODEL_ABLATIONS). Exit status 3 if a model diverged in every candidate."""
+    try:
+        start, prep = begin(experiment, args, smoke)
+    except (data.DataError, DeviceError) as e:
+        return cli.fail(e)
+    seeds, max_batches = cli.seed_list(args), smoke["max_batches"] if args.smoke else None
+    tasks = [(name, cls, *c, seed, prep, args, start.device, max_batches)
+             for name, cls in models.items() for c in ABLATION.values() for seed in seeds]
+    outs = iter(parallel.run_tasks(ablation_run, tasks, parallel.workers_for(args, start.device, len(tasks)),
+                                   what="ablation runs (models x candidates x seeds)"))
+    every = {name: {c: [next(outs) for _ in seeds] for c in ABLATION} for name in models}
+    target = TARGET_VS_PERSISTENCE * prep["val_baselines"]["baseline.persistence_val_mse"]
+    v, rc = prep["split"]["validation"], 0
+    print(f"\n{experiment} --ablation ({prep['info'].source} data, {len(seeds)} seeds; validation windows only, "
+          f"persistence {prep['val_baselines']['baseline.persistence_val_mse']:.4f}):")
+    for name, runs in every.items():
+        done = {c: rs for c, rs in runs.items() if not any("diverged" in r for r in rs)}
+        if not done:
+            print(f"  {name}: every candidate diverged; nothing chosen, no record written", file=sys.stderr)
+            rc = 3
+            continue
+        best = {c: [min(r["val_mse"]) for r in rs] for c, rs in done.items()}   # each run at its best epoch
+        mean, std, _ = results.aggregate_seeds([{c: b[i] for c, b in best.items()} for i in range(len(seeds))])
+        cost = {c: statistics.mean(r["train_s"] for r in rs) for c, rs in done.items()}
+        targets = {c: results.target_record("val_mse (the validation windows)", target, {
+            f"seed {seed}": results.time_to_target(r["val_mse"], r["train_s_by_epoch"], target, higher_is_better=False)
+            for seed, r in zip(seeds, rs)}, higher_is_better=False) for c, rs in done.items()}
+        chosen = results.choose_candidate(targets, mean, higher_is_better=False, spread=std, cost=cost)
+        selection = {"validation": {"method": f"time-based hold-out: the training windows whose target lies in "
+                                              f"{v['validation_first']} to {v['validation_last']}; no model reads a "
+                                              f"test window", "folds": None,
+                                    "sizes": {k: prep["info"].sizes[f"{k}_windows"] for k in ("train", "validation")}},
+                     "chosen": {"batch_size, lr": list(ABLATION[chosen]), "candidate": chosen},
+                     "candidates": {c: list(s) for c, s in ABLATION.items()}, "criterion": ABLATION_CRITERION,
+                     "final_model": f"none here: the chosen batch and lr are the {name.upper()}'s defaults",
+                     "scores": best}
+        results.write_result(
+            ablation_path(experiment, name, models), results_dir=Path(args.results_dir) / "ablation", status="ok",
+            started_at=start.started_at, config=cli.config_of(args), seeds=seeds, data=prep["info"],
+            metrics={f"{c}.best": m for c, m in mean.items()}, std={f"{c}.best": sd for c, sd in std.items()},
+            headline=f"{chosen}.best", timings={"wall_s": start.wall_s(), **{f"{c}.train_s": s for c, s in cost.items()}},
+            device=start.device, script=script, selection=selection, targets=targets,
+            extra={"model": name, "diverged": [r["diverged"] for rs in runs.values() for r in rs if "diverged" in r]})
+        for c in done:
+            print(f"  {name} {c:12s} best validation MSE {mean[c]:.5f} ± {std[c]:.5f}, {cost[c]:.1f} s training a run")
+        print(f"  {name} chosen: {chosen}")
+    print(f"  rule: {ABLATION_CRITERION}")
+    return rc
+
 # ----------------------------------------------------------------------------- records and plots
 
 def timings_of(run: dict, per_seed: list[dict]) -> dict:
@@ -608,6 +699,10 @@ def add_training_options(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--batch-size", type=cli.positive_int, default=defaults["batch_size"],
                    help="training batch (course: 32)")
     p.add_argument("--lr", type=cli.positive_float, default=defaults["lr"], help="Adam learning rate")
+    p.add_argument("--ablation", action="store_true",
+                   help="instead of the experiment: each model with each (batch, lr) of electricity.ABLATION, --seeds "
+                        "runs each, scored on the validation windows (no test window read); writes one record per "
+                        "model under <results-dir>/ablation/")
     parallel.add_option(p, "models x seeds")
 
 

@@ -194,19 +194,19 @@ def test_ablation_reads_no_test_window_and_follows_its_rule(monkeypatch, tmp_pat
     monkeypatch.setattr(pipe, "prepare", lambda *a, **k: preps.append(prepare(*a, **k)) or preps[-1])
     rc = m.main(["--ablation", "--smoke", "--synthetic", "--results-dir", str(tmp_path), "--workers", "1"])
     assert rc == 0 and not (tmp_path / f"{SCRIPT}.json").exists()
-    assert calls == ["val"] * (len(m.ABLATION) * 2 * 2)              # candidates x 2 seeds x 2 epochs (--smoke)
+    assert calls == ["val"] * (len(pipe.ABLATION) * 2 * 2)              # candidates x 2 seeds x 2 epochs (--smoke)
     r = schema.read_result(tmp_path / "ablation" / f"{SCRIPT}.ablation.json")
     sel = r["selection"]
-    assert sel["candidates"] == {n: list(c) for n, c in m.ABLATION.items()} and "no model reads a test" in \
+    assert sel["candidates"] == {n: list(c) for n, c in pipe.ABLATION.items()} and "no model reads a test" in \
         sel["validation"]["method"]
-    names = list(m.ABLATION)
+    names = list(pipe.ABLATION)
     best = {n: r["metrics"][f"{n}.best"] for n in names}
     assert all(best[n] == pytest.approx(sum(sel["scores"][n]) / 2) and len(sel["scores"][n]) == 2 for n in names)
     from common import results
     chosen = results.choose_candidate(r["targets"], best, higher_is_better=False,
                                       spread={n: r["std"][f"{n}.best"] for n in names},
                                       cost={n: r["timings"][f"{n}.train_s"] for n in names})
-    assert sel["chosen"] == {"batch_size, lr": list(m.ABLATION[chosen]), "candidate": chosen}
+    assert sel["chosen"] == {"batch_size, lr": list(pipe.ABLATION[chosen]), "candidate": chosen}
     assert r["headline"] == f"{chosen}.best"
 
 

@@ -200,3 +200,35 @@ def test_judge_uses_the_suites_noise_rule():
                 within_noise="agrees", n_seeds=3)
     assert schema.compare_means(0.0300004, 0.0, 0.0300000, 0.0, 3) == "within noise" == j["finding"]
     assert j["with_course"] == "agrees"
+
+
+def test_ablation_writes_one_record_per_model_and_reads_no_test_window(monkeypatch, tmp_path):
+    """--ablation trains the LSTM and the GRU (not the RNN: 06's record is its) with every (batch, lr) of
+    electricity.ABLATION on the training windows, reads the validation windows only, and writes one record per model
+    whose choice follows the shared rule; the experiment's own result is not written."""
+    from common import results
+
+    calls, evaluate = [], electricity.evaluate
+
+    def counted(model, loader, device):
+        calls.append((type(model).__name__, loader.X.shape[0]))
+        return evaluate(model, loader, device)
+    monkeypatch.setattr(electricity, "evaluate", counted)
+    rc = m.main(["--ablation", "--smoke", "--synthetic", "--seeds", "2", "--results-dir", str(tmp_path),
+                 "--workers", "1"])
+    assert rc == 0 and not (tmp_path / f"{SCRIPT}.json").exists()
+    n = len(electricity.ABLATION) * 2 * 2                    # candidates x 2 seeds x 2 epochs (--smoke)
+    assert calls == [("CourseLSTM", m.SMOKE["val_windows"])] * n + [("CourseGRU", m.SMOKE["val_windows"])] * n
+    assert sorted(p.name for p in (tmp_path / "ablation").iterdir()) == [f"{SCRIPT}.gru.ablation.json",
+                                                                         f"{SCRIPT}.lstm.ablation.json"]
+    names = list(electricity.ABLATION)
+    for model in ("lstm", "gru"):
+        r = schema.read_result(tmp_path / "ablation" / f"{SCRIPT}.{model}.ablation.json")
+        sel = r["selection"]
+        assert r["experiment"] == f"{SCRIPT}.{model}.ablation" and r["model"] == model
+        assert sel["candidates"] == {c: list(s) for c, s in electricity.ABLATION.items()}
+        assert all(len(sel["scores"][c]) == 2 for c in names) and "no model reads a test" in sel["validation"]["method"]
+        chosen = results.choose_candidate(r["targets"], {c: r["metrics"][f"{c}.best"] for c in names},
+                                          higher_is_better=False, spread={c: r["std"][f"{c}.best"] for c in names},
+                                          cost={c: r["timings"][f"{c}.train_s"] for c in names})
+        assert sel["chosen"] == {"batch_size, lr": list(electricity.ABLATION[chosen]), "candidate": chosen}

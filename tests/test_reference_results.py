@@ -305,14 +305,14 @@ def test_the_electricity_batch_and_lr_are_what_the_committed_ablation_chose():
 
     from experiments import electricity
     m06, m07 = (importlib.import_module(f"experiments.{s}") for s in ("06_electricity_rnn", "07_lstm_vs_gru"))
-    names = list(m06.ABLATION)
+    names = list(electricity.ABLATION)
 
     def rule(r):
         return dict(higher_is_better=False, spread={n: r["std"][f"{n}.best"] for n in names},
                     cost={n: r["timings"][f"{n}.train_s"] for n in names})
     r, chosen = committed_ablation(electricity.BATCH_LR_ABLATION, "experiments/06_electricity_rnn.py",
                                    "no model reads a test window", rule)
-    assert {n: list(c) for n, c in m06.ABLATION.items()} == r["selection"]["candidates"]
+    assert {n: list(c) for n, c in electricity.ABLATION.items()} == r["selection"]["candidates"]
     assert r["selection"]["candidates"][chosen] == list(electricity.TRAINING.values()) == [128, 2e-3]
     for m in (m06, m07):
         assert (m.DEFAULTS["batch_size"], m.DEFAULTS["lr"]) == tuple(electricity.TRAINING.values())
