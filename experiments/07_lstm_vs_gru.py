@@ -17,10 +17,10 @@ verdict (JSON ``verdict``, printed last) judges the course's claim on accuracy a
 MSE (GRU lower, higher, or within noise: a difference no larger than the seeds' spread, the suite's rule
 ``common.schema.compare_means``), parameters, and the measured training throughput, which on a CPU need not
 follow the parameter count. From one seed there is no spread, so accuracy and throughput are then "not
-judged" against the course (the parameter counts still are). Training settings (the batch and lr 06
---ablation chose with the RNN, ``electricity.TRAINING``; up to 3 epochs chosen on validation; one thread per run,
-runs spread over the cores) are 06's; see its docstring for why, and ``DEVIATIONS``. ``--ablation`` tries 06's six (batch, lr)
-pairs with the LSTM and with the GRU on the validation windows (``electricity.run_ablation``; one record per model).
+judged" against the course (the parameter counts still are). Training settings (``electricity.TRAINING``; up
+to 3 epochs chosen on validation; one thread per run, runs spread over the cores) are 06's; see its docstring
+for why, and ``DEVIATIONS``. ``--ablation`` tries 06's six (batch, lr) pairs with the LSTM and with the GRU on
+the validation windows (``electricity.run_ablation``, one record per model): each chose 06's pair for the RNN.
 """
 import sys
 from pathlib import Path

@@ -50,6 +50,7 @@ def test_the_readme_table_is_exactly_what_the_report_tool_makes_from_the_referen
     link = "results/REPORT.md"
     ablations = report.load_ablations(REFERENCE)
     assert [r["experiment"] for _, r in ablations] == ["04_clouds_cnn.ablation", "06_electricity_rnn.ablation",
+                                                       "07_lstm_vs_gru.gru.ablation", "07_lstm_vs_gru.lstm.ablation",
                                                        "08_omniglot_multi_input.ablation"]
     assert BLOCK[1] == report.readme_table(list(RECORDS.values()), link, ablations, REPO), (
         "README.md's results table differs from the reference JSONs; regenerate it with "
@@ -297,10 +298,10 @@ def test_the_improved_omniglot_settings_are_what_the_committed_ablation_chose():
     assert {n: list(c) for n, c in m08.ABLATION.items()} == r["selection"]["candidates"]
 
 
-def test_the_electricity_batch_and_lr_are_what_the_committed_ablation_chose():
-    """06 and 07 train with the batch and Adam lr that 06's --ablation chose with the RNN on the validation windows
-    (lower MSE is better; within noise, the cheaper), and what their deviation says of the other candidates holds
-    in that record."""
+def test_the_electricity_batch_and_lr_are_what_the_committed_ablations_chose():
+    """06 and 07 train with the batch and Adam lr that --ablation chose on the validation windows for each model (06's
+    for the RNN, 07's for the LSTM and the GRU; lower MSE is better; within noise, the cheaper), and what their
+    deviation says of the other candidates holds in those records."""
     import importlib
 
     from experiments import electricity
@@ -310,14 +311,18 @@ def test_the_electricity_batch_and_lr_are_what_the_committed_ablation_chose():
     def rule(r):
         return dict(higher_is_better=False, spread={n: r["std"][f"{n}.best"] for n in names},
                     cost={n: r["timings"][f"{n}.train_s"] for n in names})
-    r, chosen = committed_ablation(electricity.BATCH_LR_ABLATION, "experiments/06_electricity_rnn.py",
-                                   "no model reads a test window", rule)
-    assert {n: list(c) for n, c in electricity.ABLATION.items()} == r["selection"]["candidates"]
-    assert r["selection"]["candidates"][chosen] == list(electricity.TRAINING.values()) == [128, 2e-3]
+    assert list(electricity.BATCH_LR_ABLATIONS) == list(m07.MODELS) == ["rnn", "lstm", "gru"]
+    for model, path in electricity.BATCH_LR_ABLATIONS.items():
+        script = "experiments/06_electricity_rnn.py" if model == "rnn" else "experiments/07_lstm_vs_gru.py"
+        r, chosen = committed_ablation(path, script, "no model reads a test window", rule)
+        assert r.get("model", "rnn") == model      # 06's record predates the field
+        assert {n: list(c) for n, c in electricity.ABLATION.items()} == r["selection"]["candidates"]
+        assert r["selection"]["candidates"][chosen] == list(electricity.TRAINING.values()) == [128, 2e-3]
+        t = r["targets"]   # the deviation: the course's batch 32 reached the target too, more slowly; batch 512 at
+        assert t[chosen]["reached"] == t["b32_lr1e-3"]["reached"] == len(r["seeds"]) == 3   # 1e-3 or 2e-3: not always
+        assert t["b32_lr1e-3"]["median_time_to_target_s"] > t[chosen]["median_time_to_target_s"]
+        assert t["b512_lr1e-3"]["reached"] < 3 and t["b512_lr2e-3"]["reached"] < 3
     for m in (m06, m07):
         assert (m.DEFAULTS["batch_size"], m.DEFAULTS["lr"]) == tuple(electricity.TRAINING.values())
-    t = r["targets"]     # the deviation: the course's batch 32 reached the target too, more slowly; batch 512 never
-    assert t[chosen]["reached"] == t["b32_lr1e-3"]["reached"] == len(r["seeds"]) == 3
-    assert t["b32_lr1e-3"]["median_time_to_target_s"] > t[chosen]["median_time_to_target_s"]
-    assert [t[n]["reached"] for n in names if n.startswith("b512")] == [0, 0, 0]
-    assert "more slowly" in electricity.DEVIATIONS[0]["why"] and "batch 512" in electricity.DEVIATIONS[0]["why"]
+    why = electricity.DEVIATIONS[0]["why"]
+    assert "more slowly" in why and "batch 512 at lr 1e-3 or 2e-3" in why and "not in every seed" in why
