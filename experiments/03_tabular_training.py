@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """03_tabular_training: data loading, the training loop, initialisation, transfer learning, overfitting and hyperparameter search on the UCI Zoo and DS salaries tables (course transcript lines 180-389).
 
-The course's 5-row animal table goes through TensorDataset + DataLoader (batches of 2, 2, 1). A Zoo classifier
-(the course's loop; epochs and learning rate chosen by stratified 5-fold cross-validation on the 80 non-test
-animals, then retrained on all 80) is scored once on the 21 test animals against the majority class (41/101); a
-salary regressor (MSELoss, SGD lr 0.001) against predicting the mean. Then: nn.Linear(64, 128)'s default weights
+The course's 5-row animal table goes through TensorDataset + DataLoader (batches of 2, 2, 1). A Zoo classifier (the
+course's loop; epochs, learning rate, width and batch chosen by stratified 5-fold cross-validation on the 80
+non-test animals, then retrained on all 80) is scored once on the 21 test animals against the majority class (41/101);
+a salary regressor (MSELoss, SGD lr 0.001) against predicting the mean. Then: nn.Linear(64, 128)'s default weights
 within +-0.125 and nn.init.uniform_; torch.save/load and fine-tuning the US-trained salary model on the other
-countries (10x smaller lr, also with a frozen first layer) against training from scratch; a large Zoo network
-that overfits, dropout and weight decay; the course's recipe (overfit one example, then the training set); grid
-vs random search over learning rate and momentum. DEVIATIONS: departures from the course, and why;
+countries (10x smaller lr, also with a frozen first layer) against training from scratch; a large Zoo network that
+overfits, dropout and weight decay; the course's recipe (overfit one example, then the training set); grid vs
+random search over learning rate and momentum. DEVIATIONS: departures from the course, and why;
 selection_record: what is chosen on which validation data (the test animals are read only by final models).
 What the story stands on (the tables as tensors, the MLPs, the training loop, the runs of a search and of the
 seeds, the figures and the summary line) is in experiments/tabular.py.
@@ -29,9 +29,9 @@ from torch.utils.data import TensorDataset
 from common import cli, data, metrics, parallel, plots, repro, results
 from common.device import DeviceError
 from experiments import tabular
-from experiments.tabular import (SALARY_FEATURES_REAL, ZOO_CLASSES, ZOO_FEATURES, Clock, evaluate, fit, random_split,
-                                 run_search, salary_regressor, stratified_folds, train, zoo_big, zoo_classifier,
-                                 zoo_split)
+from experiments.tabular import (SALARY_FEATURES_REAL, ZOO_CLASSES, ZOO_FEATURES, Clock, evaluate, fit, overfit_detect,
+                                 random_split, run_search, salary_regressor, stratified_folds, train, zoo_big,
+                                 zoo_classifier, zoo_split)
 
 EXPERIMENT = "03_tabular_training"
 HEADLINE = "zoo.test_accuracy"
@@ -41,7 +41,8 @@ SINGLE_EXAMPLE_LOSS = 0.01   # "near zero" loss for the overfit-one-example chec
 CV_FOLDS, COURSE_LR = 5, 0.001
 
 DEFAULTS = {"seeds": 3, "threads": 1,
-            "epochs": 100, "lrs": [0.01, 0.001], "lr": 0.01, "momentum": 0.9, "batch_size": 8, "hidden": 32,  # zoo
+            "epochs": 100, "lrs": [0.01, 0.001], "widths": [32, 16, 64], "batch_sizes": [8, 16], "momentum": 0.9,  # zoo
+            "lr": 0.01, "batch_size": 8, "hidden": 32,   # the recipe's and the search's networks
             "salary_epochs": 30, "salary_lr": 0.001, "salary_batch_size": 8, "salary_hidden": 16,
             "finetune_lr": 0.0001, "finetune_epochs": 30,                                          # transfer
             "overfit_epochs": 200, "overfit_hidden": 256, "dropout": 0.5, "weight_decay": 0.001,
@@ -56,11 +57,13 @@ DEVIATIONS = [
      "why": "5 rows cannot be split into training, validation and test sets (they still show the DataLoader)"},
     {"what": "Zoo 'legs' feature", "course": "the raw count", "here": "divided by 8 (0..1)",
      "why": "the 15 other features are 0/1; the course: normalise inputs for stable training"},
-    {"what": "Zoo epochs and learning rate", "course": "a fixed num_epochs; lr 0.001, 'a good default'",
-     "here": f"classifier: 10 epoch counts up to --epochs x --lrs (0.01, 0.001) by stratified {CV_FOLDS}-fold "
-             "cross-validation on the 80 non-test animals, then retrained on all 80; the recipe's networks: lr 0.01",
+    {"what": "Zoo epochs, learning rate, width and batch", "course": "a fixed num_epochs; lr 0.001, 'a good default'",
+     "here": f"classifier: 10 epoch counts up to --epochs x --lrs (0.01, 0.001) x --widths (32, 16, 64) x "
+             f"--batch-sizes (8, 16) by stratified {CV_FOLDS}-fold cross-validation on the 80 non-test animals, then "
+             "retrained on all 80; the recipe's networks: lr 0.01",
      "flag": "--lrs 0.001 --lr 0.001", "why": "101 animals: one 20-animal hold-out is too noisy to choose with; "
-                                             "8 steps an epoch (60 animals, batch 8): 0.01 is in the course's range"},
+                                             "4-8 steps an epoch (64 animals a fold, batch 8-16): 0.01 is in the "
+                                             "course's range"},
     {"what": "salary regression features", "course": "4 input features and one output, 'no one-hot encoding'",
      "here": f"{SALARY_FEATURES_REAL} one-hot features (top 10 job titles, top 7 countries; remote_ratio / 100) "
              f"and a hidden layer of {DEFAULTS['salary_hidden']} (ReLU)",
@@ -113,7 +116,9 @@ def benchmark_cases() -> list[dict]:
 # --------------------------------------------------------------------------- CLI
 HELP = {"epochs": "zoo classifier: the most epochs; cross-validation chooses among 10 values up to it",
         "lrs": "zoo classifier: the SGD learning rates cross-validation chooses from",
-        "lr": "SGD learning rate of the recipe's networks", "salary_lr": "SGD learning rate (course: 0.001)",
+        "widths": "zoo classifier: the hidden widths it chooses from", "batch_sizes": "... and the batch sizes",
+        "lr": "SGD learning rate of the recipe's networks", "hidden": "the search's width",
+        "salary_lr": "SGD learning rate (course: 0.001)",
         "finetune_lr": "10x smaller than --salary-lr", "single_max_steps": "overfit one example: at most these steps",
         "search_trials": "trials of grid search and of random search (the full grid is 4 x 5 = 20)"}
 
@@ -154,31 +159,35 @@ def toy_loader(toy: pd.DataFrame, seed: int) -> tuple[dict, dict]:
 
 
 def zoo_classification(x, y, split, args, seed, clock) -> tuple[dict, dict, dict]:
-    """Stratified cross-validation on the non-test animals: each fold trained once per lr in --lrs for --epochs;
-    chosen: the (lr, epochs) of the highest mean validation accuracy (ties: fewer epochs, then the course's lr).
-    Then retrained on all the non-test animals and read once on the test animals."""
+    """Stratified cross-validation on the non-test animals: each fold trained once per (lr, width, batch) of --lrs x
+    --widths x --batch-sizes for --epochs; chosen: the (lr, width, batch, epochs) of the highest mean validation
+    accuracy (ties: fewer epochs, narrower, larger batch, then the course's lr). Then retrained on all the non-test
+    animals and read once on the test animals."""
     pool, te = np.sort(np.concatenate(split[:2])), split[2]
     folds = [(np.setdiff1d(pool, pool[va]), pool[va]) for va in stratified_folds(y.cpu()[pool], CV_FOLDS, seed)]
-    acc, loss, make = {}, {}, lambda: zoo_classifier(args.hidden)
-    for r in args.lrs:
-        hists = [train(make, x, y, rows, val_rows, r, args.momentum, args.epochs, args.batch_size, seed, clock,
+    acc, loss, configs = {}, {}, [(r, w, b) for r in args.lrs for w in args.widths for b in args.batch_sizes]
+    for r, w, b in configs:
+        hists = [train(lambda: zoo_classifier(w), x, y, rows, val_rows, r, args.momentum, args.epochs, b, seed, clock,
                        "zoo.cv", track_train=False)[1] for rows, val_rows in folds]
-        acc[r], loss[r] = (np.mean([h[k] for h in hists], axis=0) for k in ("val_acc", "val_loss"))
+        acc[r, w, b], loss[r, w, b] = (np.mean([h[k] for h in hists], axis=0) for k in ("val_acc", "val_loss"))
     candidates = sorted({max(1, round(args.epochs * k / 10)) for k in range(1, 11)})   # 10, 20, ..., 100
-    scores = {(r, e): round(float(acc[r][e - 1]), 9) for r in args.lrs for e in candidates}
-    lr, epochs = max(scores, key=lambda c: (scores[c], -c[1], c[0] == COURSE_LR))
-    model, hist = train(make, x, y, pool, None, lr, args.momentum, epochs, args.batch_size, seed, clock, "zoo")
-    majority = int(torch.bincount(y[pool], minlength=ZOO_CLASSES).argmax())
-    m = {"zoo.lr": lr, "zoo.epochs": epochs, "zoo.cv_val_accuracy": float(acc[lr][epochs - 1]),
-         "zoo.cv_val_loss": float(loss[lr][epochs - 1]), "zoo.test_accuracy": zoo_accuracy(model, x[te], y[te], clock),
+    scores = {(*c, e): round(float(acc[c][e - 1]), 9) for c in configs for e in candidates}
+    lr, width, batch, epochs = max(scores, key=lambda c: (scores[c], -c[3], -c[1], c[2], c[0] == COURSE_LR))
+    model, hist = train(lambda: zoo_classifier(width), x, y, pool, None, lr, args.momentum, epochs, batch, seed, clock,
+                        "zoo")
+    majority, c = int(torch.bincount(y[pool], minlength=ZOO_CLASSES).argmax()), (lr, width, batch)
+    m = {"zoo.lr": lr, "zoo.width": width, "zoo.batch_size": batch, "zoo.epochs": epochs,
+         "zoo.cv_val_accuracy": float(acc[c][epochs - 1]), "zoo.cv_val_loss": float(loss[c][epochs - 1]),
+         "zoo.test_accuracy": zoo_accuracy(model, x[te], y[te], clock),
          "zoo.train_accuracy": zoo_accuracy(model, x[pool], y[pool], clock), "zoo.train_loss": hist["train_loss"][-1],
          "baseline.majority_test_accuracy": metrics.accuracy(torch.full_like(y[te], majority), y[te], ZOO_CLASSES),
          "baseline.majority_accuracy": float((y == int(torch.bincount(y).argmax())).float().mean())}
-    curves = {f"zoo.cv_val_acc.lr{r:g}": acc[r] for r in args.lrs} | {"zoo.train_loss": hist["train_loss"],
-                                                                       "zoo.train_acc": hist["train_acc"]}
+    curves = {f"zoo.cv_val_acc.lr{r:g}.w{w}.b{b}": acc[r, w, b] for r, w, b in configs} | {
+        "zoo.train_loss": hist["train_loss"], "zoo.train_acc": hist["train_acc"]}
     sizes = {"train+validation": len(pool), "validation": [len(va) for _, va in folds], "test": len(te)}
     return m, curves, {"sizes": sizes, "epochs": candidates,
-                       "scores": {f"lr {r:g}, {e} epochs": v for (r, e), v in scores.items()}}
+                       "scores": {f"lr {r:g}, width {w}, batch {b}, {e} epochs": v
+                                  for (r, w, b, e), v in scores.items()}}
 
 
 def salary_regression(x, y_usd, args, seed, clock) -> tuple[dict, dict]:
@@ -260,17 +269,6 @@ def dropout_check(model: nn.Sequential, x: torch.Tensor) -> dict:
             out[f"dropout.{mode}_zeroed_fraction"] = float(zeroed.sum() / nonzero.sum().clamp(min=1))
     model.train()
     return {**out, "dropout.p": drop.p}
-
-
-def overfit_detect(hist: dict) -> dict:
-    """Overfitting: the validation loss ends well above its minimum while the training loss kept falling."""
-    val, tr = np.array(hist["val_loss"]), np.array(hist["train_eval_loss"])
-    best = results.best_epoch(val, higher_is_better=False) - 1
-    rise = float(val[-1] - val[best])
-    detected = rise > 0.1 * val[best] + 0.01 and tr[-1] < tr[best]
-    return {"best_val_epoch": best + 1, "val_loss_rise": rise, "detected": int(detected),
-            "gap": float(val[-1] - tr[-1]), "final_val_loss": float(val[-1]), "final_train_loss": float(tr[-1]),
-            "final_val_acc": hist["val_acc"][-1], "final_train_acc": hist["train_eval_acc"][-1]}
 
 
 def overfit_one_example(x, y, args, seed, clock) -> tuple[dict, dict]:
@@ -365,7 +363,8 @@ def run_seed(seed: int, d: dict, args, clock: Clock) -> tuple[dict, dict, dict]:
     for section_m, section_curves, *_ in sections:
         m.update(section_m)
         curves.update(section_curves)
-    print(f"seed {seed}: zoo lr {m['zoo.lr']:g}, {m['zoo.epochs']} epochs (CV val acc {m['zoo.cv_val_accuracy']:.3f}), "
+    print(f"seed {seed}: zoo lr {m['zoo.lr']:g}, width {m['zoo.width']}, batch {m['zoo.batch_size']}, "
+          f"{m['zoo.epochs']} epochs (CV val acc {m['zoo.cv_val_accuracy']:.3f}), "
           f"test acc {m['zoo.test_accuracy']:.3f} [{time.perf_counter() - t0:.1f}s]", flush=True)
     return m, curves, {"cv": sections[1][2], "search": sections[-1][2]}
 
@@ -386,7 +385,7 @@ def selection_record(args, seeds: list[int], runs: list) -> dict | None:
     if not runs:
         return None
     pick = lambda key: {str(s): m[key] for s, (m, _, _) in zip(seeds, runs)}   # seed -> its value
-    chosen = {k: pick(k) for k in ("zoo.epochs", "zoo.lr")}
+    chosen = {k: pick(k) for k in ("zoo.epochs", "zoo.lr", "zoo.width", "zoo.batch_size")}
     chosen.update({f"search.{k}.{p}": pick(f"search.{k}.best_{p}") for k in ("grid", "random")
                    for p in ("lr", "momentum")})
     return {"validation": {"method": f"stratified {CV_FOLDS}-fold cross-validation (StratifiedKFold, shuffled; "
@@ -395,16 +394,17 @@ def selection_record(args, seeds: list[int], runs: list) -> dict | None:
                            "folds": CV_FOLDS, "sizes": runs[0][2]["cv"]["sizes"]},
             "chosen": chosen,
             "scores": {"zoo.cv_val_accuracy": {str(s): t["cv"]["scores"] for s, (_, _, t) in zip(seeds, runs)}},
-            "candidates": {"zoo.epochs": runs[0][2]["cv"]["epochs"], "zoo.lr": args.lrs, "search.grid.lr": GRID_LR,
+            "candidates": {"zoo.epochs": runs[0][2]["cv"]["epochs"], "zoo.lr": args.lrs, "zoo.width": args.widths,
+                           "zoo.batch_size": args.batch_sizes, "search.grid.lr": GRID_LR,
                            "search.grid.momentum": GRID_MOMENTUM, "search.random": "lr 10 ** -uniform(2, 6), momentum "
                            "uniform(0.85, 0.99); every seed's trials in tables.search_trials"},
             "criterion": f"zoo: mean validation accuracy over the {CV_FOLDS} folds, highest; ties -> fewer epochs, "
-                         f"then the course's lr {COURSE_LR}. search: validation accuracy, highest; ties -> lower "
-                         "validation loss",
-            "final_model": "zoo: retrained on all the non-test animals for the chosen epochs and lr, then read once on "
+                         f"narrower, larger batch, then the course's lr {COURSE_LR}. search: validation accuracy, "
+                         "highest; ties -> lower validation loss",
+            "final_model": "zoo: retrained on all the non-test animals with the chosen settings, then read once on "
                            "the test animals; search: each search's best trial as trained, read once on them",
-            "fixed": {"zoo": f"momentum {args.momentum} (the course's example), width {args.hidden}, batch "
-                             f"{args.batch_size}: fixed project settings, not selected here",
+            "fixed": {"zoo": f"momentum {args.momentum} (the course's example; the search below tries others); one "
+                             "hidden layer (the course's): not selected here",
                       "overfit": f"lr {args.lr}, width {args.overfit_hidden}, {args.overfit_epochs} epochs, dropout "
                                  f"{args.dropout} and weight decay {args.weight_decay} (the course's examples): "
                                  "nothing is chosen; overfit.*.test_accuracy describes these fixed models",

@@ -265,6 +265,17 @@ def panel(ax, title: str, ylabel: str, series: dict, lines=(), xlabel: str = "ep
         ax.legend(fontsize=8)
 
 
+def overfit_detect(hist: dict) -> dict:
+    """Overfitting: the validation loss ends well above its minimum while the training loss kept falling."""
+    val, tr = np.array(hist["val_loss"]), np.array(hist["train_eval_loss"])
+    best = results.best_epoch(val, higher_is_better=False) - 1
+    rise = float(val[-1] - val[best])
+    detected = rise > 0.1 * val[best] + 0.01 and tr[-1] < tr[best]
+    return {"best_val_epoch": best + 1, "val_loss_rise": rise, "detected": int(detected),
+            "gap": float(val[-1] - tr[-1]), "final_val_loss": float(val[-1]), "final_train_loss": float(tr[-1]),
+            "final_val_acc": hist["val_acc"][-1], "final_train_acc": hist["train_eval_acc"][-1]}
+
+
 def make_plots(hist: dict, m: dict, pdir, cv_folds: int, single_example_loss: float) -> None:
     """Four figures in ``pdir``: the last seed's curves, and every seed's search; ``cv_folds`` and
     ``single_example_loss``: the script's settings the figures name."""
@@ -276,8 +287,10 @@ def make_plots(hist: dict, m: dict, pdir, cv_folds: int, single_example_loss: fl
     red, dotted, mean_line = {"ls": "--", "color": "tab:red"}, {"ls": ":", "color": "k"}, "predict the mean"
     axes, majority = figures["zoo_classifier"][1], m["baseline.majority_test_accuracy"]
     axes[0].axvline(m["zoo.epochs"], **dotted, label=f"chosen: lr {m['zoo.lr']:g}, {m['zoo.epochs']} epochs")
-    panel(axes[0], f"Zoo classifier: {cv_folds}-fold cross-validation", "mean validation accuracy",
-          {k.removeprefix(cv): v for k, v in last.items() if k.startswith(cv)},
+    at = f".w{m['zoo.width']}.b{m['zoo.batch_size']}"   # every lr at the chosen width and batch (all: the history)
+    panel(axes[0], f"Zoo classifier: {cv_folds}-fold cross-validation\nwidth {m['zoo.width']}, batch "
+          f"{m['zoo.batch_size']} (chosen)", "mean validation accuracy",
+          {k.removeprefix(cv).removesuffix(at): v for k, v in last.items() if k.startswith(cv) and k.endswith(at)},
           [(majority, f"majority class ({majority:.3f})", red)], ylim=(0, 1.02))
     panel(axes[1], "the chosen classifier, retrained on the non-test animals", "training set", {
         "cross-entropy (mean over batches)": last["zoo.train_loss"], "accuracy (torchmetrics)": last["zoo.train_acc"]})

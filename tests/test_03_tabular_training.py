@@ -91,44 +91,61 @@ def test_benchmark_cases_train_one_step(one_thread):
 
 
 def _fake_training(val_acc: dict):
-    """A stand-in for ``train``: cross-validation runs get the validation accuracy curve ``val_acc[lr]``, the
-    final run an untrained model; every call is recorded."""
+    """A stand-in for ``train``: cross-validation runs get the validation accuracy curve ``val_acc[lr]`` (or
+    ``val_acc[lr, width, batch]``), the final run an untrained model; every call is recorded."""
     calls = []
 
     def train(make, x, y, rows, val_rows, lr, momentum, epochs, batch_size, seed, clock, run, **kw):
-        calls.append({"rows": rows, "val_rows": val_rows, "lr": lr, "epochs": epochs, "run": run})
-        curve = val_acc[lr][:epochs]
-        return make(), {"val_acc": curve, "val_loss": [1.0 - a for a in curve], "train_loss": [0.5] * epochs,
-                        "train_acc": [0.9] * epochs}
+        model = make()
+        width = model[0].out_features
+        calls.append({"rows": rows, "val_rows": val_rows, "lr": lr, "width": width, "batch_size": batch_size,
+                      "epochs": epochs, "run": run})
+        curve = val_acc.get(lr, val_acc.get((lr, width, batch_size)))[:epochs]
+        return model, {"val_acc": curve, "val_loss": [1.0 - a for a in curve], "train_loss": [0.5] * epochs,
+                       "train_acc": [0.9] * epochs}
     return train, calls
 
 
-@pytest.mark.parametrize("val_acc, chosen", [
-    ({0.01: [0.9] * 20, 0.001: [0.9] * 20}, (0.001, 2)),    # all tied: the fewest epochs, then the course's lr
-    ({0.01: [0.5] * 5 + [0.95] * 15, 0.001: [0.9] * 20}, (0.01, 6)),   # the first of the best epochs
-    ({0.01: [0.5] * 20, 0.001: [0.6] * 9 + [0.7] + [0.6] * 10}, (0.001, 10)),
+ONE_WIDTH_AND_BATCH, TWO_EACH = ["--widths", "32", "--batch-sizes", "8"], ["--widths", "32", "16", "--batch-sizes", "8",
+                                                                            "16", "--lrs", "0.01"]
+FLAT = {(0.01, w, b): [0.9] * 20 for w in (32, 16) for b in (8, 16)}
+
+
+@pytest.mark.parametrize("options, val_acc, chosen", [
+    # all tied: the fewest epochs, then the course's lr
+    (ONE_WIDTH_AND_BATCH, {0.01: [0.9] * 20, 0.001: [0.9] * 20}, (0.001, 32, 8, 2)),
+    (ONE_WIDTH_AND_BATCH, {0.01: [0.5] * 5 + [0.95] * 15, 0.001: [0.9] * 20}, (0.01, 32, 8, 6)),   # the first best
+    (ONE_WIDTH_AND_BATCH, {0.01: [0.5] * 20, 0.001: [0.6] * 9 + [0.7] + [0.6] * 10}, (0.001, 32, 8, 10)),
+    (TWO_EACH, FLAT, (0.01, 16, 16, 2)),       # all tied: the fewest epochs, then narrower, then the larger batch
+    (TWO_EACH, FLAT | {(0.01, 32, 8): [0.9] * 3 + [0.95] * 17}, (0.01, 32, 8, 4)),   # the best, wherever it is
 ])
-def test_cross_validation_chooses_on_mean_validation_accuracy_and_retrains_on_all(monkeypatch, val_acc, chosen):
+def test_cross_validation_chooses_on_mean_validation_accuracy_and_retrains_on_all(monkeypatch, options, val_acc,
+                                                                                  chosen):
     fake, calls = _fake_training(val_acc)
     monkeypatch.setattr(exp, "train", fake)
     torch.manual_seed(0)
     y = torch.arange(50) % 5                       # 5 classes of 10
     x = torch.rand(50, len(exp.ZOO_FEATURES))
     split = exp.zoo_split(y, seed=3)
-    args = exp.parse(["--epochs", "20"])
+    args = exp.parse(["--epochs", "20", *options])
     m, curves, table = exp.zoo_classification(x, y, split, args, 3, exp.Clock("cpu"))
-    assert (m["zoo.lr"], m["zoo.epochs"]) == chosen and table["epochs"] == list(range(2, 21, 2))
-    assert m["zoo.cv_val_accuracy"] == pytest.approx(val_acc[chosen[0]][chosen[1] - 1])
+    assert (m["zoo.lr"], m["zoo.width"], m["zoo.batch_size"], m["zoo.epochs"]) == chosen
+    assert table["epochs"] == list(range(2, 21, 2))
+    curve = val_acc.get(chosen[0], val_acc.get(chosen[:3]))
+    assert m["zoo.cv_val_accuracy"] == pytest.approx(curve[chosen[3] - 1])
     cv, final = calls[:-1], calls[-1]
-    assert len(cv) == 2 * exp.CV_FOLDS and all(c["run"] == "zoo.cv" and c["epochs"] == 20 for c in cv)
-    assert (final["run"], final["lr"], final["epochs"], final["val_rows"]) == ("zoo", *chosen, None)
+    configs = len(args.lrs) * len(args.widths) * len(args.batch_sizes)
+    assert len(cv) == configs * exp.CV_FOLDS and all(c["run"] == "zoo.cv" and c["epochs"] == 20 for c in cv)
+    assert (final["run"], final["lr"], final["width"], final["batch_size"], final["epochs"], final["val_rows"]) == (
+        "zoo", *chosen, None)
     pool, te = np.sort(np.concatenate(split[:2])), split[2]
     assert np.array_equal(final["rows"], pool) and len(pool) == 40 and len(te) == 10
     for c in cv:   # each fold: training and validation animals partition the non-test animals
         assert not set(c["rows"]) & set(c["val_rows"]) and np.array_equal(np.union1d(c["rows"], c["val_rows"]), pool)
     assert np.array_equal(np.sort(np.concatenate([c["val_rows"] for c in cv[:exp.CV_FOLDS]])), pool)
     assert table["sizes"] == {"train+validation": 40, "validation": [8] * 5, "test": 10}
-    assert len(table["scores"]) == 20 and curves["zoo.cv_val_acc.lr0.01"] == pytest.approx(val_acc[0.01])
+    assert len(table["scores"]) == 10 * configs
+    assert curves["zoo.cv_val_acc.lr0.01.w32.b8"] == pytest.approx(val_acc.get(0.01, val_acc.get((0.01, 32, 8))))
 
 
 def test_search_records_the_chosen_trial_not_the_first_to_reach_its_accuracy():
@@ -210,7 +227,7 @@ def test_json_has_the_figures(runs):
     assert all(1e-6 <= t["lr"] <= 1e-2 and 0.85 <= t["momentum"] <= 0.99 for t in trials["random"])
     assert all("test_acc" not in t for t in trials["grid"] + trials["random"])   # only the best trial is tested
     assert all(isinstance(v, (int, float)) for v in m.values())
-    assert len(rec["history"]["zoo.cv_val_acc.lr0.01"][0]) == 3  # smoke: 3 epochs, validated every epoch
+    assert len(rec["history"]["zoo.cv_val_acc.lr0.01.w32.b8"][0]) == 3  # smoke: 3 epochs, validated every epoch
     assert [len(h) for h in rec["history"]["zoo.train_loss"]] == rec["per_seed"]["zoo.epochs"]   # the chosen epochs
     assert rec["timings"]["train_s"] > 0 and rec["timings"]["train_samples_per_s"] > 0
     for png in ("zoo_classifier.png", "salary_regression_and_transfer.png",
@@ -225,16 +242,17 @@ def test_json_records_the_deviations_from_the_course(runs):
     assert devs == exp.DEVIATIONS and len(devs) >= 10
     # each entry's strings, and each flag an option of the script (parsed to what it sets)
     flags = check_deviations(runs["a"][0], [
-        "Zoo classifier data", "Zoo 'legs' feature", "Zoo epochs and learning rate", "salary regression features",
-        "salary target", "salary batch size", "salary splits", "training batches", "validation loss and accuracy",
-        "transfer task B", "saving and loading", "frozen layer", "grid search order"], exp.parse)
+        "Zoo classifier data", "Zoo 'legs' feature", "Zoo epochs, learning rate, width and batch",
+        "salary regression features", "salary target", "salary batch size", "salary splits", "training batches",
+        "validation loss and accuracy", "transfer task B", "saving and loading", "frozen layer", "grid search order"],
+        exp.parse)
     by_what = {d["what"]: d for d in devs}
     salary, zoo = by_what["salary regression features"], by_what["Zoo classifier data"]
     assert "4 input features" in salary["course"] and f"{exp.SALARY_FEATURES_REAL} one-hot" in salary["here"]
     assert len(runs["a"][0]["salary_feature_columns"]) == exp.SALARY_FEATURES_REAL   # smoke rows keep every column
     assert "7 features, 3 types" in zoo["course"] and "16 features, 7 types" in zoo["here"]
     # each flag sets the course's value
-    course_lr = flags["Zoo epochs and learning rate"]
+    course_lr = flags["Zoo epochs, learning rate, width and batch"]
     assert flags["salary batch size"].salary_batch_size == 4 and course_lr.lr == 0.001 and course_lr.lrs == [0.001]
 
 
@@ -245,13 +263,15 @@ def test_selection_is_recorded_and_chosen_among_the_candidates(runs):
     sel, m = rec["selection"], {k: v[0] for k, v in rec["per_seed"].items()}   # seed 0's figures
     assert schema.check_selection(sel) and {"scores", "fixed"} <= set(sel)
     assert sel["candidates"]["zoo.epochs"] == [1, 2, 3] and sel["candidates"]["zoo.lr"] == [0.01, 0.001]
-    assert sel["chosen"]["zoo.epochs"]["0"] in [1, 2, 3] and sel["chosen"]["zoo.lr"]["0"] in [0.01, 0.001]
-    assert (sel["chosen"]["zoo.epochs"]["0"], sel["chosen"]["zoo.lr"]["0"]) == (m["zoo.epochs"], m["zoo.lr"])
+    assert sel["candidates"]["zoo.width"] == [32, 16, 64] and sel["candidates"]["zoo.batch_size"] == [8, 16]
+    keys = ("zoo.epochs", "zoo.lr", "zoo.width", "zoo.batch_size")
+    assert all(sel["chosen"][k]["0"] in sel["candidates"][k] and sel["chosen"][k]["0"] == m[k] for k in keys)
     assert sel["chosen"]["search.grid.lr"]["0"] in exp.GRID_LR
     assert sel["chosen"]["search.grid.momentum"]["0"] in exp.GRID_MOMENTUM
     scores = sel["scores"]["zoo.cv_val_accuracy"]["0"]
-    assert len(scores) == 6 and max(scores.values()) == pytest.approx(m["zoo.cv_val_accuracy"])
-    chosen = f"lr {m['zoo.lr']:g}, {int(m['zoo.epochs'])} epochs"
+    assert len(scores) == 3 * 2 * 3 * 2 and max(scores.values()) == pytest.approx(m["zoo.cv_val_accuracy"])
+    chosen = f"lr {m['zoo.lr']:g}, width {int(m['zoo.width'])}, batch {int(m['zoo.batch_size'])}, " \
+             f"{int(m['zoo.epochs'])} epochs"
     assert scores[chosen] == max(scores.values())
     # 101 animals: 21 test, the other 80 in 5 folds of 16
     assert sel["validation"]["folds"] == 5 and sel["validation"]["sizes"] == {
@@ -277,7 +297,8 @@ def test_the_test_animals_are_read_only_by_the_final_models(runs):
             seen = set(rows) | set(val_rows if val_rows is not None else [])
             assert not seen & set(te) and seen <= set(pool), run
         cv = [(rows, val_rows) for run, rows, val_rows in trained if run == "zoo.cv"]
-        assert len(cv) == 2 * exp.CV_FOLDS and all(len(v) == 16 and len(r) == 64 for r, v in cv)
+        assert len(cv) == 2 * 3 * 2 * exp.CV_FOLDS   # lrs x widths x batch sizes x folds
+        assert all(len(v) == 16 and len(r) == 64 for r, v in cv)
         assert np.array_equal(np.sort(np.concatenate([v for _, v in cv[:exp.CV_FOLDS]])), pool)
         assert [rows.tolist() for run, rows, _ in trained if run == "zoo"] == [pool.tolist()]
         on_test = [xe for xe, ye in runs["evaluated"] if xe.shape == x[te].shape and torch.equal(xe, x[te])
