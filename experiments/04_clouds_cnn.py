@@ -12,7 +12,8 @@ models, figures and record: experiments/clouds.py.
 
 ``--ablation`` runs another story: the improved model with each candidate setting of ABLATION (input size, epochs,
 batch, peak lr, widths, regularisation) through the same folds, no test image read; the improved model's defaults
-are the candidate it chose (its reference record: clouds.IMPROVED_ABLATION).
+are the candidate it chose (its reference record: clouds.IMPROVED_ABLATION). ``--ablation course`` does the same
+for the course model's batch and Adam lr (COURSE_ABLATION; clouds.COURSE_ABLATION).
 """
 import sys
 import time
@@ -29,7 +30,8 @@ from torchmetrics.functional import confusion_matrix
 from common import cli, data, plots, repro, results
 from common.device import DeviceError, synchronize, to_device
 from experiments import clouds
-from experiments.clouds import COURSE_SIZE, NUM_CLASSES, as_format, augment_batch, to_float
+from experiments.clouds import (COURSE_SIZE, NUM_CLASSES, as_format, augment_batch, batch_sizes, predict,
+                               with_chosen_epochs)
 
 EXPERIMENT = "04_clouds_cnn"
 
@@ -106,11 +108,6 @@ def make_optimizer(params, spec: dict) -> torch.optim.Optimizer:
     if spec["weight_decay"]:
         return torch.optim.AdamW(params, lr=spec["lr"], weight_decay=spec["weight_decay"])
     return torch.optim.Adam(params, lr=spec["lr"])
-
-
-def batch_sizes(n: int, batch: int, max_batches: int | None) -> list[int]:
-    sizes = [min(batch, n - i) for i in range(0, n, batch)]
-    return sizes[:max_batches] if max_batches else sizes
 
 
 def train_step(model: nn.Module, opt, loss_fn, xb, yb, log: results.StepLog, epoch: int = 0, step: int = 0):
@@ -262,22 +259,6 @@ def target_records(picks: dict, goal: tuple = TARGETS["improved"]) -> dict | Non
             for name, p in picks.items() if "reached" in p} or None
 
 
-def with_chosen_epochs(models: dict, picks: dict) -> dict:
-    """Put the choices into the specs (in place: a spec is also the record's model_config); return the ones to train."""
-    for name, pick in picks.items():
-        if "chosen" in pick:
-            models[name]["spec"]["epochs"] = pick["chosen"]
-    return {name: mdl for name, mdl in models.items() if name not in picks or "chosen" in picks[name]}
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, device, channels_last: bool, batch: int = 128) -> torch.Tensor:
-    model.eval()
-    out = [model(as_format(to_float(to_device(images[i:i + batch], device)), channels_last)).argmax(1)
-           for i in range(0, len(images), batch)]
-    return torch.cat(out).cpu()   # one copy back, not one per batch
-
-
 def run_seed(seed: int, models: dict, device, class_to_idx: dict) -> dict:
     """Train and test every model on one seed: flat test metrics; per model history, timing, confusion matrix."""
     run = {"metrics": {}, "history": {}, "timing": {}, "confusion": {}, "diverged": []}
@@ -324,44 +305,61 @@ ABLATION = {"s64_e20": (64, 20, 32, 3e-3, W4, REG),
 ABLATION_CRITERION = ("the candidate whose every fold reaches the target validation accuracy (TARGETS) with the least "
                       "median training seconds to it; if none does, the highest mean validation accuracy over the "
                       "folds at the end of its one-cycle schedule (rounded to 9 decimals); ties -> the first listed")
+# --ablation course: the course model's (batch, Adam lr), which the transcript does not state; the first is the
+# setting before (torch's default lr), then 3x lower and higher lr, and half and double the batch.
+COURSE_ABLATION = {"b16_lr1e-3": (16, 1e-3), "b16_lr3e-4": (16, 3e-4), "b16_lr3e-3": (16, 3e-3),
+                   "b8_lr1e-3": (8, 1e-3), "b32_lr1e-3": (32, 1e-3), "b32_lr2e-3": (32, 2e-3)}
+COURSE_ABLATION_CRITERION = ("the highest mean validation accuracy over the folds at the candidate's best epoch of "
+                             "1..max_epochs (rounded to 9 decimals: how every run chooses the course model's epochs); "
+                             "ties -> the first listed")
 
 
 def run_ablation(args, start: cli.Start, photos: clouds.Clouds) -> int:
-    """Every ABLATION candidate's improved model through the folds of the training images (no test image is read); the
-    choice by ABLATION_CRITERION; the record ``<results-dir>/ablation/04_clouds_cnn.ablation.json``."""
-    folds, picks = clouds.cv_folds(photos.splits[COURSE_SIZE][0], args.folds), {}
-    for name, (size, epochs, batch, lr, widths, reg) in ABLATION.items():
-        cfg = dict(vars(args), improved_size=size, improved_max_epochs=args.improved_max_epochs if args.smoke else epochs,
-                   improved_batch_size=batch, improved_lr=lr, improved_widths=widths, improved_regularisation=reg)
-        mdl = prepare_model(name, model_specs(cfg)["improved"], photos.splits[size], args, start.device, measure=False)
-        picks[name] = select_epochs(name, mdl, folds, args.seed, start.device, TARGETS["improved"][0])
+    """Every ABLATION candidate's improved model (``--ablation course``: every COURSE_ABLATION candidate's course
+    model) through the folds of the training images (no test image is read); the choice by ABLATION_CRITERION
+    (COURSE_ABLATION_CRITERION); the record ``<results-dir>/ablation/04_clouds_cnn[.course].ablation.json``."""
+    folds, picks, model = clouds.cv_folds(photos.splits[COURSE_SIZE][0], args.folds), {}, args.ablation
+    table = COURSE_ABLATION if model == "course" else ABLATION
+    for name, c in table.items():
+        if model == "course":
+            size, cfg = COURSE_SIZE, dict(vars(args), batch_size=c[0], lr=c[1])
+        else:
+            size, epochs, batch, lr, widths, reg = c
+            cfg = dict(vars(args), improved_size=size, improved_batch_size=batch, improved_lr=lr,
+                       improved_max_epochs=args.improved_max_epochs if args.smoke else epochs,
+                       improved_widths=widths, improved_regularisation=reg)
+        mdl = prepare_model(name, model_specs(cfg)[model], photos.splits[size], args, start.device, measure=False)
+        picks[name] = select_epochs(name, mdl, folds, args.seed, start.device, TARGETS.get(model, (None,))[0])
     done = {name: p for name, p in picks.items() if "chosen" in p}   # a candidate that diverged is not chosen
     if not done:
         print(f"{EXPERIMENT} --ablation: every candidate diverged; nothing chosen, no record written", file=sys.stderr)
         return 3
     best = {name: round(p["mean"][p["chosen"] - 1], 9) for name, p in done.items()}
-    targets = target_records(done)
-    chosen = results.choose_candidate(targets, best)
+    targets, criterion = target_records(done), COURSE_ABLATION_CRITERION if model == "course" else ABLATION_CRITERION
+    chosen = results.choose_candidate(targets or {}, best)
+    what = "course.batch_size, lr" if model == "course" else \
+        "improved.size, epochs, batch_size, lr, widths, (label_smoothing, dropout, weight_decay)"
     selection = {"validation": {"method": f"stratified {len(folds)}-fold cross-validation on the training images "
                                           f"(04's folds); no test image is read", "folds": len(folds),
                                 "sizes": {"fit": [len(a) for a, _ in folds], "validation": [len(b) for _, b in folds]}},
-                 "chosen": {"improved.size, epochs, batch_size, lr, widths, (label_smoothing, dropout, weight_decay)":
-                            ABLATION[chosen], "candidate": chosen},   # tuples: JSON lists
-                 "candidates": dict(ABLATION), "criterion": ABLATION_CRITERION,
-                 "final_model": "none here: the chosen settings are the improved model's defaults in 04",
+                 "chosen": {what: table[chosen], "candidate": chosen},   # tuples: JSON lists
+                 "candidates": dict(table), "criterion": criterion,
+                 "final_model": f"none here: the chosen settings are the {model} model's defaults in 04",
                  "scores": {name: p["mean"] for name, p in done.items()}}
     results.write_result(
-        f"{EXPERIMENT}.ablation", results_dir=Path(args.results_dir) / "ablation", status="ok",
+        EXPERIMENT + (".course" if model == "course" else "") + ".ablation", status="ok",
+        results_dir=Path(args.results_dir) / "ablation",
         started_at=start.started_at, config=cli.config_of(args), seeds=[args.seed + k for k in range(len(folds))],
         data=photos.info, metrics={f"{n}.best": v for n, v in best.items()}, headline=f"{chosen}.best",
         timings={"wall_s": start.wall_s()}, device=start.device, script=__file__, selection=selection,
         targets=targets, extra={"diverged": [p["diverged"] for p in picks.values() if "diverged" in p]})
     print(f"\n{EXPERIMENT} --ablation ({photos.info.source} data, {len(folds)} folds; training images only):")
-    for name, t in targets.items():
-        when = t["median_time_to_target_s"]
-        print(f"  {name:20s} best mean validation accuracy {best[name]:.4f} (epoch {done[name]['chosen']}), target "
-              f"{t['target']} reached in {t['reached']}/{t['of']} folds{'' if when is None else f' (median {when:.0f} s)'}")
-    print(f"  chosen: {chosen} ({ABLATION_CRITERION})")
+    for name in done:
+        t = (targets or {}).get(name)
+        reach = "" if t is None else (f", target {t['target']} reached in {t['reached']}/{t['of']} folds" + (
+            "" if t["median_time_to_target_s"] is None else f" (median {t['median_time_to_target_s']:.0f} s)"))
+        print(f"  {name:20s} best mean validation accuracy {best[name]:.4f} (epoch {done[name]['chosen']}){reach}")
+    print(f"  chosen: {chosen} ({criterion})")
     return 0
 
 
@@ -387,10 +385,11 @@ def parse(argv=None):
                         "on the development CPU)")
     p.add_argument("--rotation-from-zero", action="store_true",
                    help="rotate by an angle in [0, 45] degrees, as the transcript says (otherwise in [-45, 45])")
-    p.add_argument("--ablation", action="store_true",
+    p.add_argument("--ablation", nargs="?", const="improved", choices=("improved", "course"),
                    help="instead of the experiment: the improved model with each candidate of ABLATION (input size, "
-                        "epochs, batch, lr, widths, regularisation) through the cross-validation folds (no test image read); writes "
-                        "<results-dir>/ablation/04_clouds_cnn.ablation.json")
+                        "epochs, batch, lr, widths, regularisation), or with 'course' the course model with each (batch, "
+                        "lr) of COURSE_ABLATION, through the cross-validation folds (no test image read); writes "
+                        "<results-dir>/ablation/04_clouds_cnn[.course].ablation.json")
     p.add_argument("--keep-duplicates", action="store_true",
                    help="keep the test images that are byte-identical to a training image (the course's 486)")
     return cli.parse_args(p, argv, smoke=SMOKE)
@@ -401,7 +400,7 @@ def main(argv=None) -> int:
     specs = {name: spec for name, spec in model_specs(vars(args)).items() if args.model in ("both", name)}
     try:
         start = cli.start(args)
-        sized = {name: {"size": c[0]} for name, c in ABLATION.items()} if args.ablation else specs   # to decode
+        sized = {name: {"size": c[0]} for name, c in ABLATION.items()} if args.ablation == "improved" else specs
         photos = clouds.load_data(args, sized, SMOKE if args.smoke else None)
     except (data.DataError, DeviceError) as e:
         return cli.fail(e)

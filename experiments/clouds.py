@@ -35,6 +35,8 @@ IMPROVED_WIDTHS = (32, 64, 128, 256)   # the improved model's channels per block
 IMPROVED_REGULARISATION = (0.1, 0.3, 1e-4)   # label smoothing, dropout, weight decay (0: Adam; above 0: AdamW)
 # The record of 04 --ablation that chose the improved model's input size, epochs, batch, lr, widths and regularisation
 IMPROVED_ABLATION = "results/reference/epyc-avx512-2cpu/ablation/04_clouds_cnn.ablation.json"
+# ... and of 04 --ablation course, that chose the course model's batch and Adam lr
+COURSE_ABLATION = "results/reference/epyc-avx512-2cpu/ablation/04_clouds_cnn.course.ablation.json"
 
 
 SPLIT_SEED = 0   # 04's cross-validation folds
@@ -124,6 +126,27 @@ def augment_batch(images: torch.Tensor, g: torch.Generator, p_flip: float = 0.5,
 
 
 # --------------------------------------------------------------------------- data
+def batch_sizes(n: int, batch: int, max_batches: int | None) -> list[int]:
+    sizes = [min(batch, n - i) for i in range(0, n, batch)]
+    return sizes[:max_batches] if max_batches else sizes
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, device, channels_last: bool, batch: int = 128) -> torch.Tensor:
+    model.eval()
+    out = [model(as_format(to_float(to_device(images[i:i + batch], device)), channels_last)).argmax(1)
+           for i in range(0, len(images), batch)]
+    return torch.cat(out).cpu()   # one copy back, not one per batch
+
+
+def with_chosen_epochs(models: dict, picks: dict) -> dict:
+    """Put the choices into the specs (in place: a spec is also the record's model_config); return the ones to train."""
+    for name, pick in picks.items():
+        if "chosen" in pick:
+            models[name]["spec"]["epochs"] = pick["chosen"]
+    return {name: mdl for name, mdl in models.items() if name not in picks or "chosen" in picks[name]}
+
+
 def find_duplicates(train: data.ImageSet, test: data.ImageSet, root: str | None = None) -> dict:
     """Byte-identical files (same sha256) within train, within test and across the splits: pair counts (k identical
     files in one split are k*(k-1)/2 pairs), the groups as paths under ``root``, ``test_in_train`` (dropped)."""

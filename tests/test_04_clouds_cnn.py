@@ -391,6 +391,29 @@ def test_ablation_reads_only_training_images_and_follows_its_rule(tmp_path):
         assert case == want, name
 
 
+def test_course_ablation_tries_each_batch_and_lr_on_training_images_only(tmp_path):
+    """--ablation course runs the course model with every (batch, lr) of COURSE_ABLATION through the folds at 64 px,
+    reads no test image, scores each candidate at its best epoch (how every run chooses the course model's epochs)
+    and chooses the best; the improved model's ablation record is not written."""
+    rc, r, calls, (photos,) = _spied_main(["--ablation", "course", "--smoke", "--synthetic"], tmp_path)
+    assert rc == 0 and r is None and sorted(p.name for p in (tmp_path / "ablation").iterdir()) == [
+        f"{SCRIPT}.course.ablation.json"]
+    rec = json.loads((tmp_path / "ablation" / f"{SCRIPT}.course.ablation.json").read_text())
+    assert len(calls) == len(m.COURSE_ABLATION) * 2 * 2             # candidates x 2 folds x 2 epochs (--smoke)
+    train = photos.splits[m.COURSE_SIZE][0]
+    rows = {bytes(x.numpy()) for x in train.images}
+    assert all(c.shape[-1] == m.COURSE_SIZE and all(bytes(x.numpy()) in rows for x in c) for c in calls)
+    sel = rec["selection"]
+    assert sel["candidates"] == {n: list(c) for n, c in m.COURSE_ABLATION.items()}
+    assert sel["criterion"] == m.COURSE_ABLATION_CRITERION and rec.get("targets") is None   # no goal for it
+    best = {n: rec["metrics"][f"{n}.best"] for n in m.COURSE_ABLATION}
+    assert all(best[n] == max(round(v, 9) for v in sel["scores"][n]) for n in best)   # each at its best epoch
+    chosen = max(best, key=lambda n: (best[n], -list(best).index(n)))                  # ties -> the first listed
+    assert sel["chosen"] == {"course.batch_size, lr": list(m.COURSE_ABLATION[chosen]), "candidate": chosen}
+    spec = m.model_specs(dict(m.DEFAULTS, batch_size=32, lr=2e-3))["course"]
+    assert (spec["batch"], spec["lr"], spec["size"], spec["one_cycle_epochs"]) == (32, 2e-3, m.COURSE_SIZE, None)
+
+
 def test_ablation_where_every_candidate_diverges_exits_3_and_writes_nothing(tmp_path, capsys):
     def diverge(*a, **k):
         raise results.Diverged(0, 0, float("nan"))

@@ -288,3 +288,19 @@ def test_the_ablation_table_lists_every_candidate_and_bolds_the_rules_choice(tmp
     table = report.readme_table([result("04_clouds_cnn")], "R.md", loaded, tmp_path)   # a row with baselines too
     assert "ablations behind" in table and "\n`ablation/04_clouds_cnn.ablation.json` (" in table
     assert "ablations behind" not in report.readme_table([result("04_clouds_cnn")], "R.md")
+
+
+def test_an_ablation_without_a_goal_names_its_folds_as_its_runs(tmp_path):
+    """04's course-model ablation sets no target: its runs are its record's folds and the target columns say n/a."""
+    r = result("04_clouds_cnn")
+    r.update(experiment="04_clouds_cnn.course.ablation", metrics={"a.best": 0.61, "b.best": 0.6}, std={})
+    r.pop("targets", None)
+    r["selection"] = {"validation": {"method": "3 folds", "folds": 3}, "chosen": {"batch, lr": [16, 1e-3],
+                      "candidate": "a"}, "candidates": {"a": [16, 1e-3], "b": [32, 1e-3]}, "criterion": "the best"}
+    (tmp_path / "ablation").mkdir()
+    (tmp_path / "ablation" / "04_clouds_cnn.course.ablation.json").write_text(json.dumps(r))
+    lines = report.ablation_tables(report.load_ablations(tmp_path), tmp_path)
+    assert lines[0].startswith("`ablation/04_clouds_cnn.course.ablation.json` (04_clouds_cnn.course.ablation, "
+                               "3 runs per candidate: fold 1, fold 2, fold 3; 3 folds)")
+    assert lines[4] == "| **a** | **16, 0.001** | 0.61 | – | n/a | – | – |"
+    assert lines[5] == "| b | 32, 0.001 | 0.6 | – | n/a | – | – |"

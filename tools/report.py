@@ -166,7 +166,8 @@ def ablation_tables(ablations: list[tuple[Path, dict]], base: Path) -> list[str]
         sel, targets = r["selection"], r.get("targets") or {}
         chosen = sel["chosen"]["candidate"]
         what = next(k for k in sel["chosen"] if k != "candidate")
-        runs = next(iter(targets.values()))["runs"] if targets else {}
+        runs = list(next(iter(targets.values()))["runs"]) if targets else [  # no goal: the record's folds
+            f"fold {k + 1}" for k in range(sel["validation"].get("folds") or 0)]
         lines += [f"`{Path(os.path.relpath(path, base)).as_posix()}` ({r['experiment']}, {len(runs)} runs per "
                   f"candidate: {', '.join(runs)}; {sel['validation']['method']}):", "",
                   f"| candidate | {what} | best validation | each run's best | runs that reached the target "
