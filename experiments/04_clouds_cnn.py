@@ -230,7 +230,7 @@ def select_epochs(name: str, mdl: dict, folds: list, seed: int, device, target: 
     spec, curves, reached = dict(mdl["spec"], epochs=mdl["spec"]["max_epochs"]), [], {}
     for k, (fit, val) in enumerate(folds):
         def val_accuracy(model, x=mdl["x_train"][val], y=mdl["y_train"][val].cpu()):
-            return float((predict(model, x, device, spec["channels_last"]) == y).float().mean())
+            return clouds.exact_accuracy(predict(model, x, device, spec["channels_last"]), y)
         sizes = batch_sizes(len(fit), spec["batch"], mdl["max_batches"])
         try:
             _, hist, _ = train_one(spec, mdl["x_train"][fit], mdl["y_train"][fit], sizes, seed + k, device,

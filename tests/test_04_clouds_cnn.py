@@ -391,6 +391,18 @@ def test_ablation_reads_only_training_images_and_follows_its_rule(tmp_path):
         assert case == want, name
 
 
+def test_fold_accuracy_is_exact_so_that_equal_counts_tie():
+    """The cross-validation's accuracy is k / n exactly: equal counts of correct images score equal, whichever fold
+    they fall in (a float32 mean would not: it differs from k / n for some k of a 158-image fold)."""
+    y = torch.zeros(158, dtype=torch.long)
+    preds = [torch.cat([torch.zeros(k), torch.ones(158 - k)]).long() for k in range(159)]
+    assert [clouds.exact_accuracy(p, y) for p in preds] == [k / 158 for k in range(159)]
+    assert any(float((p == y).float().mean()) != k / 158 for k, p in enumerate(preds))   # what it replaced
+    folds = [(100, 101, 102), (101, 101, 101), (102, 100, 101)]                       # 303 of 474 each way
+    means = [round(sum(clouds.exact_accuracy(preds[k], y) for k in ks) / 3, 9) for ks in folds]
+    assert len(set(means)) == 1
+
+
 def test_course_ablation_tries_each_batch_and_lr_on_training_images_only(tmp_path):
     """--ablation course runs the course model with every (batch, lr) of COURSE_ABLATION through the folds at 64 px,
     reads no test image, scores each candidate at its best epoch (how every run chooses the course model's epochs)
