@@ -323,9 +323,10 @@ def selection_record(specs: dict, picks: dict, folds: list, n_train: int, split_
     done = {f"{n}.epochs": p for n, p in picks.items() if "chosen" in p}
     fixed = {f"{n}.epochs": f"{s['epochs']}, given on the command line" for n, s in specs.items() if n not in picks}
     if "course" in specs:
-        fixed["course.batch_size, course.lr"] = ("16 and Adam 1e-3 by default (torch's Adam default; the transcript "
-                                                 "gives neither for this model): set by earlier sessions of this "
-                                                 "project, not selected on validation data")
+        fixed["course.batch_size, course.lr"] = (
+            "16 and Adam 1e-3 by default (the transcript gives neither for this model): chosen by 04 --ablation course "
+            "on these folds (" + COURSE_ABLATION + "), of six (batch, lr) pairs, by the mean validation accuracy at "
+            "each one's best epoch")
     if "improved" in specs:
         fixed["improved.optimizer, schedule"] = (
             "AdamW (plain Adam where the weight decay is 0) with a one-cycle schedule run to its end: set by earlier "

@@ -282,6 +282,8 @@ def test_smoke_selection_valid(smoke_runs):
     fixed = sel["fixed"]["improved.optimizer, schedule"]
     assert "test-set figures" in fixed and "04 --ablation" in fixed and clouds.IMPROVED_ABLATION in fixed
     assert "label smoothing, dropout and weight decay were chosen" in fixed
+    assert "04 --ablation course" in sel["fixed"]["course.batch_size, course.lr"]
+    assert clouds.COURSE_ABLATION in sel["fixed"]["course.batch_size, course.lr"]
     assert "fewer epochs" in sel["criterion"] and "retrained on all training images" in sel["final_model"]
     t = smoke_runs["seed0"][0]["targets"]["improved"]   # the time to target, measured on the folds
     assert set(smoke_runs["seed0"][0]["targets"]) == {"improved"} and (t["target"], t["budget_s"]) == (0.90, 120.0)

@@ -49,7 +49,8 @@ def test_the_reference_run_comes_from_one_clean_committed_tree():
 def test_the_readme_table_is_exactly_what_the_report_tool_makes_from_the_reference_jsons():
     link = "results/REPORT.md"
     ablations = report.load_ablations(REFERENCE)
-    assert [r["experiment"] for _, r in ablations] == ["04_clouds_cnn.ablation", "06_electricity_rnn.ablation",
+    assert [r["experiment"] for _, r in ablations] == ["04_clouds_cnn.ablation", "04_clouds_cnn.course.ablation",
+                                                       "06_electricity_rnn.ablation",
                                                        "07_lstm_vs_gru.gru.ablation", "07_lstm_vs_gru.lstm.ablation",
                                                        "08_omniglot_multi_input.ablation"]
     assert BLOCK[1] == report.readme_table(list(RECORDS.values()), link, ablations, REPO), (
@@ -256,7 +257,8 @@ def committed_ablation(path: str, script: str, no_test: str = "no test image", r
     assert hashlib.sha256(committed).hexdigest() == env["script_sha256"]
     assert no_test in r["selection"]["validation"]["method"] and len(r["seeds"]) >= 2
     chosen = r["selection"]["chosen"]["candidate"]
-    assert chosen == results.choose_candidate(r["targets"], {n: r["metrics"][f"{n}.best"] for n in r["targets"]},
+    names = r["selection"]["candidates"]
+    assert chosen == results.choose_candidate(r.get("targets") or {}, {n: r["metrics"][f"{n}.best"] for n in names},
                                               **(rule(r) if rule else {}))
     return r, chosen
 
@@ -277,6 +279,23 @@ def test_the_improved_clouds_settings_are_what_the_committed_ablation_chose():
                                                    ("size", "max_epochs", "batch_size", "lr"))
     assert tuple(widths) == clouds.IMPROVED_WIDTHS and tuple(regularisation) == clouds.IMPROVED_REGULARISATION
     assert {n: [*c[:4], list(c[4]), list(c[5])] for n, c in m04.ABLATION.items()} == r["selection"]["candidates"]
+
+
+def test_the_course_clouds_batch_and_lr_are_what_the_committed_ablation_chose():
+    """04's course CNN trains with the batch and Adam lr that 04 --ablation course chose on the cross-validation folds
+    of the training images (each candidate at its best epoch, as every run chooses the course model's epochs)."""
+    import importlib
+
+    from experiments import clouds
+    m04 = importlib.import_module("experiments.04_clouds_cnn")
+
+    r, chosen = committed_ablation(clouds.COURSE_ABLATION, "experiments/04_clouds_cnn.py")
+    assert r["selection"]["validation"]["folds"] == m04.DEFAULTS["folds"] == len(r["seeds"])
+    assert {n: list(c) for n, c in m04.COURSE_ABLATION.items()} == r["selection"]["candidates"]
+    assert tuple(r["selection"]["candidates"][chosen]) == (m04.DEFAULTS["batch_size"], m04.DEFAULTS["lr"])
+    assert all(r["metrics"][f"{n}.best"] == max(round(v, 9) for v in r["selection"]["scores"][n])
+               for n in m04.COURSE_ABLATION)
+    assert r["config"]["ablation"] == "course" and r["config"]["max_epochs"] == m04.DEFAULTS["max_epochs"]
 
 
 def test_the_improved_omniglot_settings_are_what_the_committed_ablation_chose():
