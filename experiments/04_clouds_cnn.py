@@ -13,7 +13,8 @@ models, figures and record: experiments/clouds.py.
 ``--ablation`` runs another story: the improved model with each candidate setting of ABLATION (input size, epochs,
 batch, peak lr, widths, regularisation) through the same folds, no test image read; the improved model's defaults
 are the candidate it chose (its reference record: clouds.IMPROVED_ABLATION). ``--ablation course`` does the same
-for the course model's batch and Adam lr (COURSE_ABLATION; clouds.COURSE_ABLATION).
+for the course model's batch and Adam lr (COURSE_ABLATION; clouds.COURSE_ABLATION), ``--ablation recipe`` for the
+improved model's optimizer family and schedule shape (RECIPE_ABLATION; clouds.RECIPE_ABLATION).
 """
 import sys
 import time
@@ -27,7 +28,7 @@ import torch
 import torch.nn as nn
 from torchmetrics.functional import confusion_matrix
 
-from common import cli, data, plots, repro, results
+from common import cli, data, plots, repro, results, schedules
 from common.device import DeviceError, synchronize, to_device
 from experiments import clouds
 from experiments.clouds import (COURSE_SIZE, NUM_CLASSES, as_format, augment_batch, batch_sizes, predict,
@@ -45,9 +46,6 @@ DEFAULTS = dict(seeds=5, folds=3, epochs=None, max_epochs=30, batch_size=16, lr=
 # The improved model's goal (issue 15, airbench-style time to target): validation accuracy and the training seconds
 # it should take on a 2-core AVX2 CPU. Measured on the cross-validation folds, which train on 2/3 of the images.
 TARGETS = {"improved": (0.90, 120.0)}   # model: (validation accuracy, budget seconds)
-TARGET_NOTE = ("training seconds of one cross-validation fold's run (evaluation not counted; it trains on the fold's "
-               "fit part, about 2/3 of the training images, so an epoch takes about 2/3 of a final run's) until its "
-               "validation accuracy after an epoch first reaches the target; the budget is the goal on a 2-core AVX2 CPU")
 # --smoke: 2 folds, epochs chosen among 1..2, 3 batches an epoch; 32 training images and 6 test images per class
 SMOKE = dict(folds=2, max_epochs=2, improved_max_epochs=2, max_batches=3, train_images=32, test_per_class=6)
 
@@ -93,20 +91,23 @@ def model_specs(cfg: dict) -> dict:
     The improved model's one-cycle schedule spans its given epochs, else max_epochs."""
     widths = cfg.get("improved_widths", clouds.IMPROVED_WIDTHS)   # no options: --ablation tries others
     smoothing, dropout, decay = cfg.get("improved_regularisation", clouds.IMPROVED_REGULARISATION)
+    optimizer, schedule = cfg.get("improved_recipe", clouds.IMPROVED_RECIPE)   # --ablation recipe tries others
     shared = dict(channels_last=cfg["memory_format"] == "channels_last", rotation_from_zero=cfg["rotation_from_zero"])
     return {"course": dict(make=clouds.CourseNet, size=COURSE_SIZE, batch=cfg["batch_size"], epochs=cfg["epochs"],
                            max_epochs=cfg["max_epochs"], lr=cfg["lr"], label_smoothing=0.0, one_cycle_epochs=None,
-                           weight_decay=0.0, **shared),
+                           weight_decay=0.0, optimizer="adam", schedule=None, **shared),
             "improved": dict(make=partial(clouds.ImprovedNet, widths=tuple(widths), dropout=dropout),
                              widths=list(widths), dropout=dropout,
                              size=cfg["improved_size"], batch=cfg["improved_batch_size"],
                              epochs=cfg["improved_epochs"], max_epochs=cfg["improved_max_epochs"],
                              lr=cfg["improved_lr"], label_smoothing=smoothing,
                              one_cycle_epochs=cfg["improved_epochs"] or cfg["improved_max_epochs"],
-                             weight_decay=decay, **shared)}
+                             weight_decay=decay, optimizer=optimizer, schedule=schedule, **shared)}
 
 
 def make_optimizer(params, spec: dict) -> torch.optim.Optimizer:
+    if spec["optimizer"] == "sgd":   # Nesterov momentum 0.9 (one-cycle cycles it), the same coupled decay value
+        return torch.optim.SGD(params, lr=spec["lr"], momentum=0.9, nesterov=True, weight_decay=spec["weight_decay"])
     if spec["weight_decay"]:
         return torch.optim.AdamW(params, lr=spec["lr"], weight_decay=spec["weight_decay"])
     return torch.optim.Adam(params, lr=spec["lr"])
@@ -133,7 +134,7 @@ def train_one(spec: dict, x_train: torch.Tensor, y_train: torch.Tensor, sizes: l
     opt = make_optimizer(model.parameters(), spec)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=spec["label_smoothing"])
     cycle = spec["one_cycle_epochs"]
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, spec["lr"], total_steps=cycle * len(sizes)) if cycle else None
+    sched = schedules.make(opt, spec["schedule"], spec["lr"], cycle * len(sizes)) if cycle else None
     hist, train_s, data_s, t_start = {"train_loss": [], "train_accuracy": []}, 0.0, 0.0, time.perf_counter()
     for epoch in range(spec["epochs"]):
         model.train()
@@ -247,18 +248,10 @@ def select_epochs(name: str, mdl: dict, folds: list, seed: int, device, target: 
     mean = [sum(v) / len(v) for v in zip(*curves)]
     candidates = [len(mean)] if spec["one_cycle_epochs"] else list(range(1, len(mean) + 1))
     chosen = len(mean) if spec["one_cycle_epochs"] else results.best_epoch([round(v, 9) for v in mean])
-    how = "the whole one-cycle schedule" if spec["one_cycle_epochs"] else "chosen"
+    how = "the whole schedule" if spec["one_cycle_epochs"] else "chosen"
     print(f"[{name}] epochs: {chosen}, {how} (mean validation accuracy {mean[chosen - 1]:.3f})", flush=True)
     return {"chosen": chosen, "candidates": candidates, "mean": mean, "per_fold": curves,
             **({"reached": reached} if reached else {})}
-
-
-def target_records(picks: dict, goal: tuple = TARGETS["improved"]) -> dict | None:
-    """The result's ``targets``: per cross-validated run with a target (the improved model's ``goal``), each fold's
-    time to it."""
-    return {name: results.target_record("val_accuracy (the cross-validation folds)", goal[0], p["reached"],
-                                        budget_s=goal[1], note=TARGET_NOTE)
-            for name, p in picks.items() if "reached" in p} or None
 
 
 def run_seed(seed: int, models: dict, device, class_to_idx: dict) -> dict:
@@ -306,7 +299,7 @@ ABLATION = {"s64_e20": (64, 20, 32, 3e-3, W4, REG),
             "s64_e60_wd1e-2": (64, 60, 32, 3e-3, W4, (0.1, 0.3, 1e-2))}        # AdamW's default decay
 ABLATION_CRITERION = ("the candidate whose every fold reaches the target validation accuracy (TARGETS) with the least "
                       "median training seconds to it; if none does, the highest mean validation accuracy over the "
-                      "folds at the end of its one-cycle schedule (rounded to 9 decimals); ties -> the first listed")
+                      "folds at the end of its schedule (rounded to 9 decimals); ties -> the first listed")
 # --ablation course: the course model's (batch, Adam lr), which the transcript does not state; the first is the
 # setting before (torch's default lr), then 3x lower and higher lr, and half and double the batch.
 COURSE_ABLATION = {"b16_lr1e-3": (16, 1e-3), "b16_lr3e-4": (16, 3e-4), "b16_lr3e-3": (16, 3e-3),
@@ -314,17 +307,26 @@ COURSE_ABLATION = {"b16_lr1e-3": (16, 1e-3), "b16_lr3e-4": (16, 3e-4), "b16_lr3e
 COURSE_ABLATION_CRITERION = ("the highest mean validation accuracy over the folds at the candidate's best epoch of "
                              "1..max_epochs (rounded to 9 decimals: how every run chooses the course model's epochs); "
                              "ties -> the first listed")
+# --ablation recipe: the improved model's (optimizer, peak lr, schedule shape: common.schedules), the rest its
+# defaults. The first is the setting before; the next four change the schedule, the last two the optimizer family.
+RECIPE_ABLATION = {"adamw_onecycle": ("adamw", 3e-3, "onecycle"), "adamw_warm0.1": ("adamw", 3e-3, "onecycle_warm0.1"),
+                   "adamw_linear": ("adamw", 3e-3, "onecycle_linear"), "adamw_cosine": ("adamw", 3e-3, "cosine"),
+                   "adamw_constant": ("adamw", 3e-3, "constant"), "sgd_lr0.03": ("sgd", 0.03, "onecycle"),
+                   "sgd_lr0.1": ("sgd", 0.1, "onecycle")}   # SGD: Nesterov momentum, 10x and 33x Adam's peak lr
 
 
 def run_ablation(args, start: cli.Start, photos: clouds.Clouds) -> int:
-    """Every ABLATION candidate's improved model (``--ablation course``: every COURSE_ABLATION candidate's course
-    model) through the folds of the training images (no test image is read); the choice by ABLATION_CRITERION
-    (COURSE_ABLATION_CRITERION); the record ``<results-dir>/ablation/04_clouds_cnn[.course].ablation.json``."""
-    folds, picks, model = clouds.cv_folds(photos.splits[COURSE_SIZE][0], args.folds), {}, args.ablation
-    table = COURSE_ABLATION if model == "course" else ABLATION
+    """Every ABLATION (``--ablation recipe``: RECIPE_ABLATION) candidate's improved model, or every COURSE_ABLATION
+    candidate's course model, through the folds of the training images (no test image read); the choice by
+    ABLATION_CRITERION (COURSE_ABLATION_CRITERION); the record ``<results-dir>/ablation/04_clouds_cnn[.kind].ablation.json``."""
+    folds, picks, kind = clouds.cv_folds(photos.splits[COURSE_SIZE][0], args.folds), {}, args.ablation
+    table = {"course": COURSE_ABLATION, "recipe": RECIPE_ABLATION}.get(kind, ABLATION)
+    model = "course" if kind == "course" else "improved"
     for name, c in table.items():
-        if model == "course":
+        if kind == "course":
             size, cfg = COURSE_SIZE, dict(vars(args), batch_size=c[0], lr=c[1])
+        elif kind == "recipe":
+            size, cfg = args.improved_size, dict(vars(args), improved_lr=c[1], improved_recipe=(c[0], c[2]))
         else:
             size, epochs, batch, lr, widths, reg = c
             cfg = dict(vars(args), improved_size=size, improved_batch_size=batch, improved_lr=lr,
@@ -337,10 +339,10 @@ def run_ablation(args, start: cli.Start, photos: clouds.Clouds) -> int:
         print(f"{EXPERIMENT} --ablation: every candidate diverged; nothing chosen, no record written", file=sys.stderr)
         return 3
     best = {name: round(p["mean"][p["chosen"] - 1], 9) for name, p in done.items()}
-    targets, criterion = target_records(done), COURSE_ABLATION_CRITERION if model == "course" else ABLATION_CRITERION
+    targets, criterion = clouds.target_records(done, TARGETS["improved"]), COURSE_ABLATION_CRITERION if model == "course" else ABLATION_CRITERION
     chosen = results.choose_candidate(targets or {}, best)
-    what = "course.batch_size, lr" if model == "course" else \
-        "improved.size, epochs, batch_size, lr, widths, (label_smoothing, dropout, weight_decay)"
+    what = {"course": "course.batch_size, lr", "recipe": "improved.optimizer, lr, schedule"}.get(
+        kind, "improved.size, epochs, batch_size, lr, widths, (label_smoothing, dropout, weight_decay)")
     selection = {"validation": {"method": f"stratified {len(folds)}-fold cross-validation on the training images "
                                           f"(04's folds); no test image is read", "folds": len(folds),
                                 "sizes": {"fit": [len(a) for a, _ in folds], "validation": [len(b) for _, b in folds]}},
@@ -349,19 +351,14 @@ def run_ablation(args, start: cli.Start, photos: clouds.Clouds) -> int:
                  "final_model": f"none here: the chosen settings are the {model} model's defaults in 04",
                  "scores": {name: p["mean"] for name, p in done.items()}}
     results.write_result(
-        EXPERIMENT + (".course" if model == "course" else "") + ".ablation", status="ok",
+        EXPERIMENT + ("" if kind == "improved" else f".{kind}") + ".ablation", status="ok",
         results_dir=Path(args.results_dir) / "ablation",
         started_at=start.started_at, config=cli.config_of(args), seeds=[args.seed + k for k in range(len(folds))],
         data=photos.info, metrics={f"{n}.best": v for n, v in best.items()}, headline=f"{chosen}.best",
         timings={"wall_s": start.wall_s()}, device=start.device, script=__file__, selection=selection,
         targets=targets, extra={"diverged": [p["diverged"] for p in picks.values() if "diverged" in p]})
     print(f"\n{EXPERIMENT} --ablation ({photos.info.source} data, {len(folds)} folds; training images only):")
-    for name in done:
-        t = (targets or {}).get(name)
-        reach = "" if t is None else (f", target {t['target']} reached in {t['reached']}/{t['of']} folds" + (
-            "" if t["median_time_to_target_s"] is None else f" (median {t['median_time_to_target_s']:.0f} s)"))
-        print(f"  {name:20s} best mean validation accuracy {best[name]:.4f} (epoch {done[name]['chosen']}){reach}")
-    print(f"  chosen: {chosen} ({criterion})")
+    clouds.print_ablation(done, best, targets, chosen, criterion)
     return 0
 
 
@@ -387,11 +384,12 @@ def parse(argv=None):
                         "on the development CPU)")
     p.add_argument("--rotation-from-zero", action="store_true",
                    help="rotate by an angle in [0, 45] degrees, as the transcript says (otherwise in [-45, 45])")
-    p.add_argument("--ablation", nargs="?", const="improved", choices=("improved", "course"),
+    p.add_argument("--ablation", nargs="?", const="improved", choices=("improved", "course", "recipe"),
                    help="instead of the experiment: the improved model with each candidate of ABLATION (input size, "
-                        "epochs, batch, lr, widths, regularisation), or with 'course' the course model with each (batch, "
-                        "lr) of COURSE_ABLATION, through the cross-validation folds (no test image read); writes "
-                        "<results-dir>/ablation/04_clouds_cnn[.course].ablation.json")
+                        "epochs, batch, lr, widths, regularisation), with 'recipe' each (optimizer, lr, schedule) of "
+                        "RECIPE_ABLATION, or with 'course' the course model with each (batch, lr) of COURSE_ABLATION, "
+                        "through the cross-validation folds (no test image read); writes "
+                        "<results-dir>/ablation/04_clouds_cnn[.course|.recipe].ablation.json")
     p.add_argument("--keep-duplicates", action="store_true",
                    help="keep the test images that are byte-identical to a training image (the course's 486)")
     return cli.parse_args(p, argv, smoke=SMOKE)
@@ -438,7 +436,7 @@ def main(argv=None) -> int:
                          started_at=start.started_at, config=config, seeds=seeds, data=photos.info,
                          metrics=mean, std=std, per_seed=per_seed, headline=headline, history=history,
                          timings=timings, device=device, script=__file__, deviations=DEVIATIONS,
-                         selection=selection, targets=target_records(picks),
+                         selection=selection, targets=clouds.target_records(picks, TARGETS["improved"]),
                          extra=clouds.extra_record(photos, specs, per_seed, cms, diverged))
     clouds.report(photos, seeds, list(specs), mean, std, fixed, timings, selection)
     return 3 if diverged else 0

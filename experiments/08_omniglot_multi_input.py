@@ -220,51 +220,68 @@ ABLATION = {   # candidate: (the improved subnet's jitter, the epochs of its One
     "jitter64_12_lr6e-3_emb128": ("input", 12, 128, 6e-3, 16, 0.2, 128),
     "jitter64_12_lr6e-3_emb512": ("input", 12, 128, 6e-3, 16, 0.2, 512),
 }
+# --ablation recipe: (the subnet's conv blocks, the lr schedule's shape: common.schedules), the rest the improved
+# model's defaults. The first is the setting before; then one block fewer or more, then four other schedule shapes.
+RECIPE_ABLATION = {"3blocks_onecycle": (3, "onecycle"), "2blocks": (2, "onecycle"), "4blocks": (4, "onecycle"),
+                   "warm0.1": (3, "onecycle_warm0.1"), "linear": (3, "onecycle_linear"), "cosine": (3, "cosine"),
+                   "constant": (3, "constant")}
 ABLATION_CRITERION = ("the candidate that reaches the target validation character accuracy (omniglot.TARGETS) in every "
                       "seed with the least median training seconds to it; if none does, the highest mean of the "
-                      "seeds' best validation accuracy")
+                      "seeds' best validation accuracy (exact counts, rounded to 9 decimals; ties -> the first listed)")
 
 
-def ablation_run(seed: int, candidate: str, om: omniglot.Omniglot, smoke: bool = False) -> dict:
-    """The improved model with one ABLATION candidate's settings (``smoke``: one epoch), trained on the clean split:
-    its validation curve and the training seconds to the target (``results.time_to_target``). No test image is read."""
-    augment, epochs, batch_size, lr, width, dropout, embedding = ABLATION[candidate]
-    epochs = SMOKE["improved_epochs"] if smoke else epochs
+def ablation_run(seed: int, candidate: str, om: omniglot.Omniglot, smoke: bool = False, kind: str = "settings") -> dict:
+    """The improved model with one ABLATION (``kind`` "recipe": RECIPE_ABLATION) candidate's settings (``smoke``: one
+    epoch), trained on the clean split: its validation curve (exact: correct / n in float64, where torchmetrics'
+    float32 can split a tie) and the training seconds to the target (``results.time_to_target``). No test image is read."""
+    if kind == "recipe":
+        depth, schedule = RECIPE_ABLATION[candidate]
+        net, settings = dict(depth=depth), dict(om.settings["improved"], schedule=schedule)
+    else:
+        augment, epochs, batch_size, lr, width, dropout, embedding = ABLATION[candidate]
+        net = dict(augment=augment, width=width, dropout=dropout, embedding=embedding)
+        settings = dict(om.settings["improved"], epochs=epochs, batch_size=batch_size, lr=lr)
+    settings["epochs"] = SMOKE["improved_epochs"] if smoke else settings["epochs"]
     split = om.splits["clean"]
     repro.seed_everything(seed)
-    model = TwoInputNet("improved", augment=augment, width=width, dropout=dropout, embedding=embedding).to(om.device)
+    model = TwoInputNet("improved", **net).to(om.device)
     h, *_ = omniglot.train_run(model, partial(step_loss, om), split.train, seed=seed, device=om.device,
                                evaluate=partial(epoch_val_accuracy, om, split.val), label=f"{candidate} seed {seed}",
-                               **dict(om.settings["improved"], epochs=epochs, batch_size=batch_size, lr=lr))
+                               **settings)
+    curve = [round(v * len(split.val)) / len(split.val) for v in h["val_char_accuracy"]]   # float32 error << 1/(2n)
     _, target, _ = omniglot.TARGETS["clean.improved"]
-    return results.time_to_target(h["val_char_accuracy"], h["train_s"], target) | {"curve": h["val_char_accuracy"]}
+    return results.time_to_target(curve, h["train_s"], target) | {"curve": curve}
 
 
 def run_ablation(args, start: cli.Start, om: omniglot.Omniglot) -> int:
-    """Every ABLATION candidate with every seed on the clean split's validation drawings; the choice by
-    ABLATION_CRITERION; the record ``<results-dir>/ablation/08_omniglot_multi_input.ablation.json`` (the improved
-    model's settings cite the reference run's, omniglot.IMPROVED_ABLATION)."""
-    seeds = cli.seed_list(args)
-    tasks = [(seed, name, om, args.smoke) for name in ABLATION for seed in seeds]
+    """Every ABLATION (``--ablation recipe``: RECIPE_ABLATION) candidate with every seed on the clean split's
+    validation drawings; the choice by ABLATION_CRITERION; the record ``<results-dir>/ablation/
+    08_omniglot_multi_input[.recipe].ablation.json`` (the improved model's defaults cite the reference run's,
+    omniglot.IMPROVED_ABLATION and omniglot.RECIPE_ABLATION)."""
+    seeds, kind = cli.seed_list(args), args.ablation
+    table = RECIPE_ABLATION if kind == "recipe" else ABLATION
+    tasks = [(seed, name, om, args.smoke, kind) for name in table for seed in seeds]
     workers = parallel.workers_for(args, om.device, len(tasks))
     outs = parallel.run_tasks(ablation_run, tasks, workers, what="ablation runs (candidates x seeds)")
-    runs = {name: {f"seed {seed}": out for (seed, n, *_), out in zip(tasks, outs) if n == name} for name in ABLATION}
+    runs = {name: {f"seed {seed}": out for (seed, n, *_), out in zip(tasks, outs) if n == name} for name in table}
     mean, std, per_seed = results.aggregate_seeds(
-        [{f"{name}.{k}": runs[name][f"seed {seed}"][k] for name in ABLATION for k in ("best", "train_s")}
+        [{f"{name}.{k}": runs[name][f"seed {seed}"][k] for name in table for k in ("best", "train_s")}
          for seed in seeds])
     _, target, budget = omniglot.TARGETS["clean.improved"]
     targets = {name: results.target_record("val_char_accuracy (the clean split's validation drawings)", target, r,
                                            budget_s=budget, note=omniglot.TARGET_NOTE) for name, r in runs.items()}
-    chosen = results.choose_candidate(targets, {name: mean[f"{name}.best"] for name in ABLATION})
+    chosen = results.choose_candidate(targets, {name: round(mean[f"{name}.best"], 9) for name in table})
+    what = "improved.depth, schedule" if kind == "recipe" else \
+        "improved.augment, epochs, batch_size, lr, width, dropout, embedding"
     selection = {"validation": {"method": "the clean split's hold-out drawings (one per character); no test image "
                                           "is read", "folds": None, "sizes": {"validation": len(om.splits["clean"].val),
                                                                                "trained_on": len(om.splits["clean"].train)}},
-                 "chosen": {"improved.augment, epochs, batch_size, lr, width, dropout, embedding":
-                            list(ABLATION[chosen]), "candidate": chosen},
-                 "candidates": {name: list(c) for name, c in ABLATION.items()}, "criterion": ABLATION_CRITERION,
+                 "chosen": {what: list(table[chosen]), "candidate": chosen},
+                 "candidates": {name: list(c) for name, c in table.items()}, "criterion": ABLATION_CRITERION,
                  "final_model": "none here: the chosen settings are the improved model's defaults in 08 and 09"}
     results.write_result(
-        f"{EXPERIMENT}.ablation", results_dir=Path(args.results_dir) / "ablation", status="ok",
+        EXPERIMENT + (".recipe" if kind == "recipe" else "") + ".ablation", status="ok",
+        results_dir=Path(args.results_dir) / "ablation",
         started_at=start.started_at, config=cli.config_of(args), seeds=seeds, data=om.info, metrics=mean, std=std,
         per_seed=per_seed, headline=f"{chosen}.best", timings={"wall_s": start.wall_s(), "workers": workers},
         history={f"{n}.val_char_accuracy.{s}": r["curve"] for n, rs in runs.items() for s, r in rs.items()},
@@ -283,12 +300,12 @@ def run_ablation(args, start: cli.Start, om: omniglot.Omniglot) -> int:
 def parse(argv=None):
     p = cli.base_parser(EXPERIMENT, __doc__.splitlines()[0], seeds=DEFAULTS["seeds"], threads=DEFAULTS["threads"])
     omniglot.add_options(p, DEFAULTS)
-    p.add_argument("--ablation", action="store_true",
+    p.add_argument("--ablation", nargs="?", const="settings", choices=("settings", "recipe"),
                    help="instead of the experiment: train the improved model with each candidate setting of ABLATION "
-                        "on the clean split and compare them on its validation drawings only (no test image read); "
-                        "writes <results-dir>/ablation/08_omniglot_multi_input.ablation.json (the improved model's "
-                        "epochs, jitter, batch and peak lr were chosen so); about 10 min with 3 seeds on a 2-core "
-                        "AVX-512 EPYC")
+                        "(with 'recipe': each depth and schedule shape of RECIPE_ABLATION) on the clean split and "
+                        "compare them on its validation drawings only (no test image read); writes <results-dir>/"
+                        "ablation/08_omniglot_multi_input[.recipe].ablation.json (the improved model's defaults were "
+                        "chosen so); about 22 (recipe: 10) min with 3 seeds on a 2-core AVX-512 EPYC")
     return cli.parse_args(p, argv, smoke=SMOKE)
 
 

@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import make_grid
 
-from common import data, metrics, plots, repro
+from common import data, metrics, plots, repro, results
 from common.device import to_device
 
 NUM_CLASSES = 7
@@ -37,6 +37,9 @@ IMPROVED_REGULARISATION = (0.1, 0.3, 1e-4)   # label smoothing, dropout, weight 
 IMPROVED_ABLATION = "results/reference/epyc-avx512-2cpu/ablation/04_clouds_cnn.ablation.json"
 # ... and of 04 --ablation course, that chose the course model's batch and Adam lr
 COURSE_ABLATION = "results/reference/epyc-avx512-2cpu/ablation/04_clouds_cnn.course.ablation.json"
+IMPROVED_RECIPE = ("adamw", "onecycle")   # the optimizer family and schedule shape (common.schedules) ...
+# ... that 04 --ablation recipe chose (AdamW: Adam where the weight decay is 0)
+RECIPE_ABLATION = "results/reference/epyc-avx512-2cpu/ablation/04_clouds_cnn.recipe.ablation.json"
 
 
 SPLIT_SEED = 0   # 04's cross-validation folds
@@ -355,6 +358,30 @@ def selection_record(specs: dict, picks: dict, folds: list, n_train: int, split_
 
 
 # --------------------------------------------------------------------------- figures and the printed summary
+# What 04's time to target measures (its TARGETS)
+TARGET_NOTE = ("training seconds of one cross-validation fold's run (evaluation not counted; it trains on the fold's "
+               "fit part, about 2/3 of the training images, so an epoch takes about 2/3 of a final run's) until its "
+               "validation accuracy after an epoch first reaches the target; the budget is the goal on a 2-core AVX2 CPU")
+
+
+def target_records(picks: dict, goal: tuple) -> dict | None:
+    """The result's ``targets``: per cross-validated run with a target (the improved model's ``goal``: validation
+    accuracy, budget seconds), each fold's time to it."""
+    return {name: results.target_record("val_accuracy (the cross-validation folds)", goal[0], p["reached"],
+                                        budget_s=goal[1], note=TARGET_NOTE)
+            for name, p in picks.items() if "reached" in p} or None
+
+
+def print_ablation(done: dict, best: dict, targets: dict | None, chosen: str, criterion: str) -> None:
+    """04 --ablation's summary: each candidate's best mean validation accuracy, its epoch, the folds reaching the target."""
+    for name in done:
+        t = (targets or {}).get(name)
+        reach = "" if t is None else (f", target {t['target']} reached in {t['reached']}/{t['of']} folds" + (
+            "" if t["median_time_to_target_s"] is None else f" (median {t['median_time_to_target_s']:.0f} s)"))
+        print(f"  {name:20s} best mean validation accuracy {best[name]:.4f} (epoch {done[name]['chosen']}){reach}")
+    print(f"  chosen: {chosen} ({criterion})")
+
+
 def plot_selection(selection: dict, path) -> Path:
     """Per model, the mean validation accuracy over the folds after each epoch; the chosen epoch starred."""
     fig, ax = plots.plt.subplots(figsize=(7, 4.2))

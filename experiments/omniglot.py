@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from common import cli, data, parallel, repro, results, schema
+from common import cli, data, parallel, repro, results, schedules, schema
 from common.device import synchronize, to_device
 
 N_ALPHABETS, N_CHARACTERS = 30, 964
@@ -35,6 +35,10 @@ HEADLINE_ORDER = ("clean.improved", "clean.course_model", "course.improved", "co
 # is IMPROVED_ABLATION.
 IMPROVED = {"improved_epochs": 12, "improved_batch_size": 128, "improved_lr": 3e-3}
 IMPROVED_ABLATION = "results/reference/epyc-avx512-2cpu/ablation/08_omniglot_multi_input.ablation.json"
+# ... and its lr schedule's shape (common.schedules), with the subnet's depth (ImprovedImageNet's default), chosen
+# by 08's --ablation recipe (RECIPE_ABLATION).
+IMPROVED_SCHEDULE = "onecycle"
+RECIPE_ABLATION = "results/reference/epyc-avx512-2cpu/ablation/08_omniglot_multi_input.recipe.ablation.json"
 
 # Where 08 and 09 depart from the course transcript (lines 767-860), and why; each script adds its own.
 DEVIATIONS = [
@@ -256,8 +260,8 @@ def conv_block(c_in, c_out):
 
 class ImprovedImageNet(nn.Module):
     """Beyond the course: a random affine jitter of each training image (``augment``: "input" at 64 px, "pooled"
-    at 32 px, None: none), average-pool to 32x32 (thin strokes survive), three conv blocks with batch norm
-    (``width`` 16: 16-32-64 channels), dropout, a batch-normed ``embedding`` (256 wide). Cheaper per image than
+    at 32 px, None: none), average-pool to 32x32 (thin strokes survive), ``depth`` conv blocks with batch norm
+    (3 of ``width`` 16: 16-32-64 channels), dropout, a batch-normed ``embedding`` (256 wide). Cheaper per image than
     the course's subnet on a CPU (its 64x64 full-resolution conv and 16,384x128 linear layer dominate). The jitter,
     width, dropout, embedding and the epochs were chosen on the validation drawings by 08's ``--ablation``
     (IMPROVED_ABLATION). ``channels_last``: its weights (and so its feature maps) in channels_last memory format,
@@ -267,16 +271,21 @@ class ImprovedImageNet(nn.Module):
     faster)."""
 
     def __init__(self, width: int = 16, dropout: float = 0.2, augment: str | None = "input", embedding: int = 256,
-                 channels_last: bool = True):
+                 depth: int = 3, channels_last: bool = True):
         super().__init__()
         if augment not in (None, "input", "pooled"):
             raise ValueError(f"augment must be None, 'input' or 'pooled', got {augment!r}")
-        w, jitter, self.out_features = width, [RandomAffine()], embedding
+        if not 1 <= depth <= 5:
+            raise ValueError(f"depth must be 1..5 conv blocks (32 px halved by each), got {depth}")
+        jitter, self.out_features = [RandomAffine()], embedding
+        channels = [1] + [width * 2 ** k for k in range(depth)]   # width 16, depth 3: 16-32-64
+        side = 32 // 2 ** depth                                   # the last block's map: 4x4 at depth 3
         self.layers = nn.Sequential(*(jitter if augment == "input" else []), nn.AvgPool2d(2),
-                                    *(jitter if augment == "pooled" else []), *conv_block(1, w), *conv_block(w, 2 * w),
-                                    *conv_block(2 * w, 4 * w), nn.Flatten(), nn.Dropout(dropout),
-                                    nn.Linear(4 * w * 4 * 4, embedding, bias=False), nn.BatchNorm1d(embedding),
-                                    nn.ReLU())
+                                    *(jitter if augment == "pooled" else []),
+                                    *(layer for c_in, c_out in zip(channels, channels[1:])
+                                      for layer in conv_block(c_in, c_out)), nn.Flatten(), nn.Dropout(dropout),
+                                    nn.Linear(channels[-1] * side * side, embedding, bias=False),
+                                    nn.BatchNorm1d(embedding), nn.ReLU())
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -345,9 +354,9 @@ def load(args, device, subset=None) -> Omniglot:
     ds, info = data.load_omniglot(args.data_dir, args.synthetic, size=64)
     names = list(SPLITS) if args.split == "both" else [args.split]
     models = list(MODELS) if args.model == "both" else ["course_model" if args.model == "course" else "improved"]
-    settings = {"course_model": dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, onecycle=False),
+    settings = {"course_model": dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=None),
                 "improved": dict(epochs=args.improved_epochs, batch_size=args.improved_batch_size,
-                                 lr=args.improved_lr, onecycle=True)}
+                                 lr=args.improved_lr, schedule=IMPROVED_SCHEDULE)}
     splits = make_splits(ds, names, args.split_seed, args.data_dir, info.source == "synthetic", subset)
     info.sizes.update({f"{s}.{side}": sp.info[side] for s, sp in splits.items()
                        for side in ("train", "validation", "test")})
@@ -365,10 +374,10 @@ def finished_runs(mean: dict, om: Omniglot):
 
 
 # ----------------------------------------------------------------------------- training
-def train_run(model, step_loss, train_idx, *, epochs, batch_size, lr, seed, device, onecycle=False,
+def train_run(model, step_loss, train_idx, *, epochs, batch_size, lr, seed, device, schedule=None,
               evaluate=None, select=None, label="", print_every=1):
     """Adam over ``epochs`` of seeded index batches. ``step_loss(model, idx) -> loss``; ``evaluate(model)
-    -> dict`` after each epoch (history, with ``train_s``: the training seconds so far). OneCycle learning rate when ``onecycle`` (improved model).
+    -> dict`` after each epoch (history, with ``train_s``: the training seconds so far). ``schedule``: the lr schedule's shape (common.schedules; the improved model's), None: a constant ``lr``.
     ``select``: a key of ``evaluate``'s dict (a validation figure); the model ends with the weights of the
     epoch where it was highest (``results.best_epoch``: ties -> fewer epochs), not those of the last.
     Returns (history dict of lists, train seconds, samples seen, kept epoch): the kept epoch (1-based; the last
@@ -378,8 +387,7 @@ def train_run(model, step_loss, train_idx, *, epochs, batch_size, lr, seed, devi
     g = repro.make_generator(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = (len(train_idx) + batch_size - 1) // batch_size
-    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
-             if onecycle else None)
+    sched = schedules.make(opt, schedule, lr, epochs * steps_per_epoch) if schedule else None
     history, train_s, seen, t0 = {"train_loss": [], "train_s": []}, 0.0, 0, time.perf_counter()
     best = None
     for epoch in range(1, epochs + 1):
