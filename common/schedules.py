@@ -2,8 +2,9 @@
 
 One-cycle (torch's OneCycleLR defaults: 30 % warm-up from peak/25, cosine annealing to peak/1e4, the momentum or
 Adam's beta1 cycled between 0.95 and 0.85) is both models' default; the other shapes are what their ``--ablation
-recipe`` compares it with, each changing one thing: a shorter warm-up, linear annealing, cosine annealing from the
-peak without warm-up or momentum cycling, and the peak lr held constant.
+recipe`` compares it with, each changing one thing: a shorter warm-up (10 %), straight lines instead of cosine
+curves (up and down), cosine annealing from the peak without warm-up or momentum cycling, and the peak lr held
+constant.
 """
 from __future__ import annotations
 

@@ -79,8 +79,8 @@ DEVIATIONS = [
     dict(what="improved model", course="not built; 'larger images, more convolutional layers, and the classifier "
          "with more than one linear layer could improve both metrics'", here="4 Conv-BN-ReLU-MaxPool blocks, global "
          "average pooling, dropout, Linear; AdamW, a one-cycle schedule over 60 epochs run to its end, label "
-         "smoothing, batch 32; input size, schedule, batch, lr, widths, depth "
-         "and regularisation chosen by --ablation on the cross-validation folds",
+         "smoothing, batch 32; input size, schedule, batch, lr, widths, depth and regularisation chosen by "
+         "--ablation, optimizer family and schedule shape by --ablation recipe, on the cross-validation folds",
          why="a stronger from-scratch reference", flag="--model course"),
 ]
 

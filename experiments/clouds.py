@@ -332,11 +332,11 @@ def selection_record(specs: dict, picks: dict, folds: list, n_train: int, split_
             "each one's best epoch")
     if "improved" in specs:
         fixed["improved.optimizer, schedule"] = (
-            "AdamW (plain Adam where the weight decay is 0) with a one-cycle schedule run to its end: set by earlier "
-            "development sessions of this project, partly by looking at test-set figures of this data; not selected "
-            "on validation data. Its input size, schedule epochs, batch size, peak lr, widths and depth (3 or 4 "
-            "blocks), label smoothing, dropout and weight decay were chosen by 04 --ablation on these folds ("
-            + IMPROVED_ABLATION + ")")
+            "AdamW (plain Adam where the weight decay is 0) with a one-cycle schedule run to its end: chosen by 04 "
+            "--ablation recipe on these folds (" + RECIPE_ABLATION + ") against a 10 % warm-up, linear warm-up and "
+            "annealing, cosine annealing without warm-up, a constant lr, and Nesterov SGD at two peak lrs. Its input "
+            "size, schedule epochs, batch size, peak lr, widths and depth (3 or 4 blocks), label smoothing, dropout "
+            "and weight decay were chosen by 04 --ablation on these folds (" + IMPROVED_ABLATION + ")")
     validation = {"method": f"stratified {len(folds)}-fold cross-validation on the training images (sklearn "
                             f"StratifiedGroupKFold, seed {split_seed}; byte-identical images in one fold); fold k "
                             "trains with seed --seed + k", "folds": len(folds),

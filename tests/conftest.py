@@ -156,8 +156,11 @@ def check_omniglot_selection(r: dict, select: str, epochs: dict) -> None:
     sel = schema.check_selection(r["selection"])
     assert sel["validation"]["sizes"]["validation"] == {s: min(256, r["splits"][s]["validation"]) for s in r["splits"]}
     assert sel["final_model"].startswith("kept: best-epoch checkpoint by validation accuracy")
-    if any(run.endswith(".improved") for run in epochs):   # its settings: not chosen here, and said so
-        assert "earlier sessions" in sel["fixed"]["improved"] and "test figures" in sel["fixed"]["improved"]
+    if any(run.endswith(".improved") for run in epochs):   # its settings: chosen by the ablations, and said so
+        from experiments import omniglot
+        fixed = sel["fixed"]["improved"]
+        assert "08's --ablation recipe" in fixed and omniglot.RECIPE_ABLATION in fixed and "test" not in fixed
+        assert f"{omniglot.IMPROVED_SCHEDULE!r} lr schedule" in fixed and "3 conv blocks" in fixed
     assert set(sel["chosen"]) == set(sel["candidates"]) == {f"{run}.epochs" for run in epochs}
     for run, n_epochs in epochs.items():
         candidates, chosen = sel["candidates"][f"{run}.epochs"], sel["chosen"][f"{run}.epochs"]

@@ -280,7 +280,8 @@ def test_smoke_selection_valid(smoke_runs):
     assert v["sizes"]["train"] == 32                                     # --smoke's training images, split in 2
     assert [a + b for a, b in zip(v["sizes"]["fit"], v["sizes"]["validation"])] == [32, 32]
     fixed = sel["fixed"]["improved.optimizer, schedule"]
-    assert "test-set figures" in fixed and "04 --ablation" in fixed and clouds.IMPROVED_ABLATION in fixed
+    assert "04 --ablation recipe" in fixed and clouds.RECIPE_ABLATION in fixed and "test-set" not in fixed
+    assert "04 --ablation on these folds" in fixed and clouds.IMPROVED_ABLATION in fixed
     assert "label smoothing, dropout and weight decay were chosen" in fixed
     assert "04 --ablation course" in sel["fixed"]["course.batch_size, course.lr"]
     assert clouds.COURSE_ABLATION in sel["fixed"]["course.batch_size, course.lr"]
@@ -426,6 +427,35 @@ def test_course_ablation_tries_each_batch_and_lr_on_training_images_only(tmp_pat
     assert sel["chosen"] == {"course.batch_size, lr": list(m.COURSE_ABLATION[chosen]), "candidate": chosen}
     spec = m.model_specs(dict(m.DEFAULTS, batch_size=32, lr=2e-3))["course"]
     assert (spec["batch"], spec["lr"], spec["size"], spec["one_cycle_epochs"]) == (32, 2e-3, m.COURSE_SIZE, None)
+
+
+def test_recipe_ablation_trains_each_optimizer_and_schedule_shape_on_training_images_only(tmp_path):
+    """--ablation recipe runs the improved model with every (optimizer, peak lr, schedule shape) of RECIPE_ABLATION
+    through the folds (no test image read), each fold with that optimizer and schedule, and chooses by the improved
+    model's rule; the first candidate is the improved model's defaults."""
+    made, make, make_opt = [], m.schedules.make, m.make_optimizer
+
+    def spy_schedule(opt, shape, peak_lr, total_steps):
+        made.append((type(opt).__name__, shape, peak_lr, opt.defaults.get("nesterov", False)))
+        return make(opt, shape, peak_lr, total_steps)
+    with mock.patch.object(m.schedules, "make", spy_schedule):
+        rc, r, calls, (photos,) = _spied_main(["--ablation", "recipe", "--smoke", "--synthetic"], tmp_path)
+    assert rc == 0 and r is None and [p.name for p in (tmp_path / "ablation").iterdir()] == [
+        f"{SCRIPT}.recipe.ablation.json"]
+    rec = json.loads((tmp_path / "ablation" / f"{SCRIPT}.recipe.ablation.json").read_text())
+    optimizer = {"adamw": ("AdamW", False), "sgd": ("SGD", True)}
+    assert made == [(optimizer[o][0], shape, lr, optimizer[o][1]) for o, lr, shape in m.RECIPE_ABLATION.values()
+                    for _ in range(2)]                                # every candidate, both folds (--smoke)
+    rows = {bytes(x.numpy()) for x in photos.splits[m.DEFAULTS["improved_size"]][0].images}
+    assert all(bytes(x.numpy()) in rows for c in calls for x in c)     # validation images are training images
+    sel = rec["selection"]
+    assert sel["candidates"] == {n: list(c) for n, c in m.RECIPE_ABLATION.items()}
+    first = next(iter(m.RECIPE_ABLATION.values()))
+    assert (first[0], first[2]) == clouds.IMPROVED_RECIPE and first[1] == m.DEFAULTS["improved_lr"]
+    best = {n: rec["metrics"][f"{n}.best"] for n in m.RECIPE_ABLATION}
+    assert all(best[n] == round(sel["scores"][n][-1], 9) for n in best)   # each at its schedule's end
+    assert sel["chosen"]["candidate"] == results.choose_candidate(rec["targets"], best) == rec["headline"][:-5]
+    assert sel["chosen"]["improved.optimizer, lr, schedule"] == list(m.RECIPE_ABLATION[sel["chosen"]["candidate"]])
 
 
 def test_ablation_where_every_candidate_diverges_exits_3_and_writes_nothing(tmp_path, capsys):

@@ -5,6 +5,7 @@ selection, reproducibility; synthetic: the test images read only by the final mo
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import pytest
 import torch
@@ -364,6 +365,39 @@ def test_ablation_reads_only_validation_drawings(monkeypatch, tmp_path):
     chosen = results.choose_candidate(r["targets"], {n: r["metrics"][f"{n}.best"] for n in m.ABLATION})
     assert r["selection"]["chosen"]["candidate"] == chosen and r["headline"] == f"{chosen}.best"
     assert not (tmp_path / f"{SCRIPT}.json").exists()
+
+
+def test_recipe_ablation_trains_each_depth_and_schedule_shape_on_validation_drawings_only(monkeypatch, tmp_path):
+    """--ablation recipe trains the improved model with every (depth, schedule shape) of RECIPE_ABLATION, the rest
+    its defaults, reads only validation drawings, and writes its own record; the first candidate is the default."""
+    built, shapes, make, net = [], [], omniglot.schedules.make, omniglot.ImprovedImageNet
+    monkeypatch.setitem(omniglot.IMAGE_NETS, "improved", lambda **kw: built.append(kw) or net(**kw))
+    monkeypatch.setattr(omniglot.schedules, "make", lambda opt, shape, *a: shapes.append(shape) or make(opt, shape, *a))
+    splits, calls = omniglot_reads(monkeypatch, m, ["--ablation", "recipe", "--smoke", "--synthetic", "--seeds", "1",
+                                                    "--results-dir", str(tmp_path)])
+    val = frozenset(splits["clean"].val.tolist())
+    assert len(calls) == len(m.RECIPE_ABLATION) and all(t and rows == val for t, rows in calls)
+    assert built == [{"depth": c[0]} for c in m.RECIPE_ABLATION.values()]   # the rest: the subnet's defaults
+    assert shapes == [c[1] for c in m.RECIPE_ABLATION.values()]
+    r = schema.read_result(tmp_path / "ablation" / f"{SCRIPT}.recipe.ablation.json")
+    assert r["selection"]["candidates"] == {n: list(c) for n, c in m.RECIPE_ABLATION.items()}
+    assert tuple(next(iter(m.RECIPE_ABLATION.values()))) == (3, "onecycle")   # the setting before this ablation
+    assert (inspect.signature(omniglot.ImprovedImageNet).parameters["depth"].default, omniglot.IMPROVED_SCHEDULE) in \
+        m.RECIPE_ABLATION.values()                                                  # the default: one of them
+    n = len(splits["clean"].val)
+    assert all(v == round(v * n) / n for curve in r["history"].values() for v in curve)   # exact counts / n
+    assert not (tmp_path / "ablation" / f"{SCRIPT}.ablation.json").exists()
+
+
+def test_improved_subnet_depth_sets_its_conv_blocks():
+    for depth, linear_in in ((2, 32 * 8 * 8), (3, 64 * 4 * 4), (4, 128 * 2 * 2)):
+        net = omniglot.ImprovedImageNet(depth=depth)
+        convs = [mod.out_channels for mod in net.modules() if isinstance(mod, torch.nn.Conv2d)]
+        linear = next(mod for mod in net.modules() if isinstance(mod, torch.nn.Linear))
+        assert convs == [16 * 2 ** k for k in range(depth)] and linear.in_features == linear_in
+        assert net.eval()(torch.rand(2, 1, 64, 64)).shape == (2, 256)
+    with pytest.raises(ValueError, match="depth must be 1..5"):
+        omniglot.ImprovedImageNet(depth=6)
 
 
 def test_improved_subnet_runs_channels_last_with_the_same_arithmetic():

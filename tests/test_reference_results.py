@@ -50,9 +50,10 @@ def test_the_readme_table_is_exactly_what_the_report_tool_makes_from_the_referen
     link = "results/REPORT.md"
     ablations = report.load_ablations(REFERENCE)
     assert [r["experiment"] for _, r in ablations] == ["04_clouds_cnn.ablation", "04_clouds_cnn.course.ablation",
-                                                       "06_electricity_rnn.ablation",
+                                                       "04_clouds_cnn.recipe.ablation", "06_electricity_rnn.ablation",
                                                        "07_lstm_vs_gru.gru.ablation", "07_lstm_vs_gru.lstm.ablation",
-                                                       "08_omniglot_multi_input.ablation"]
+                                                       "08_omniglot_multi_input.ablation",
+                                                       "08_omniglot_multi_input.recipe.ablation"]
     assert BLOCK[1] == report.readme_table(list(RECORDS.values()), link, ablations, REPO), (
         "README.md's results table differs from the reference JSONs; regenerate it with "
         f"python -m tools.report {BLOCK[0]} --out results/REPORT.md --readme README.md")
@@ -298,6 +299,24 @@ def test_the_course_clouds_batch_and_lr_are_what_the_committed_ablation_chose():
     assert r["config"]["ablation"] == "course" and r["config"]["max_epochs"] == m04.DEFAULTS["max_epochs"]
 
 
+def test_the_improved_clouds_optimizer_and_schedule_are_what_the_committed_recipe_ablation_chose():
+    """04's improved CNN trains with AdamW and a one-cycle schedule because 04 --ablation recipe chose them on the
+    cross-validation folds: the chosen candidate is the defaults (clouds.IMPROVED_RECIPE, the peak lr), every candidate
+    is scored at its schedule's end, and a tie goes to the first listed."""
+    import importlib
+
+    from experiments import clouds
+    m04 = importlib.import_module("experiments.04_clouds_cnn")
+
+    r, chosen = committed_ablation(clouds.RECIPE_ABLATION, "experiments/04_clouds_cnn.py")
+    assert r["selection"]["validation"]["folds"] == m04.DEFAULTS["folds"] == len(r["seeds"])
+    assert {n: list(c) for n, c in m04.RECIPE_ABLATION.items()} == r["selection"]["candidates"]
+    optimizer, lr, shape = r["selection"]["candidates"][chosen]
+    assert (optimizer, shape) == clouds.IMPROVED_RECIPE and lr == m04.DEFAULTS["improved_lr"]
+    assert all(r["metrics"][f"{n}.best"] == round(r["selection"]["scores"][n][-1], 9) for n in m04.RECIPE_ABLATION)
+    assert r["config"]["ablation"] == "recipe" and r["config"]["improved_max_epochs"] == m04.DEFAULTS["improved_max_epochs"]
+
+
 def test_the_improved_omniglot_settings_are_what_the_committed_ablation_chose():
     """08/09's improved model trains with the augmentation, epochs, batch, peak lr, width, dropout and embedding that
     08's --ablation chose on validation drawings, in a committed record made from a clean tree; the choice follows
@@ -315,6 +334,29 @@ def test_the_improved_omniglot_settings_are_what_the_committed_ablation_chose():
     assert (augment, width, dropout, embedding) == tuple(subnet[k].default for k in
                                                          ("augment", "width", "dropout", "embedding"))
     assert {n: list(c) for n, c in m08.ABLATION.items()} == r["selection"]["candidates"]
+
+
+def test_the_omniglot_depth_and_schedule_are_what_the_committed_recipe_ablation_chose():
+    """08/09's improved subnet has the depth, and trains with the schedule shape, that 08 --ablation recipe chose on the
+    validation drawings; its curves are exact counts over the validation drawings, and what the README says of the
+    choice (the same median epoch to the target as the one-cycle it replaced) holds in the record."""
+    import importlib
+    import inspect
+    import statistics
+
+    from experiments import omniglot
+    m08 = importlib.import_module("experiments.08_omniglot_multi_input")
+
+    r, chosen = committed_ablation(omniglot.RECIPE_ABLATION, "experiments/08_omniglot_multi_input.py")
+    assert {n: list(c) for n, c in m08.RECIPE_ABLATION.items()} == r["selection"]["candidates"]
+    depth = inspect.signature(omniglot.ImprovedImageNet).parameters["depth"].default
+    assert r["selection"]["candidates"][chosen] == [depth, omniglot.IMPROVED_SCHEDULE] == [3, "onecycle_linear"]
+    n = r["selection"]["validation"]["sizes"]["validation"]
+    assert all(v == round(v * n) / n for curve in r["history"].values() for v in curve)   # k / n, exactly
+    epochs = {c: statistics.median(run["epochs_to_target"] for run in r["targets"][c]["runs"].values())
+              for c in ("linear", "3blocks_onecycle")}
+    assert epochs == {"linear": 11, "3blocks_onecycle": 11}
+    assert r["targets"]["linear"]["median_time_to_target_s"] < r["targets"]["3blocks_onecycle"]["median_time_to_target_s"]
 
 
 def test_the_electricity_batch_and_lr_are_what_the_committed_ablations_chose():
