@@ -46,6 +46,22 @@ def test_the_reference_run_comes_from_one_clean_committed_tree():
         assert hashlib.sha256(committed).hexdigest() == env["script_sha256"], name
 
 
+def test_what_the_readme_says_of_the_slow_spell_is_what_the_two_reference_runs_recorded():
+    """Scripts 03-07 gave bit-identical metrics in the previous reference run (8decb10's, committed in ab69826) and
+    this one, and their wall times grew by the factors the README gives."""
+    if RECORDS["03_tabular_training"]["environment"]["git_commit"][:7] != "c5f2244":
+        pytest.skip("the README's sentence is about the reference run of c5f2244")
+    ratios = []
+    for name in ("03_tabular_training", "04_clouds_cnn", "05_water_potability_clean", "05_water_potability_course",
+                 "06_electricity_rnn", "07_lstm_vs_gru"):
+        path = f"{REFERENCE.relative_to(REPO)}/{name}.json"
+        old = json.loads(subprocess.run(["git", "show", f"ab69826:{path}"], cwd=REPO, capture_output=True,
+                                        check=True).stdout)
+        assert old["environment"]["git_commit"].startswith("8decb10") and old["metrics"] == RECORDS[name]["metrics"]
+        ratios.append(RECORDS[name]["timings"]["wall_s"] / old["timings"]["wall_s"])
+    assert f"took {min(ratios):.2f}-{max(ratios):.2f}x as long" in " ".join(README.split())
+
+
 def test_the_readme_table_is_exactly_what_the_report_tool_makes_from_the_reference_jsons():
     link = "results/REPORT.md"
     ablations = report.load_ablations(REFERENCE)
