@@ -318,7 +318,8 @@ RECIPE_ABLATION = {"adamw_onecycle": ("adamw", 3e-3, "onecycle"), "adamw_warm0.1
 def run_ablation(args, start: cli.Start, photos: clouds.Clouds) -> int:
     """Every ABLATION (``--ablation recipe``: RECIPE_ABLATION) candidate's improved model, or every COURSE_ABLATION
     candidate's course model, through the folds of the training images (no test image read); the choice by
-    ABLATION_CRITERION (COURSE_ABLATION_CRITERION); the record ``<results-dir>/ablation/04_clouds_cnn[.kind].ablation.json``."""
+    ABLATION_CRITERION (COURSE_ABLATION_CRITERION); the record
+    ``<results-dir>/ablation/04_clouds_cnn[.course|.recipe].ablation.json``."""
     folds, picks, kind = clouds.cv_folds(photos.splits[COURSE_SIZE][0], args.folds), {}, args.ablation
     table = {"course": COURSE_ABLATION, "recipe": RECIPE_ABLATION}.get(kind, ABLATION)
     model = "course" if kind == "course" else "improved"
@@ -339,7 +340,8 @@ def run_ablation(args, start: cli.Start, photos: clouds.Clouds) -> int:
         print(f"{EXPERIMENT} --ablation: every candidate diverged; nothing chosen, no record written", file=sys.stderr)
         return 3
     best = {name: round(p["mean"][p["chosen"] - 1], 9) for name, p in done.items()}
-    targets, criterion = clouds.target_records(done, TARGETS["improved"]), COURSE_ABLATION_CRITERION if model == "course" else ABLATION_CRITERION
+    targets = clouds.target_records(done, TARGETS["improved"])
+    criterion = COURSE_ABLATION_CRITERION if model == "course" else ABLATION_CRITERION
     chosen = results.choose_candidate(targets or {}, best)
     what = {"course": "course.batch_size, lr", "recipe": "improved.optimizer, lr, schedule"}.get(
         kind, "improved.size, epochs, batch_size, lr, widths, (label_smoothing, dropout, weight_decay)")

@@ -305,7 +305,7 @@ def parse(argv=None):
                         "(with 'recipe': each depth and schedule shape of RECIPE_ABLATION) on the clean split and "
                         "compare them on its validation drawings only (no test image read); writes <results-dir>/"
                         "ablation/08_omniglot_multi_input[.recipe].ablation.json (the improved model's defaults were "
-                        "chosen so); about 22 (recipe: 10) min with 3 seeds on a 2-core AVX-512 EPYC")
+                        "chosen so); about 22 (recipe: 14) min with 3 seeds on a 2-core AVX-512 EPYC")
     return cli.parse_args(p, argv, smoke=SMOKE)
 
 
