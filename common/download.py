@@ -208,6 +208,16 @@ class _Downloader:
             self.bar.update(n)
 
 
+def _bar(**kw):
+    """A tqdm bar of bytes without tqdm's monitor thread: a thread left running in this process would make every
+    later fork (common.parallel's workers) the fork of a multi-threaded process, which can deadlock the child."""
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        monitor_interval = 0
+    return Bar(unit="B", unit_scale=True, ncols=79, **kw)
+
+
 def _why(e: BaseException) -> str:
     import requests
     if isinstance(e, requests.HTTPError) and e.response is not None:
@@ -285,11 +295,11 @@ def _staged_files(src: Source, stage: Path) -> list[Path]:
 
 def _get(src: Source, root: Path, stage: Path, stats: _Stats) -> None:
     """Fetch and verify one part into ``stage`` (= DATA_DIR/.download/<dataset>), then move it into place."""
-    from tqdm import tqdm
     dest = root / src.dataset / src.target
     if src.kind == "file":
         print(f"-> {src.dataset}/{src.target} ({src.size / 1e6:.2f} MB) from {url_of(src)}", flush=True)
-        _fetch(stage, {src.target: ("sha256:" + src.sha256, url_of(src))}, _Downloader(stats, True))(src.target)
+        downloader = _Downloader(stats, _bar(total=src.size))
+        _fetch(stage, {src.target: ("sha256:" + src.sha256, url_of(src))}, downloader)(src.target)
         built = stage / src.target
     elif src.kind == "shipped":
         data = _manifest_bytes(src.manifest, src.sha256)   # checked against the pinned sha256
@@ -302,7 +312,7 @@ def _get(src: Source, root: Path, stage: Path, stats: _Stats) -> None:
         files = manifest(src)
         print(f"-> {src.dataset}/{src.target}: {len(files)} files ({src.size / 1e6:.2f} MB) from "
               f"{url_of(src)}/... ({WORKERS} at a time)", flush=True)
-        with tqdm(total=src.size, unit="B", unit_scale=True, desc=f"{src.dataset}/{src.target}", ncols=79) as bar:
+        with _bar(total=src.size, desc=f"{src.dataset}/{src.target}") as bar:
             fetch = _fetch(stage, {rel: ("sha256:" + h, url_of(src, rel[len(src.target) + 1:])) for rel, h in files},
                            _Downloader(stats, bar=bar))
             with ThreadPoolExecutor(WORKERS) as pool:
@@ -317,7 +327,8 @@ def _get(src: Source, root: Path, stage: Path, stats: _Stats) -> None:
     elif src.kind == "zip":
         name = Path(src.path).name
         print(f"-> {src.dataset}/{src.target} from the archive {url_of(src)} (~{src.size / 1e6:.1f} MB)", flush=True)
-        archive = _fetch(stage, {name: ("md5:" + src.archive_md5, url_of(src))}, _Downloader(stats, True))(name)
+        downloader = _Downloader(stats, _bar(total=src.size))
+        archive = _fetch(stage, {name: ("md5:" + src.archive_md5, url_of(src))}, downloader)(name)
         built = _extract(src, archive, stage)
     else:
         raise ValueError(f"unknown source kind {src.kind!r}")

@@ -13,8 +13,9 @@ is not safe with GNU OpenMP, and several threads per worker would oversubscribe 
 above 1 the runs go one after another in this process. They inherit the parent's prepared data without
 copying it through a pipe; only the task's index goes out and its (picklable) result comes back. A worker's
 printed lines can carry the task's label. On a GPU there is one worker (a forked child cannot use the parent's
-CUDA context). Ctrl-C or SIGTERM stops the workers at once (``Pool.terminate``); results are written only after
-all runs are back, so nothing is half-written.
+CUDA context). Ctrl-C, SIGTERM or a task's exception stops the workers at once (each is sent SIGTERM); a worker
+that dies (the OOM killer, a crash in native code) raises ``WorkerDied`` instead of a wait without end. Results are
+written only after all runs are back, so nothing is half-written.
 """
 from __future__ import annotations
 
@@ -22,11 +23,18 @@ import argparse
 import multiprocessing
 import os
 import sys
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence
 
 import torch
 
 _JOB: tuple | None = None   # (fn, tasks, labels): set before the fork, so workers inherit it
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended without returning its task's result (killed by a signal, the kernel's OOM killer, a
+    crash in native code)."""
 
 
 def usable_cores() -> int:
@@ -121,7 +129,8 @@ def run_tasks(fn: Callable, tasks: Sequence[tuple], workers: int, labels: Sequen
     and in a worker, so the figures do not depend on ``workers``); with ``workers`` > 1 in that many forked
     worker processes (the first tasks start first). ``labels``: one per task, put before each line a worker
     prints (None: lines as printed); ``what`` names the tasks in the one line said before they start. An
-    exception in a task, or Ctrl-C, stops the workers at once and is raised here."""
+    exception in a task, or Ctrl-C, stops the workers at once and is raised here; a worker that dies (killed,
+    out of memory) raises ``WorkerDied`` here instead of leaving the caller waiting for its task forever."""
     global _JOB
     from .repro import apply_determinism
     # the tasks set these flags as they seed themselves (seed_everything); set here too, before any fork, so the
@@ -133,9 +142,26 @@ def run_tasks(fn: Callable, tasks: Sequence[tuple], workers: int, labels: Sequen
     _JOB = (fn, list(tasks), labels)
     sys.stdout.flush()
     sys.stderr.flush()
+    others = set(multiprocessing.active_children())
+    # ProcessPoolExecutor, not multiprocessing.Pool: with "fork" it forks every worker before it starts a thread
+    # of its own, and a worker that dies breaks the pool (BrokenProcessPool) where Pool waits for its task forever
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init,
+                               initargs=(torch.get_num_threads(),))
+    finished = False
     try:
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init,
-                                                      initargs=(torch.get_num_threads(),)) as pool:
-            return pool.map(_run_one, range(len(tasks)), chunksize=1)   # leaving the block terminates the workers
+        futures = [pool.submit(_run_one, i) for i in range(len(tasks))]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f.done() and f.exception() is not None]
+        if failed:
+            failed[0].result()   # raises the task's own exception (the first task's, of those that failed)
+        finished = True
+        return [f.result() for f in futures]
+    except BrokenProcessPool:
+        raise WorkerDied(f"a worker process died while running the {what} (killed, or out of memory?); nothing "
+                         f"was written: run with --workers 1 to run them one after another in this process") from None
     finally:
+        if not finished:   # stop the workers at once: a task's error or Ctrl-C ends every run
+            for p in set(multiprocessing.active_children()) - others:
+                p.terminate()
+        pool.shutdown(wait=finished, cancel_futures=True)
         _JOB = None

@@ -195,7 +195,11 @@ def tiny(tmp_path, server, monkeypatch) -> Tiny:
 
 
 def test_success_lays_out_verified_files_and_fetches_nothing_twice(tiny, capsys):
+    threads = set(threading.enumerate())
     assert tiny.run() == 0
+    # no thread outlives the download (tqdm's monitor would): a later fork of common.parallel's workers would be
+    # the fork of a multi-threaded process
+    assert set(threading.enumerate()) == threads
     out = capsys.readouterr()
     assert tiny.in_place() == set(tiny.expected)
     tiny.assert_only_verified()

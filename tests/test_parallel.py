@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import time
 
 import pytest
 import torch
@@ -41,6 +43,34 @@ def diverges(x: int) -> int:
     raise e
 
 
+def dies_on_one(x: int) -> int:
+    if x == 1:
+        os.kill(os.getpid(), signal.SIGKILL)   # as the kernel's OOM killer would
+    return x
+
+
+def sleeps_unless_one(x: int, pid_file: str) -> int:
+    """Task 0 writes its worker's pid and sleeps two minutes; task 1 fails once task 0 is asleep."""
+    if x == 1:
+        while not os.path.exists(pid_file):
+            time.sleep(0.01)
+        raise RuntimeError("task one failed")
+    with open(pid_file + ".part", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(pid_file + ".part", pid_file)
+    time.sleep(120)
+    return x
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (dead, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_tasks_in_workers_return_in_order_with_the_callers_threads_in_other_processes(threads):
     threads(1)
     outs = parallel.run_tasks(threads_and_square, [(i,) for i in range(6)], workers=2)
@@ -69,6 +99,26 @@ def test_a_divergence_in_a_worker_arrives_whole(threads):
         parallel.run_tasks(diverges, [(0,), (1,), (2,)], workers=2)
     e = info.value
     assert (e.epoch, e.step, e.what, e.run) == (2, 7, "loss", "run 1") and str(e) == "loss became nan at epoch 2, step 7"
+
+
+def test_a_worker_that_dies_raises_instead_of_waiting_for_its_task_forever(threads):
+    """multiprocessing.Pool waits forever for the task of a worker that died; run_tasks says what happened."""
+    threads(1)
+    with pytest.raises(parallel.WorkerDied, match="a worker process died while running the runs .* --workers 1"):
+        parallel.run_tasks(dies_on_one, [(0,), (1,), (2,)], workers=2)
+
+
+def test_a_failing_task_stops_the_other_workers_at_once(threads, tmp_path):
+    """Task 0 would sleep two minutes: the failure of task 1 ends its worker at once."""
+    threads(1)
+    pid_file = str(tmp_path / "sleeper.pid")
+    with pytest.raises(RuntimeError, match="task one failed"):
+        parallel.run_tasks(sleeps_unless_one, [(0, pid_file), (1, pid_file)], workers=2)
+    sleeper = int(open(pid_file).read())
+    deadline = time.monotonic() + 15
+    while running(sleeper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(sleeper)
 
 
 def test_worker_lines_carry_their_task_label(capfd, threads):
