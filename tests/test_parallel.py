@@ -1,11 +1,17 @@
 """common/parallel.py: tasks in forked workers give what they give in-process, in order, with one thread each;
-and an experiment's figures do not depend on --workers."""
+and an experiment's figures do not depend on --workers.
+
+The workers are forked from a fresh interpreter (``fresh``), as in a script's own process, not from this pytest
+process: by then it has run hundreds of tests and holds their threads, locks and signal handlers, and a fork of
+it is not what the suite's scripts do (a CI run once hung for an hour inside these tests)."""
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import signal
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torch
@@ -21,6 +27,55 @@ def threads():
     before = torch.get_num_threads()
     yield torch.set_num_threads
     torch.set_num_threads(before)
+
+
+def run_tasks_here(threads: int, stdout_file: str | None, *args, **kw) -> tuple[int, list]:
+    """In the fresh interpreter: ``parallel.run_tasks(*args, **kw)`` with ``threads`` torch threads, the workers'
+    lines (fd 1) going to ``stdout_file`` if given; returns (this process's pid, the results)."""
+    torch.set_num_threads(threads)
+    if stdout_file is None:
+        return os.getpid(), parallel.run_tasks(*args, **kw)
+    saved = os.dup(1)
+    with open(stdout_file, "w") as f:
+        os.dup2(f.fileno(), 1)
+    try:
+        return os.getpid(), parallel.run_tasks(*args, **kw)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+class FreshPython:
+    """One spawned interpreter, in its own process group, that runs ``run_tasks_here`` calls; a call that has not
+    returned after ``timeout`` seconds kills the group (the interpreter and its workers) and fails the test."""
+
+    def __init__(self, timeout: float = 120):
+        self.timeout, self.pool, self.group = timeout, None, None
+
+    def __call__(self, threads: int, *args, stdout_file: str | None = None, **kw) -> tuple[int, list]:
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=os.setsid)
+            self.group = self.pool.submit(os.getpid).result(timeout=self.timeout)
+        future = self.pool.submit(run_tasks_here, threads, stdout_file, *args, **kw)
+        try:
+            return future.result(timeout=self.timeout)
+        except TimeoutError:
+            self.close(kill=True)
+            pytest.fail(f"run_tasks did not return within {self.timeout:.0f} s: a hang (its processes were killed)")
+
+    def close(self, kill: bool = False) -> None:
+        if self.pool is not None:
+            if kill:
+                os.killpg(self.group, signal.SIGKILL)
+            self.pool.shutdown(wait=not kill, cancel_futures=True)
+            self.pool = None
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    runner = FreshPython()
+    yield runner
+    runner.close()
 
 
 def threads_and_square(x: int) -> tuple[int, int, int]:
@@ -71,13 +126,12 @@ def running(pid: int) -> bool:
         return False
 
 
-def test_tasks_in_workers_return_in_order_with_the_callers_threads_in_other_processes(threads):
-    threads(1)
-    outs = parallel.run_tasks(threads_and_square, [(i,) for i in range(6)], workers=2)
+def test_tasks_in_workers_return_in_order_with_the_callers_threads_in_other_processes(fresh):
+    caller, outs = fresh(1, threads_and_square, [(i,) for i in range(6)], workers=2)
     assert [o[0] for o in outs] == [0, 1, 4, 9, 16, 25]
     assert {o[1] for o in outs} == {1}
     pids = {o[2] for o in outs}
-    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    assert caller not in pids and 1 <= len(pids) <= 2
 
 
 def test_in_process_tasks_run_here_with_the_callers_threads(threads):
@@ -86,34 +140,30 @@ def test_in_process_tasks_run_here_with_the_callers_threads(threads):
     assert [o[:2] for o in outs] == [(4, 2), (9, 2)] and {o[2] for o in outs} == {os.getpid()}
 
 
-def test_a_failing_task_raises_in_the_caller(threads):
-    threads(1)
+def test_a_failing_task_raises_in_the_caller(fresh):
     with pytest.raises(RuntimeError, match="task three failed"):
-        parallel.run_tasks(fails_on_three, [(i,) for i in range(5)], workers=2)
+        fresh(1, fails_on_three, [(i,) for i in range(5)], workers=2)
 
 
-def test_a_divergence_in_a_worker_arrives_whole(threads):
+def test_a_divergence_in_a_worker_arrives_whole(fresh):
     """Diverged pickles with its fields and a run's extra ones, so the caller can record it."""
-    threads(1)
     with pytest.raises(results.Diverged) as info:
-        parallel.run_tasks(diverges, [(0,), (1,), (2,)], workers=2)
+        fresh(1, diverges, [(0,), (1,), (2,)], workers=2)
     e = info.value
     assert (e.epoch, e.step, e.what, e.run) == (2, 7, "loss", "run 1") and str(e) == "loss became nan at epoch 2, step 7"
 
 
-def test_a_worker_that_dies_raises_instead_of_waiting_for_its_task_forever(threads):
+def test_a_worker_that_dies_raises_instead_of_waiting_for_its_task_forever(fresh):
     """multiprocessing.Pool waits forever for the task of a worker that died; run_tasks says what happened."""
-    threads(1)
     with pytest.raises(parallel.WorkerDied, match="a worker process died while running the runs .* --workers 1"):
-        parallel.run_tasks(dies_on_one, [(0,), (1,), (2,)], workers=2)
+        fresh(1, dies_on_one, [(0,), (1,), (2,)], workers=2)
 
 
-def test_a_failing_task_stops_the_other_workers_at_once(threads, tmp_path):
+def test_a_failing_task_stops_the_other_workers_at_once(fresh, tmp_path):
     """Task 0 would sleep two minutes: the failure of task 1 ends its worker at once."""
-    threads(1)
     pid_file = str(tmp_path / "sleeper.pid")
     with pytest.raises(RuntimeError, match="task one failed"):
-        parallel.run_tasks(sleeps_unless_one, [(0, pid_file), (1, pid_file)], workers=2)
+        fresh(1, sleeps_unless_one, [(0, pid_file), (1, pid_file)], workers=2)
     sleeper = int(open(pid_file).read())
     deadline = time.monotonic() + 15
     while running(sleeper) and time.monotonic() < deadline:
@@ -121,11 +171,12 @@ def test_a_failing_task_stops_the_other_workers_at_once(threads, tmp_path):
     assert not running(sleeper)
 
 
-def test_worker_lines_carry_their_task_label(capfd, threads):
-    threads(1)
-    parallel.run_tasks(threads_and_square, [(1,), (2,)], workers=2, labels=["first", "second"])
-    out = capfd.readouterr().out
+def test_worker_lines_carry_their_task_label(fresh, tmp_path):
+    lines = tmp_path / "stdout.txt"
+    fresh(1, threads_and_square, [(1,), (2,)], workers=2, labels=["first", "second"], stdout_file=str(lines))
+    out = lines.read_text()
     assert "[first] task 1 says hello\n" in out and "[second] task 2 says hello\n" in out
+    assert "2 runs on 2 worker(s), 1 torch thread(s) each\n" in out
 
 
 def test_workers_for_counts_cores_and_tasks_and_refuses_a_gpu_or_several_threads(threads):
