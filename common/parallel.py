@@ -124,14 +124,19 @@ def _worker_init(threads: int) -> None:
 
 
 def run_tasks(fn: Callable, tasks: Sequence[tuple], workers: int, labels: Sequence[str] | None = None,
-              what: str = "runs") -> list:
+              what: str = "runs", cost: Sequence[float] | None = None) -> list:
     """``[fn(*task) for task in tasks]``, in that order, each with this process's torch threads (the same here
     and in a worker, so the figures do not depend on ``workers``); with ``workers`` > 1 in that many forked
-    worker processes (the first tasks start first). ``labels``: one per task, put before each line a worker
+    worker processes (the first tasks start first). ``cost``: one estimate per task (any unit); the workers then
+    start the costliest first (ties in task order) and the results still come back in task order: with unequal
+    tasks, the last to finish is a short one instead of a long one started late (longest-processing-time
+    scheduling). ``labels``: one per task, put before each line a worker
     prints (None: lines as printed); ``what`` names the tasks in the one line said before they start. An
     exception in a task, or Ctrl-C, stops the workers at once and is raised here; a worker that dies (killed,
     out of memory) raises ``WorkerDied`` here instead of leaving the caller waiting for its task forever."""
     global _JOB
+    if cost is not None and len(cost) != len(tasks):
+        raise ValueError(f"run_tasks: {len(cost)} costs for {len(tasks)} tasks")
     from .repro import apply_determinism
     # the tasks set these flags as they seed themselves (seed_everything); set here too, before any fork, so the
     # parent, which records the result's environment.numerics, holds what its workers ran with
@@ -149,7 +154,9 @@ def run_tasks(fn: Callable, tasks: Sequence[tuple], workers: int, labels: Sequen
                                initargs=(torch.get_num_threads(),))
     finished = False
     try:
-        futures = [pool.submit(_run_one, i) for i in range(len(tasks))]
+        order = sorted(range(len(tasks)), key=lambda i: -cost[i]) if cost is not None else range(len(tasks))
+        submitted = {i: pool.submit(_run_one, i) for i in order}
+        futures = [submitted[i] for i in range(len(tasks))]   # task order, for the results and the first failure
         wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in futures if f.done() and f.exception() is not None]
         if failed:

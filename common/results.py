@@ -96,6 +96,14 @@ class StepLog:
         self._flush()
         return list(self._values)
 
+    def divergence(self) -> "Diverged | None":
+        """What ``values()`` would raise, returned instead (None: every value so far is finite)."""
+        try:
+            self.values()
+        except Diverged as e:
+            return e
+        return None
+
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -2,10 +2,11 @@
 """05_water_potability: the course's water-potability chapter (transcript lines 407-495) under two protocols.
 
 The 9-16-8-1 Net, BCELoss with SGD, Adagrad, RMSprop and Adam, and the three remedies for unstable gradients as a
-cumulative ablation (default init + ReLU; + Kaiming init; + ELU; + BatchNorm1d(16)) with per-layer gradient norms;
-all seeds trained together as one stacked network (water.SeedNets). One JSON per protocol: `course` (the course's
-pre-scaled files) and `clean` (the raw Kaggle file; imputation and scaling fitted on training rows only: per fold in
-the cross-validation, on all of them for the final nets). Data (WaterDataset), baselines and the record: experiments/water.py.
+cumulative ablation (default init + ReLU; + Kaiming init; + ELU; + BatchNorm1d(16)) with per-layer gradient norms; all
+seeds (and the configurations of one architecture) trained together as one stacked network (water.SeedNets). One JSON
+per protocol: `course` (the course's pre-scaled files) and `clean` (the raw Kaggle file; imputation and scaling fitted
+on training rows only: per fold in the cross-validation, on all of them for the final nets). Data (WaterDataset),
+baselines and the record: experiments/water.py.
 """
 import sys
 import time
@@ -70,10 +71,10 @@ DEVIATIONS = [
     dict(what="seeds", course="one training run", here="5 seeds, metrics as mean ± std",
          why="one run cannot tell a difference from seed noise", flag="--seeds 1"),
     dict(what="training pipeline", course="WaterDataset + DataLoader(shuffle=True), one Net per run",
-         here="in-memory tensors in each seed's DataLoader order, all seeds' Nets stacked into one (batched matmuls), "
-              "fused optimizers; the course's path runs once as a check (dataloader_check)",
-         why="the same batches and maths (dataloader_check: per-epoch train losses of one seed on both paths, "
-             "within 1e-6 over 100 epochs when measured) in a fraction of the time"),
+         here="in-memory tensors in each seed's DataLoader order; all seeds' Nets, and configurations of one "
+              "architecture, in one stacked forward/backward; fused optimizers; the course's path runs once as a check",
+         why="the same batches and maths in a fraction of the time (dataloader_check: one seed on both paths, the "
+             "largest gap between their per-epoch train losses: float rounding, which ReLU's kinks let grow)"),
     dict(what="last training batch", course="kept, whatever its size",
          here="dropped if it would hold one row (never at the default sizes)", why="BatchNorm cannot train on one row"),
     dict(what="baselines", course="none", here="majority class, logistic regression, random forest, same split",
@@ -82,6 +83,11 @@ DEVIATIONS = [
 
 
 # ----------------------------------------------------------------------------- model (course)
+def architecture(variant: str) -> tuple:
+    """(activation, BatchNorm1d after fc1?) of a variant: ELU from kaiming_elu on (relu_default is ReLU)."""
+    return (F.elu if variant.startswith("kaiming_elu") else F.relu), variant.endswith("_bn")
+
+
 class Net(nn.Module):
     """9 -> 16 -> 8 -> 1 with a sigmoid output; ``variant`` switches on the course's remedies: kaiming_uniform_
     on every weight (nonlinearity='sigmoid' for the last), ELU instead of ReLU, BatchNorm1d(16) after fc1."""
@@ -94,8 +100,8 @@ class Net(nn.Module):
         self.fc1 = nn.Linear(9, 16)
         self.fc2 = nn.Linear(16, 8)
         self.fc3 = nn.Linear(8, 1)
-        self.bn1 = nn.BatchNorm1d(16) if variant.endswith("_bn") else None
-        self.act = F.elu if "elu" in variant else F.relu
+        self.act, batch_norm = architecture(variant)
+        self.bn1 = nn.BatchNorm1d(16) if batch_norm else None
         if variant.startswith("kaiming"):
             nn.init.kaiming_uniform_(self.fc1.weight)
             nn.init.kaiming_uniform_(self.fc2.weight)
@@ -148,12 +154,22 @@ def evaluate_stack(stack: water.SeedNets, X, y) -> tuple[list, list]:
 
 
 def train_stack(opt_name, variant, lr, seeds, X, y, epochs, batch_size, folds=None):
-    """One configuration, all seeds at once: per seed its metrics, per-epoch train loss and gradient norms; timings.
-    ``folds`` (one (train rows, validation rows) per seed): copy s trains on its fold's training rows, records its
-    validation accuracy per epoch and reads X[s] if X is (S, rows, 9). No test data here; NaN/inf: results.Diverged."""
-    stack = water.SeedNets.build(lambda: Net(variant), seeds, X.device)
-    optimizer = make_optimizer(opt_name, stack.params.values(), lr)
-    S = len(seeds)
+    """One configuration, all seeds at once: ``train_together`` of it alone; raises its results.Diverged."""
+    (out,) = train_together([(opt_name, variant, lr)], seeds, X, y, epochs, batch_size, folds).values()
+    if isinstance(out, results.Diverged):
+        raise out
+    return out
+
+
+def train_together(configs, seeds, X, y, epochs, batch_size, folds=None) -> dict:
+    """``(optimizer, variant, lr)`` configurations of one architecture, all seeds, one forward/backward a step
+    (``SeedNets.joined``; each its own optimizer), each copy its seed's batches. -> per (optimizer, variant) (runs: per
+    seed metrics, per-epoch train loss and gradient norms; timings) or the results.Diverged of its first NaN/inf (its
+    copies go on, touching no other copy). ``folds`` (one (train rows, validation rows) per seed): copy s trains on its
+    fold's training rows, records its validation accuracy per epoch, reads X[s] if X is (S, rows, 9). No test data."""
+    nets = [water.SeedNets.build(lambda v=variant: Net(v), seeds, X.device) for _, variant, _ in configs]
+    optimizers = [make_optimizer(opt, n.params.values(), lr) for (opt, _, lr), n in zip(configs, nets)]
+    S, G = len(seeds), len(configs)
     rows = ([torch.as_tensor(tr, device=X.device) for tr, _ in folds] if folds
             else [torch.arange(len(y), device=X.device)] * S)
     n = min(len(r) for r in rows)
@@ -162,45 +178,64 @@ def train_stack(opt_name, variant, lr, seeds, X, y, epochs, batch_size, folds=No
     val = torch.zeros(S, len(y), dtype=torch.bool, device=X.device)
     for s, (_, v) in enumerate(folds or []):
         val[s, torch.as_tensor(v)] = True
-    weights, copies = [stack.params[f"{name}.weight"] for name in LAYERS], torch.arange(S, device=X.device)[:, None]
-    losses, val_accs, gnorms, train_s, step = [], [], [], 0.0, 0
+    copies = torch.arange(S, device=X.device)[:, None]
+    losses, val_accs, gnorms, train_s, step, diverged = [], [[] for _ in nets], [], 0.0, 0, {}
     for epoch in range(epochs):
         synchronize(X.device)
         t0 = time.perf_counter()
         order = torch.stack([r[o] for r, o in zip(rows, next(orders))])   # row numbers of X, per copy
-        loss_sum, gn_sum = torch.zeros(S, device=X.device), torch.zeros(S, len(LAYERS), device=X.device)
-        log = results.StepLog()   # outputs and losses checked on the device, read once per epoch
+        loss_sum, gn_sum = torch.zeros(G * S, device=X.device), torch.zeros(G * S, len(LAYERS), device=X.device)
+        logs = [results.StepLog(every=2 * (stop // batch_size + 1) + 1) for _ in nets]   # read at the epoch's end
         for i in range(0, stop, batch_size):
             idx = order[:, i:i + batch_size]
-            optimizer.zero_grad()
-            outputs = stack(X[idx] if X.dim() == 2 else X[copies, idx]).squeeze(-1)
-            log.add(outputs.detach().sum(), epoch, step, what="output")  # NaN/inf anywhere -> a non-finite sum
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            stack = water.SeedNets.joined(nets)   # G stacks' copies as one (each stack keeps its leaves)
+            xb, yb = (X[idx] if X.dim() == 2 else X[copies, idx]), y[idx]
+            outputs = stack(xb.repeat(G, 1, 1) if G > 1 else xb).squeeze(-1)
+            out_sums = outputs.detach().view(G, -1).sum(1)   # NaN/inf anywhere in a configuration -> non-finite
             # BCELoss refuses NaN (on CUDA: a device-side assert) and the check above is read at the epoch's end
             outputs = torch.nan_to_num(outputs, nan=0.5)   # identical where the outputs are finite
-            loss = F.binary_cross_entropy(outputs, y[idx], reduction="none").mean(1)  # (S,) BCELoss per copy
-            loss.sum().backward()
-            log.add(loss.detach().sum(), epoch, step)
-            gn_sum += torch.stack([torch.linalg.vector_norm(w.grad, dim=(1, 2)) for w in weights], 1)
-            optimizer.step()
+            loss = F.binary_cross_entropy(outputs, yb.repeat(G, 1) if G > 1 else yb, reduction="none").mean(1)
+            loss.sum().backward()   # (G*S,) BCELoss per copy
+            loss_sums = loss.detach().view(G, S).sum(1)
+            for g, log in enumerate(logs):
+                log.add(out_sums[g], epoch, step, what="output")
+                log.add(loss_sums[g], epoch, step)
+            gn_sum += torch.stack([torch.linalg.vector_norm(stack.params[f"{name}.weight"].grad, dim=(1, 2))
+                                   for name in LAYERS], 1)
+            for optimizer in optimizers:
+                optimizer.step()
             loss_sum += loss.detach() * idx.shape[1]
             step += 1
-        log.values()   # raises results.Diverged for the first non-finite output or loss, as a per-step check would
+        # per configuration its first non-finite output or loss, as a per-step check would name it
+        diverged = {g: diverged.get(g) or log.divergence() for g, log in enumerate(logs)}
         synchronize(X.device)
         train_s += time.perf_counter() - t0
         losses.append((loss_sum / stop).tolist())
         gnorms.append((gn_sum / -(-stop // batch_size)).tolist())
         if folds:
-            hit = (stack.predict(X) > 0.5) == y.bool()
-            val_accs.append(((hit & val).sum(1) / val.sum(1)).tolist())
-    t0 = time.perf_counter()
-    train_acc = evaluate_stack(stack, X, y)[0] if not folds else [None] * S
-    eval_s = time.perf_counter() - t0
-    runs = [{"metrics": {"train_accuracy": train_acc[s], "final_train_loss": losses[-1][s],
-                         **{f"grad_norm_{name}_{when}_epoch": gnorms[e][s][j] for j, name in enumerate(LAYERS)
-                            for when, e in (("first", 0), ("last", -1))}},
-             "losses": [l[s] for l in losses], "val_acc": [a[s] for a in val_accs], "gnorms": [g[s] for g in gnorms]}
-            for s in range(S)]
-    return runs, {"train_s": train_s, "seen": S * stop * epochs, "eval_s": eval_s, "stack": stack}
+            for g, net in enumerate(nets):
+                hit = (net.predict(X) > 0.5) == y.bool()
+                val_accs[g].append(((hit & val).sum(1) / val.sum(1)).tolist())
+        if all(diverged.values()):
+            break
+    out = {}
+    for g, ((opt, variant, _), net) in enumerate(zip(configs, nets)):
+        if diverged[g]:
+            out[(opt, variant)] = diverged[g]
+            continue
+        t0 = time.perf_counter()
+        train_acc = evaluate_stack(net, X, y)[0] if not folds else [None] * S
+        eval_s = time.perf_counter() - t0
+        c = g * S   # this configuration's copies: c .. c + S - 1
+        runs = [{"metrics": {"train_accuracy": train_acc[s], "final_train_loss": losses[-1][c + s],
+                             **{f"grad_norm_{name}_{when}_epoch": gnorms[e][c + s][j] for j, name in enumerate(LAYERS)
+                                for when, e in (("first", 0), ("last", -1))}},
+                 "losses": [l[c + s] for l in losses], "val_acc": [a[s] for a in val_accs[g]],
+                 "gnorms": [gn[c + s] for gn in gnorms]} for s in range(S)]
+        out[(opt, variant)] = runs, {"train_s": train_s / G, "seen": S * stop * epochs, "eval_s": eval_s, "stack": net}
+    return out
 
 
 def train_course_path(opt_name, variant, lr, ds_train, ds_eval, seed, epochs, batch_size, device):
@@ -275,23 +310,27 @@ def cross_validate(args, lr: float, seed: int, train: tuple, raw_train=None) -> 
 
 
 def train_all(configs: dict, lrs: dict, seeds: list[int], train: tuple, test: tuple, epochs: int, batch_size: int):
-    """Each distinct (optimizer, variant), all seeds at once, on all training rows, then the test set read once:
-    {(optimizer, variant): (runs, timings)} for those that finished, a divergence record per seed for the rest."""
+    """Each distinct (optimizer, variant), all seeds at once, on all training rows (those of one architecture
+    together: ``train_together``), then the test set read once: {(optimizer, variant): (runs, timings)} for those
+    that finished, a divergence record per seed for the rest."""
+    distinct, outcome, t0 = list(dict.fromkeys(configs.values())), {}, time.perf_counter()
+    for arch in dict.fromkeys(architecture(v) for _, v in distinct):   # default init and Kaiming's: one stack
+        group = [(o, v, lrs[o]) for o, v in distinct if architecture(v) == arch]
+        outcome.update(train_together(group, seeds, *train, epochs, batch_size))
+    print(f"  {len(distinct)} configurations trained in {time.perf_counter() - t0:.1f}s", flush=True)
     trained, diverged = {}, []
-    for opt, variant in dict.fromkeys(configs.values()):
-        t0 = time.perf_counter()
-        try:
-            runs, t = trained[(opt, variant)] = train_stack(opt, variant, lrs[opt], seeds, *train, epochs, batch_size)
-        except results.Diverged as e:
-            diverged += [{"run": f"{opt}/{variant}", "seed": seed, **e.to_json()} for seed in seeds]
-            print(f"  {opt:8s} {variant:15s} DIVERGED at epoch {e.epoch}, step {e.step} ({e})", flush=True)
+    for opt, variant in distinct:
+        out = outcome[(opt, variant)]
+        if isinstance(out, results.Diverged):
+            diverged += [{"run": f"{opt}/{variant}", "seed": seed, **out.to_json()} for seed in seeds]
+            print(f"  {opt:8s} {variant:15s} DIVERGED at epoch {out.epoch}, step {out.step} ({out})", flush=True)
             continue
+        runs, t = trained[(opt, variant)] = out
         for r, acc, loss in zip(runs, *evaluate_stack(t["stack"], *test)):   # the only look at the test set
             r["metrics"].update(test_accuracy=acc, test_loss=loss)
         accs = [r["metrics"]["test_accuracy"] for r in runs]
         spread = np.std(accs, ddof=1) if len(accs) > 1 else 0
-        print(f"  {opt:8s} {variant:15s} test acc {np.mean(accs):.4f} ± {spread:.4f}"
-              f"  ({time.perf_counter() - t0:.1f}s)", flush=True)
+        print(f"  {opt:8s} {variant:15s} test acc {np.mean(accs):.4f} ± {spread:.4f}", flush=True)
     return trained, diverged
 
 

@@ -35,6 +35,9 @@ architecture is the course's, unchanged):
     every step in some processes and not in others (27 or 13 ms at batch 128, one thread, AVX-512 EPYC), which
     ``common.device.tune_cpu_allocator`` now settles at the faster one. At batch 128, one thread each, the LSTM
     (fused) trains about 2x faster than the GRU (step by step), although the GRU has 25 % fewer parameters.
+    There is no fused GRU to move to: torch 2.14's oneDNN layer (``torch.mkldnn_rnn_layer``) builds LSTM
+    primitives only (with the GRU's or the RNN's mode it fails to create one: tried), so 07 starts the GRU's
+    runs first (``training_cost``), lest the last to finish be a GRU started late.
   * The DataLoader draws whole batches: a ``BatchSampler`` is its sampler, so ``TensorDataset`` is
     indexed once per batch (one gather) instead of once per window plus a collate.
   * Test windows are built from the 2014 file alone, as in the course (34,944 windows); the first 96

@@ -89,6 +89,20 @@ class SeedNets:
         h = act(self._linear("fc2", act(h)))
         return torch.sigmoid(self._linear("fc3", h))
 
+    @classmethod
+    def joined(cls, stacks: list["SeedNets"]) -> "SeedNets":
+        """Stacks of one architecture as one (their copies in order) for one forward/backward: the parameters
+        concatenated, each stack keeping its own leaves (and optimizer); the joined weights keep their gradients
+        (``retain_grad``) for the per-copy gradient norms. One stack: itself. Not with BatchNorm's buffers."""
+        if len(stacks) == 1:
+            return stacks[0]
+        if stacks[0].buffers or len({(s.template.act, s.template.bn1 is None) for s in stacks}) > 1:
+            raise ValueError("SeedNets.joined: one architecture, without BatchNorm's buffers (trained on its own)")
+        params = {k: torch.cat([s.params[k] for s in stacks]) for k in stacks[0].params}
+        for k in params:
+            params[k].retain_grad()
+        return cls(stacks[0].template, params, {})
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Eval mode (BatchNorm's running statistics), no gradients: (B, 9) -> (S, B)."""

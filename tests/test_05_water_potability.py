@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import check_deviations, main_in_process, real_data, run_script
-from common import data, repro
+from common import data, repro, results
 from experiments import water
 
 exp = importlib.import_module("experiments.05_water_potability")
@@ -77,6 +78,36 @@ def test_fast_batches_equal_the_dataloader_batches_over_epochs():
         assert len(fast) == len(slow) == 7
         for (xf, yf), (xs, ys) in zip(fast, slow):
             assert torch.equal(xf, xs) and torch.equal(yf, ys)
+
+
+def test_each_variant_adds_its_remedy_to_a_relu_net():
+    """The cumulative ablation: relu_default is ReLU with torch's init (it was ELU here until this test, as "elu" is
+    in "relu_default"); kaiming keeps ReLU; ELU from kaiming_elu on; BatchNorm in kaiming_elu_bn only."""
+    nets = {v: exp.Net(v) for v in water.VARIANTS}
+    assert {v: (n.act, n.bn1 is not None) for v, n in nets.items()} == {
+        "relu_default": (F.relu, False), "kaiming": (F.relu, False), "kaiming_elu": (F.elu, False),
+        "kaiming_elu_bn": (F.elu, True)}
+
+
+def test_configurations_trained_together_train_as_alone_and_diverge_alone():
+    """train_together: each configuration's copies get what they get trained alone (float rounding apart: the
+    joined matmuls and reductions run over more copies), and one that diverges (SGD at lr 1e30) is returned as its
+    Diverged while the others finish."""
+    df, _ = data.synthetic_water(n=64, scaled=True)
+    X, y = water.to_tensors(df, "cpu")
+    configs = [("sgd", "relu_default", 1e30), ("adam", "relu_default", 1e-2), ("rmsprop", "kaiming", 1e-2)]
+    together = exp.train_together(configs, [0, 5], X, y, epochs=3, batch_size=16)
+    assert isinstance(together[("sgd", "relu_default")], results.Diverged)
+    assert together[("sgd", "relu_default")].epoch == 0
+    for opt, variant, lr in configs[1:]:
+        alone, _ = exp.train_stack(opt, variant, lr, [0, 5], X, y, epochs=3, batch_size=16)
+        runs, t = together[(opt, variant)]
+        assert t["seen"] == 2 * 64 * 3
+        for a, b in zip(alone, runs):
+            assert np.allclose(a["losses"], b["losses"], atol=1e-6) and np.allclose(a["gnorms"], b["gnorms"], atol=1e-6)
+            assert a["metrics"]["train_accuracy"] == b["metrics"]["train_accuracy"]
+    with pytest.raises(ValueError, match="one architecture"):
+        exp.train_together([("adam", "kaiming", 1e-2), ("adam", "kaiming_elu", 1e-2)], [0], X, y, 1, 16)
 
 
 def test_seed_stack_matches_separate_nets():
@@ -466,27 +497,32 @@ def test_folds_are_training_rows_and_the_test_set_is_read_once_per_configuration
     the folds partition them, the clean folds' raw rows never meet the test rows, and evaluate_stack sees the
     test tensors once per distinct configuration (7), after training."""
     calls, tests = [], {}
-    real_train, real_eval = exp.train_stack, exp.evaluate_stack
+    real_train, real_eval = exp.train_together, exp.evaluate_stack
 
-    def train_stack(opt, variant, lr, seeds, X, y, epochs, batch_size, folds=None):
-        calls.append((X.shape[-2], folds, X.shape))
-        return real_train(opt, variant, lr, seeds, X, y, epochs, batch_size, folds)
+    def train_together(configs, seeds, X, y, epochs, batch_size, folds=None):
+        calls.append((X.shape[-2], folds, X.shape, [c[:2] for c in configs]))
+        return real_train(configs, seeds, X, y, epochs, batch_size, folds)
 
     def evaluate_stack(stack, X, y):
         tests[X.shape[0]] = tests.get(X.shape[0], 0) + 1
         return real_eval(stack, X, y)
 
-    monkeypatch.setattr(exp, "train_stack", train_stack)
+    monkeypatch.setattr(exp, "train_together", train_together)
     monkeypatch.setattr(exp, "evaluate_stack", evaluate_stack)
     # --workers 1: both protocols in this process, where the recording functions are
     assert main_in_process(monkeypatch, exp.main, ["--smoke", "--workers", "1", "--results-dir", str(tmp_path)]) == 0
     assert tests == {503: 7, 819: 7, 256: 14}   # test tensors: once per configuration; 256: training accuracy
     n = exp.DEFAULTS["smoke_rows"]
-    assert [x for x, _, _ in calls] == [n] * 16      # 2 protocols x (1 cross-validation + 7 configurations)
+    # 2 protocols x (1 cross-validation + 3 stacks of the 7 configurations: the 5 ReLU nets together, then the
+    # ELU net, then the ELU net with BatchNorm)
+    assert [x for x, *_ in calls] == [n] * 8
+    relu = [(o, "relu_default") for o in exp.OPTIMIZERS] + [("adam", "kaiming")]
+    assert [c for *_, c in calls] == [[("adam", "relu_default")], relu, [("adam", "kaiming_elu")],
+                                      [("adam", "kaiming_elu_bn")]] * 2
     # features: shared (rows, 9), but one (rows, 9) per fold in the clean protocol's cross-validation
-    assert [shape for _, f, shape in calls if f is not None] == [(n, 9), (5, n, 9)]
-    assert all(shape == (n, 9) for _, f, shape in calls if f is None)
-    cv = [f for _, f, _ in calls if f is not None]
+    assert [shape for _, f, shape, _ in calls if f is not None] == [(n, 9), (5, n, 9)]
+    assert all(shape == (n, 9) for _, f, shape, _ in calls if f is None)
+    cv = [f for _, f, _, _ in calls if f is not None]
     assert len(cv) == 2
     for folds in cv:
         assert len(folds) == 5

@@ -140,6 +140,17 @@ def test_step_log_names_the_first_non_finite_step_like_a_per_step_check():
     assert "output became nan at epoch 2, step 5" in str(e.value)
 
 
+def test_step_log_divergence_returns_what_values_would_raise():
+    log = results.StepLog()
+    for step, v in enumerate([1.0, 2.0]):
+        log.add(torch.tensor(v), 0, step)
+    assert log.divergence() is None
+    log.add(torch.tensor(float("inf")), 1, 2, what="output")
+    log.add(torch.tensor(float("nan")), 1, 3)
+    e = log.divergence()
+    assert isinstance(e, results.Diverged) and (e.epoch, e.step, e.what) == (1, 2, "output") and e.value == float("inf")
+
+
 def test_03_fit_detects_a_nan_on_the_device_at_the_same_step_as_before(restore_numerics):
     """A NaN in one training row: the epoch-end check names the epoch and the step that saw the row."""
     exp = importlib.import_module("experiments.03_tabular_training")

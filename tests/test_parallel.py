@@ -134,6 +134,27 @@ def test_tasks_in_workers_return_in_order_with_the_callers_threads_in_other_proc
     assert caller not in pids and 1 <= len(pids) <= 2
 
 
+def started_at(x: int) -> tuple[int, float]:
+    """The task's number and when it started (CLOCK_MONOTONIC: one clock for every process on Linux)."""
+    start = time.monotonic()
+    time.sleep(0.3)
+    return x, start
+
+
+def test_the_costliest_tasks_start_first_and_results_keep_task_order(fresh):
+    """With costs, two workers take tasks 2 and 3 (cost 5) before tasks 0 and 1 (cost 1): the longest do not
+    start last. Without costs, tasks start in task order."""
+    _, outs = fresh(1, started_at, [(i,) for i in range(4)], workers=2, cost=[1, 1, 5, 5])
+    assert [x for x, _ in outs] == [0, 1, 2, 3]
+    start = [t for _, t in outs]
+    assert max(start[2], start[3]) < min(start[0], start[1])
+    _, outs = fresh(1, started_at, [(i,) for i in range(4)], workers=2)
+    start = [t for _, t in outs]
+    assert max(start[0], start[1]) < min(start[2], start[3])
+    with pytest.raises(ValueError, match="3 costs for 4 tasks"):
+        parallel.run_tasks(started_at, [(i,) for i in range(4)], workers=2, cost=[1, 2, 3])
+
+
 def test_in_process_tasks_run_here_with_the_callers_threads(threads):
     threads(2)
     outs = parallel.run_tasks(threads_and_square, [(2,), (3,)], workers=1)

@@ -174,6 +174,16 @@ def test_the_recurrent_models_reach_the_validation_goal_but_the_readme_says_it_d
             assert m[f"{model}.test_mse"] > before["metrics"][f"{model}.test_mse"], (name, model)
 
 
+def test_the_recurrent_models_training_costs_are_the_reference_runs_throughput_ratios():
+    """07 starts the costliest runs first by each model's ``training_cost``: within 25 % of the RNN's training
+    windows/s over the model's in the reference run (the GRU about 3x: no fused CPU kernel)."""
+    import importlib
+    timings = RECORDS["07_lstm_vs_gru"]["timings"]
+    for name, cls in importlib.import_module("experiments.07_lstm_vs_gru").MODELS.items():
+        measured = timings["rnn.train_windows_per_s"] / timings[f"{name}.train_windows_per_s"]
+        assert cls.training_cost == pytest.approx(measured, rel=0.25), name
+
+
 def test_the_readme_says_what_stopping_04s_improved_cnn_at_its_validation_peak_did():
     """The superseded run (no weight decay, stopped at the folds' peak epoch) and the peak-scored ablation record of
     commit c177729 hold the figures the README's paragraph gives; the new rule's tie is in the committed record."""
