@@ -57,7 +57,7 @@ while [ $# -gt 0 ]; do
                 if [ -n "${2:-}" ] && [[ "$2" != -* ]]; then AB_REF=$2; shift 2; else shift; fi ;;
     --bench-bless) BLESS="${2:-}"
                    if [ -z "$BLESS" ] || [[ "$BLESS" == -* ]]; then
-                     echo "run_all.sh: --bench-bless needs a one-line reason, e.g. --bench-bless 'GRU on the oneDNN path: 1.4x faster'" >&2; exit 2
+                     echo "run_all.sh: --bench-bless needs a one-line reason, e.g. --bench-bless '05: the ReLU nets in one stack, 1.8x faster'" >&2; exit 2
                    fi
                    shift 2 ;;
     --only) ONLY="${2:?--only needs a list like 04,07}"; shift 2 ;;
