@@ -421,3 +421,37 @@ def test_the_electricity_batch_and_lr_are_what_the_committed_ablations_chose():
         assert (m.DEFAULTS["batch_size"], m.DEFAULTS["lr"]) == tuple(electricity.TRAINING.values())
     why = electricity.DEVIATIONS[0]["why"]
     assert "more slowly" in why and "batch 512 at lr 1e-3 or 2e-3" in why and "not in every seed" in why
+
+
+AVX2 = REPO / "results/reference/epyc-avx2-2cpu"
+AVX2_LABELS = {"01_tensors_and_layers": "01", "02_loss_and_gradients": "02", "03_tabular_training": "03",
+               "04_clouds_cnn": "04", "05_water_potability_course": "05 course",
+               "05_water_potability_clean": "05 clean", "06_electricity_rnn": "06", "07_lstm_vs_gru": "07",
+               "08_omniglot_multi_input": "08", "09_omniglot_multi_output": "09"}
+
+
+def test_the_avx2_run_repeats_the_reference_run_on_the_slower_cpu_and_the_readme_says_how_long_it_took():
+    """The speed goals' CPU, the 2-core AVX2 EPYC: a complete default run of 1c61512 (4f00f65 plus a docstring)
+    under results/reference/epyc-avx2-2cpu. tools.compare finds the reference run's configuration and data for
+    every script and no headline or test metric apart by more than the seeds' spread (01, 03 and 06 bit-identical);
+    the README gives its span by the scripts' clocks, over the 15-minute goal, and each script's wall time."""
+    from tools import compare
+    avx2 = {r["experiment"]: r for _, r in report.load_results(AVX2)}
+    assert set(avx2) == set(RECORDS) == set(AVX2_LABELS)
+    for name, r in avx2.items():
+        env = r["environment"]
+        assert env["git_commit"].startswith("1c61512") and env["git_dirty"] is False, name
+        assert env["device_info"]["cpu_capability"] == "AVX2", name
+    sources = [compare.load_source(str(REFERENCE)), compare.load_source(str(AVX2))]
+    assert compare.mismatches(sources) == []
+    flagged = {name: [row["quantity"] for row in compare.experiment_rows(name, sources, False, []) if row["flag"]]
+               for name in RECORDS}
+    assert flagged == {name: [] for name in RECORDS}
+    identical = {name for name in RECORDS if avx2[name]["metrics"] == RECORDS[name]["metrics"]}
+    assert identical == {"01_tensors_and_layers", "03_tabular_training", "06_electricity_rnn"}
+    readme = " ".join(README.split())
+    span = report.run_span_s(list(avx2.values()))
+    assert span > 900
+    assert f"took {span:,.0f} s by the scripts' clocks, far from the speed goal's 900 s" in readme
+    for name, label in AVX2_LABELS.items():
+        assert f"{label} {avx2[name]['timings']['wall_s']:,.0f} s" in readme, name
