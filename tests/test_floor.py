@@ -79,6 +79,17 @@ def test_the_floor_refuses_another_machines_benchmarks_a_smoke_result_and_a_file
     with pytest.raises(floor.FloorError, match="not a pytest-benchmark JSON"):
         floor.read_bench(tmp_path / "bench.json")
     assert floor.main([str(AVX512), str(BENCH)]) == 2
+    assert floor.main([str(AVX2), str(BENCH), "--gflops", "0"]) == 2
+
+
+def test_the_floor_divides_by_the_rate_given(capsys):
+    """--gflops: the same FLOPs over another rate (a larger matmul's): twice the rate, half the floor."""
+    gflops, steps, machine = floor.read_bench(BENCH)
+    total = sum(r["floor_s"] for r in floor.floor_rows(AVX2, gflops, steps, machine))
+    assert floor.main([str(AVX2), str(BENCH), "--gflops", str(2 * gflops), "--goal-s", "100"]) == 0
+    out = capsys.readouterr().out
+    assert f"floor (s) at {2 * gflops:,.0f} GFLOP/s" in out
+    assert f"The training floor of these results is {total / 2:,.0f} s, above a goal of 100 s." in out
 
 
 def test_the_readme_says_what_the_floor_tool_finds_for_the_avx2_run(capsys):

@@ -5,14 +5,15 @@ training samples its models saw and multiplies them by the FLOPs of one training
 backward, optimizer: what ``tests/benchmarks`` counts with torch's FlopCounterMode for the same model and batch);
 divided by the GFLOP/s of the reference 1024x1024 fp32 matmul in BENCH_JSON, that is the *floor*: the seconds the
 training would take if every step ran as fast as one large matmul on this machine, with no data pipeline, no
-evaluation, no Python. No training step here comes near that rate (each one's ``gflops_fraction_of_reference`` in
-BENCH_JSON), so the floor lies well below what any run can reach: a goal under it needs less arithmetic, not
-faster code.
+evaluation, no Python. It is a yardstick, not the CPU's peak: a larger matmul may run faster (``--gflops`` takes
+such a rate instead). No training step here comes near the reference rate (each one's
+``gflops_fraction_of_reference`` in BENCH_JSON), so the floor lies well below what any run reaches: a goal near or
+under it needs less arithmetic, not only faster code.
 
-It is a lower bound three ways: evaluation, data and baselines count nothing; runs whose samples a result does not
-record count nothing (05's cross-validation, 06-09's validation selection ride along with the recorded runs); where
-a result records its samples for several models together (03, 05, 08, 09), they count at the cheapest model's
-FLOPs. 04's cross-validation folds count (its selection record gives the fold sizes and epochs).
+The FLOPs are a lower bound three ways: evaluation, data and baselines count nothing; runs whose samples a result
+does not record count nothing (05's cross-validation; 06-09 choose their epochs on validation data inside the
+recorded runs); where a result records the samples of several models together (03, 05, 08, 09), they count at the
+cheapest model's FLOPs. 04's cross-validation folds count (its selection record gives the fold sizes and epochs).
 
 BENCH_JSON: ``pytest tests/benchmarks --benchmark-json=FILE`` on the machine of the results (checked: the same CPU
 name, family and model, else an error). Every figure comes from the two inputs; nothing is typed here but the
@@ -118,12 +119,13 @@ def ratio(x: float) -> str:
 
 
 def format_table(rows: list[dict], gflops: float, goal_s: float) -> str:
-    lines = [f"| experiment | wall (s) | training samples | training TFLOP | floor (s) at {gflops:.0f} GFLOP/s | "
+    lines = [f"| experiment | wall (s) | training samples | training TFLOP | floor (s) at {gflops:,.0f} GFLOP/s | "
              f"wall / floor |", "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         parts = ", ".join(f"{m} {v:.1f}" for m, v in r["parts"].items()) if len(r["parts"]) > 1 else ""
         lines.append(f"| {r['experiment']} | {r['wall_s']:,.0f} | {r['samples']:,.0f} | {r['tflop']:.1f}"
-                     f"{f' ({parts})' if parts else ''} | {seconds(r['floor_s'])} | {ratio(r['wall_s'] / r['floor_s'])} |")
+                     f"{f' ({parts})' if parts else ''} | {seconds(r['floor_s'])} | "
+                     f"{ratio(r['wall_s'] / r['floor_s'])} |")
     total = sum(r["floor_s"] for r in rows)
     lines.append(f"| **all** (walls added) | {sum(r['wall_s'] for r in rows):,.0f} | "
                  f"{sum(r['samples'] for r in rows):,.0f} | {sum(r['tflop'] for r in rows):.1f} | **{total:,.0f}** | |")
@@ -138,9 +140,15 @@ def main(argv=None) -> int:
     ap.add_argument("bench_json", type=Path, help="pytest-benchmark JSON of tests/benchmarks on the same machine")
     ap.add_argument("--goal-s", type=float, default=900.0, help="a wall-time goal to hold the floor against "
                     "(default 900: issue 15's 15 minutes on a 2-core AVX2 CPU)")
+    ap.add_argument("--gflops", type=float, default=None, help="the rate to divide by instead of BENCH_JSON's "
+                    "reference matmul (e.g. a larger matmul's, measured on the same machine)")
     a = ap.parse_args(argv)
     try:
         gflops, steps, machine = read_bench(a.bench_json)
+        if a.gflops is not None:
+            if a.gflops <= 0:
+                raise FloorError(f"--gflops must be positive, got {a.gflops}")
+            gflops = a.gflops
         rows = floor_rows(a.results_dir, gflops, steps, machine)
     except (FloorError, ValueError, OSError) as e:
         print(f"floor: {e}", file=sys.stderr)
