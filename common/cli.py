@@ -68,7 +68,8 @@ def base_parser(experiment: str, description: str, seeds: int = 1, threads: int 
                         "recorded in the result's environment.numerics)")
     g.add_argument("--strict-determinism", action="store_true",
                    help="fail on an op that has no deterministic implementation "
-                        "(use_deterministic_algorithms(True, warn_only=False)) instead of warning")
+                        "(use_deterministic_algorithms(True, warn_only=False)) instead of warning, and fill new "
+                        "tensors with NaN as torch does by default (off otherwise, for speed: common/repro.py)")
     g.add_argument("--rerun", metavar="RESULT_JSON", default=None,
                    help="re-execute the exact configuration recorded in a result JSON "
                         "(other options given on the command line still override it)")

@@ -34,13 +34,15 @@ def restore_numerics():
     b = torch.backends
     before = (dict(repro._NUMERICS), torch.are_deterministic_algorithms_enabled(),
               torch.is_deterministic_algorithms_warn_only_enabled(), b.cudnn.deterministic, b.cudnn.benchmark,
-              b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
+              b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision(),
+              torch.utils.deterministic.fill_uninitialized_memory)
     yield
     repro._NUMERICS.update(before[0])
     torch.use_deterministic_algorithms(before[1], warn_only=before[2])
     b.cudnn.deterministic, b.cudnn.benchmark = before[3], before[4]
     torch.set_float32_matmul_precision(before[7])
     b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = before[5], before[6]
+    torch.utils.deterministic.fill_uninitialized_memory = before[8]
 
 
 def _parse(*argv):
@@ -62,6 +64,39 @@ def test_tf32_is_off_by_default_and_tf32_opts_in(restore_numerics):
     assert args.tf32 and state["tf32_requested"] and state["cudnn_allow_tf32"] and state["cuda_matmul_allow_tf32"]
     # only the CUDA switches: the CPU's oneDNN matmuls stay full fp32 even with --tf32
     assert getattr(torch.backends.mkldnn.matmul, "fp32_precision", "none") in ("none", "ieee")
+
+
+def test_new_tensors_are_not_nan_filled_unless_strict_and_training_steps_are_the_same_either_way(restore_numerics):
+    """common.repro turns torch's NaN fill of new tensors off (a memset of every buffer; --strict-determinism turns
+    it back on). Two Adam steps of a channels_last conv-BN-ReLU-pool net (04's improved CNN) and of an LSTM (07's
+    oneDNN path) end with bit-identical weights with and without the fill: none of their ops reads memory nothing
+    wrote (if one did, NaN against leftover bytes would tell)."""
+    from experiments.clouds import ImprovedNet
+    _parse()
+    repro.seed_everything(0)
+    assert repro.numerics_state()["fill_uninitialized_memory"] is False
+
+    def two_steps(fill: bool) -> list[torch.Tensor]:
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+        torch.manual_seed(0)
+        cnn = ImprovedNet(widths=(8, 16)).to(memory_format=torch.channels_last)
+        lstm, head = nn.LSTM(1, 16, batch_first=True), nn.Linear(16, 1)
+        params = [*cnn.parameters(), *lstm.parameters(), *head.parameters()]
+        opt = torch.optim.Adam(params, lr=1e-2)
+        x = torch.randn(8, 3, 32, 32).to(memory_format=torch.channels_last)
+        y, seq, target = torch.randint(0, 7, (8,)), torch.randn(8, 24, 1), torch.randn(8, 1)
+        for _ in range(2):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(cnn(x), y) + nn.functional.mse_loss(head(lstm(seq)[0][:, -1]), target)
+            loss.backward()
+            opt.step()
+        return [p.detach().clone() for p in params]
+
+    filled, unfilled = two_steps(True), two_steps(False)
+    assert len(filled) == 14 and all(torch.equal(a, b) for a, b in zip(filled, unfilled))
+    _parse("--strict-determinism")
+    repro.seed_everything(0)
+    assert repro.numerics_state()["fill_uninitialized_memory"] is True and torch.empty(4).isnan().all()
 
 
 def test_strict_determinism_errors_where_the_default_warns(restore_numerics):
@@ -272,7 +307,8 @@ def test_smoke_run_records_default_numerics_and_cpu_compute(results_dir):
     env = r["environment"]
     assert env["compute_device"] == "cpu" and env["gpu_used"] is False and env["peak_gpu_memory_bytes"] is None
     num = env["numerics"]
-    assert num["tf32_requested"] is False and num["cudnn_allow_tf32"] is False and num["cuda_matmul_allow_tf32"] is False
+    assert (num["tf32_requested"] is False and num["cudnn_allow_tf32"] is False
+            and num["cuda_matmul_allow_tf32"] is False)
     assert num["float32_matmul_precision"] == "highest" and num["deterministic_warn_only"] is True
     assert num["cublas_workspace_config"] and num["cudnn_deterministic"] is True
     # at their defaults the two options stay out of config (results from before them compare equal)

@@ -250,7 +250,7 @@ def experiments_numerics():
     b = torch.backends
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               b.cudnn.deterministic, b.cudnn.benchmark, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32,
-              torch.get_float32_matmul_precision())
+              torch.get_float32_matmul_precision(), torch.utils.deterministic.fill_uninitialized_memory)
     repro.apply_determinism()
     try:
         yield
@@ -259,6 +259,7 @@ def experiments_numerics():
         b.cudnn.deterministic, b.cudnn.benchmark = before[2], before[3]
         torch.set_float32_matmul_precision(before[6])
         b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = before[4], before[5]
+        torch.utils.deterministic.fill_uninitialized_memory = before[7]
 
 
 @pytest.fixture
