@@ -83,3 +83,13 @@ def test_a_profiled_script_writes_its_results_in_the_profile_folder_and_runs_one
     shares = [float(r.split()[1].rstrip("%")) for r in rows]
     assert shares == sorted(shares, reverse=True) and sum(shares) <= 100.05
     assert text in proc.stdout
+
+
+def test_the_python_profile_lists_the_scripts_functions_by_cumulative_time(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tools.profile", "01", "--python", "--top", "4", "--out",
+                           str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (tmp_path / "01.profile.txt").read_text()
+    assert "Ordered by: cumulative time" in text and "List reduced from" in text and "to 4 due to restriction" in text
+    assert "01_tensors_and_layers.py" in text and (tmp_path / "results" / "01_tensors_and_layers.json").is_file()
+

@@ -23,11 +23,12 @@ import cProfile
 import io
 import json
 import pstats
-import runpy
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from .run_experiments import run_child
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,18 +57,8 @@ def help_text(script: Path) -> str:
     """What ``python script --help`` prints (its options may come from a module it imports)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        run_script(script, ["--help"])
+        run_child(script, ["--help"])
     return out.getvalue()
-
-
-def run_script(script: Path, args: list[str]) -> int:
-    """``python script args`` in this process; its exit status."""
-    sys.argv = [str(script), *args]
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    return 0
 
 
 def self_times(trace: Path) -> tuple[dict, dict]:
@@ -149,12 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if a.python:
         prof = cProfile.Profile()
-        code = prof.runcall(run_script, script, script_args)
+        code = prof.runcall(run_child, script, script_args)
         table = python_table(prof, a.top)
     else:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
         with profile(activities=activities) as prof:
-            code = run_script(script, script_args)
+            code = run_child(script, script_args)
             run_s = time.perf_counter() - t0
         with tempfile.TemporaryDirectory() as tmp:
             prof.export_chrome_trace(str(Path(tmp, "trace.json")))
